@@ -1,0 +1,71 @@
+//! The one entry point for `/v2/*`: parse the path, pick the handler for (resource, method), and decorate the
+//! response with the API version header. Follow a request from here by the handler names.
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use wharf_oci::route::{self, Route};
+
+use crate::App;
+use crate::error::{ApiError, ApiResult};
+use crate::handlers::{base, blobs, catalog, manifests, referrers, tags, uploads};
+use crate::headers::{API_VERSION, API_VERSION_VALUE};
+
+pub async fn dispatch(State(app): State<App>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut resp = match route(app, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    if method == Method::HEAD {
+        // HEAD carries the headers of the GET, never a body (errors included).
+        *resp.body_mut() = axum::body::Body::empty();
+    }
+    resp.headers_mut().insert(API_VERSION, API_VERSION_VALUE);
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+pub async fn not_found() -> Response {
+    ApiError::from(route::RouteError::NotFound).into_response()
+}
+
+async fn route(app: App, req: Request) -> ApiResult {
+    let path = req.uri().path().to_owned();
+    let route = route::parse(&path)?;
+    let m = req.method().clone();
+    match (route, m) {
+        (Route::Base, Method::GET | Method::HEAD) => Ok(base::get()),
+        (Route::Catalog, Method::GET) => catalog::get(&app, req.uri().query()).await,
+        (Route::Tags { name }, Method::GET) => tags::list(&app, name, req.uri().query()).await,
+        (Route::Manifest { name, reference }, Method::GET | Method::HEAD) => {
+            manifests::get(&app, name, reference, req.headers()).await
+        }
+        (Route::Manifest { name, reference }, Method::PUT) => {
+            manifests::put(&app, name, reference, req).await
+        }
+        (Route::Manifest { name, reference }, Method::DELETE) => {
+            manifests::delete(&app, name, reference).await
+        }
+        (Route::Blob { name, digest }, Method::GET) => {
+            blobs::get(&app, name, digest, req.headers(), false).await
+        }
+        (Route::Blob { name, digest }, Method::HEAD) => {
+            blobs::get(&app, name, digest, req.headers(), true).await
+        }
+        (Route::Blob { name, digest }, Method::DELETE) => blobs::delete(&app, name, digest).await,
+        (Route::UploadStart { name }, Method::POST) => uploads::post(&app, name, req).await,
+        (Route::Upload { name, id }, Method::GET) => uploads::status(&app, name, id).await,
+        (Route::Upload { name, id }, Method::PATCH) => uploads::patch(&app, name, id, req).await,
+        (Route::Upload { name, id }, Method::PUT) => uploads::put(&app, name, id, req).await,
+        (Route::Upload { name, id }, Method::DELETE) => uploads::delete(&app, name, id).await,
+        (Route::Referrers { name, digest }, Method::GET) => {
+            referrers::get(&app, name, digest, req.uri().query()).await
+        }
+        _ => Err(ApiError::unsupported_method()),
+    }
+}

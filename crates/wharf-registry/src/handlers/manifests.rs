@@ -1,0 +1,195 @@
+//! `GET|HEAD|PUT|DELETE /v2/<name>/manifests/<reference>`.
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use wharf_oci::manifest::{ManifestError, ManifestView};
+use wharf_oci::name::is_valid_tag;
+use wharf_oci::{Digest, ErrorCode, media};
+use wharf_storage::{NewManifest, Reference};
+
+use super::parse_digest;
+use crate::App;
+use crate::error::{ApiError, ApiResult};
+use crate::headers::{DOCKER_CONTENT_DIGEST, OCI_SUBJECT, get_str, value};
+
+/// A reference is a digest if it has a `:` (tags cannot), else a tag.
+fn parse_reference(reference: &str) -> Result<Reference, ApiError> {
+    if reference.contains(':') {
+        Ok(Reference::Digest(parse_digest(reference)?))
+    } else if is_valid_tag(reference) {
+        Ok(Reference::Tag(reference.to_owned()))
+    } else {
+        Err(ApiError::new(
+            ErrorCode::TagInvalid,
+            format!("invalid tag {reference:?}"),
+        ))
+    }
+}
+
+fn unknown(name: &str, reference: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::ManifestUnknown,
+        format!("manifest {reference} is unknown to {name}"),
+    )
+}
+
+pub async fn get(app: &App, name: &str, reference: &str, headers: &HeaderMap) -> ApiResult {
+    let parsed = parse_reference(reference).map_err(|_| unknown(name, reference))?;
+    let m = app
+        .store
+        .get_manifest(name, &parsed)
+        .await?
+        .ok_or_else(|| unknown(name, reference))?;
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if !media::accepts(&accept, &m.media_type) {
+        return Err(ApiError::new(
+            ErrorCode::ManifestUnknown,
+            format!(
+                "manifest {reference} is a {}, which the Accept header does not admit",
+                m.media_type
+            ),
+        ));
+    }
+    let digest = m.digest.to_string();
+    Ok((
+        [
+            (header::CONTENT_TYPE, value(&m.media_type)),
+            (DOCKER_CONTENT_DIGEST, value(&digest)),
+            (header::ETAG, value(&format!("\"{digest}\""))),
+            (header::CONTENT_LENGTH, value(&m.body.len().to_string())),
+        ],
+        m.body,
+    )
+        .into_response())
+}
+
+pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiResult {
+    let reference = parse_reference(reference)?;
+    let content_type = get_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
+    let limit = app.config.max_manifest_bytes;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::ManifestInvalid,
+            format!("manifest is larger than {limit} bytes"),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    };
+    if get_str(req.headers(), header::CONTENT_LENGTH)
+        .and_then(|l| l.parse::<usize>().ok())
+        .is_some_and(|l| l > limit)
+    {
+        return Err(too_large());
+    }
+    let body: Bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| too_large())?;
+
+    let digest = match &reference {
+        Reference::Digest(d) => {
+            let computed = Digest::of(d.algorithm(), &body);
+            if computed != *d {
+                return Err(ApiError::digest_invalid(format!(
+                    "manifest digest is {computed}, not {d} as in the URL"
+                )));
+            }
+            computed
+        }
+        Reference::Tag(_) => Digest::sha256_of(&body),
+    };
+    let view = ManifestView::parse(&body, content_type.as_deref()).map_err(invalid)?;
+    check_references(app, name, &view).await?;
+
+    let tag = match reference {
+        Reference::Tag(t) => Some(t),
+        Reference::Digest(_) => None,
+    };
+    let referrer = view.subject.as_ref().map(|s| {
+        (
+            s.digest.clone(),
+            view.referrer_descriptor(digest.clone(), body.len() as u64),
+        )
+    });
+    let subject = view.subject.as_ref().map(|s| s.digest.to_string());
+    app.store
+        .put_manifest(
+            name,
+            NewManifest {
+                digest: digest.clone(),
+                media_type: view.media_type.clone(),
+                body,
+                tag,
+                referrer,
+            },
+        )
+        .await?;
+
+    let digest_str = digest.to_string();
+    let mut headers = vec![
+        (
+            header::LOCATION,
+            value(&format!("/v2/{name}/manifests/{digest_str}")),
+        ),
+        (DOCKER_CONTENT_DIGEST, value(&digest_str)),
+    ];
+    if let Some(s) = subject {
+        headers.push((OCI_SUBJECT, value(&s)));
+    }
+    let mut resp = StatusCode::CREATED.into_response();
+    resp.headers_mut().extend(headers);
+    Ok(resp)
+}
+
+fn invalid(e: ManifestError) -> ApiError {
+    ApiError::new(ErrorCode::ManifestInvalid, format!("manifest invalid: {e}"))
+}
+
+/// Every blob an image manifest needs, and every child of an index, must already be in the repository.
+async fn check_references(app: &App, name: &str, view: &ManifestView) -> Result<(), ApiError> {
+    let missing = |d: &Digest| {
+        ApiError::new(
+            ErrorCode::ManifestBlobUnknown,
+            format!("{d} is referenced but not in {name}"),
+        )
+        .with_detail(serde_json::json!({ "digest": d.to_string() }))
+    };
+    for d in view.required_blobs() {
+        if app.store.repo_blob_size(name, &d.digest).await?.is_none() {
+            return Err(missing(&d.digest));
+        }
+    }
+    for child in &view.manifests {
+        let is_manifest = app
+            .store
+            .get_manifest(name, &Reference::Digest(child.digest.clone()))
+            .await?
+            .is_some();
+        if !is_manifest
+            && app
+                .store
+                .repo_blob_size(name, &child.digest)
+                .await?
+                .is_none()
+        {
+            return Err(missing(&child.digest));
+        }
+    }
+    Ok(())
+}
+
+pub async fn delete(app: &App, name: &str, reference: &str) -> ApiResult {
+    let removed = match parse_reference(reference)? {
+        Reference::Digest(d) => app.store.delete_manifest(name, &d).await?,
+        Reference::Tag(t) => app.store.delete_tag(name, &t).await?,
+    };
+    if removed {
+        Ok(StatusCode::ACCEPTED.into_response())
+    } else {
+        Err(unknown(name, reference))
+    }
+}

@@ -1,0 +1,86 @@
+/*!
+The OCI Distribution v1.1 HTTP API of wharf.
+
+One axum route, `/v2/{*rest}`, feeds [`dispatch`](dispatch::dispatch), which parses the path with
+[`wharf_oci::route::parse`] and calls the handler named for the resource and method: `handlers::manifests::get`,
+`handlers::uploads::patch`, and so on. Handlers talk only to the [`RegistryStore`] trait; every failure becomes the
+spec's JSON error body through [`ApiError`].
+
+```no_run
+# async fn run() -> std::io::Result<()> {
+use std::sync::Arc;
+use wharf_storage::{CacheConfig, CachedStore, FsStore};
+let store = CachedStore::new(FsStore::open("./wharf-data").unwrap(), CacheConfig::default());
+let app = wharf_registry::router(wharf_registry::App::new(Arc::new(store), Default::default()));
+let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
+axum::serve(listener, app).await
+# }
+```
+*/
+
+mod dispatch;
+mod error;
+mod handlers;
+mod headers;
+mod pagination;
+mod range;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::any;
+use wharf_storage::RegistryStore;
+
+pub use error::ApiError;
+
+/// Settings of the HTTP API itself.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Largest manifest accepted on PUT, in bytes (the spec suggests 4 MiB).
+    pub max_manifest_bytes: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            max_manifest_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Shared state of every request.
+#[derive(Clone)]
+pub struct App {
+    pub store: Arc<dyn RegistryStore>,
+    pub config: Arc<RegistryConfig>,
+}
+
+impl App {
+    pub fn new(store: Arc<dyn RegistryStore>, config: RegistryConfig) -> Self {
+        App {
+            store,
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// The registry's router: `/v2` and everything below it.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/v2", any(dispatch::dispatch))
+        .route("/v2/", any(dispatch::dispatch))
+        .route("/v2/{*rest}", any(dispatch::dispatch))
+        .fallback(dispatch::not_found)
+        .with_state(app)
+}
+
+/// Serves the registry on `listener` until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: App,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

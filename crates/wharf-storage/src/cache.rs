@@ -1,0 +1,250 @@
+//! [`CachedStore`]: bounded in-memory caches in front of any [`RegistryStore`] (seed 003's
+//! `blobdescriptor: inmemory`, and more). Content addressed by digest is immutable, so it is cached until evicted;
+//! tags and links are invalidated by the writes that change them. Misses are not cached.
+//!
+//! A read that misses fills the cache only if no invalidating write (tag move, delete, unlink) ran while it read
+//! the backend, checked with a write epoch; otherwise a slow read could put back what a write just removed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use moka::sync::Cache;
+use wharf_oci::Digest;
+use wharf_oci::manifest::Descriptor;
+
+use crate::{
+    ByteStream, NewManifest, Reference, RegistryStore, Result, StoredManifest, UploadStatus,
+};
+
+/// Sizes of the caches.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheConfig {
+    /// Blob descriptors (global and per repository) kept, as entries.
+    pub blob_descriptors: u64,
+    /// Manifest bytes kept.
+    pub manifest_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            blob_descriptors: 100_000,
+            manifest_bytes: 64 << 20,
+        }
+    }
+}
+
+pub struct CachedStore<S> {
+    inner: S,
+    blobs: Cache<Digest, u64>,
+    repo_blobs: Cache<(String, Digest), u64>,
+    manifests: Cache<(String, Digest), Arc<StoredManifest>>,
+    tags: Cache<(String, String), Digest>,
+    /// Bumped before and after every write that invalidates entries.
+    epoch: AtomicU64,
+}
+
+impl<S: RegistryStore> CachedStore<S> {
+    pub fn new(inner: S, config: CacheConfig) -> Self {
+        CachedStore {
+            inner,
+            blobs: Cache::new(config.blob_descriptors),
+            repo_blobs: Cache::new(config.blob_descriptors),
+            manifests: Cache::builder()
+                .max_capacity(config.manifest_bytes)
+                .weigher(|_, m: &Arc<StoredManifest>| {
+                    u32::try_from(m.body.len()).unwrap_or(u32::MAX)
+                })
+                .build(),
+            tags: Cache::builder()
+                .max_capacity(config.blob_descriptors)
+                .support_invalidation_closures()
+                .build(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn remember_manifest(&self, repo: &str, m: &StoredManifest) {
+        self.manifests
+            .insert((repo.to_owned(), m.digest.clone()), Arc::new(m.clone()));
+    }
+}
+
+#[async_trait]
+impl<S: RegistryStore> RegistryStore for CachedStore<S> {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        if let Some(size) = self.blobs.get(digest) {
+            return Ok(Some(size));
+        }
+        let size = self.inner.blob_size(digest).await?;
+        if let Some(s) = size {
+            self.blobs.insert(digest.clone(), s);
+        }
+        Ok(size)
+    }
+
+    async fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
+        let key = (repo.to_owned(), digest.clone());
+        if let Some(size) = self.repo_blobs.get(&key) {
+            return Ok(Some(size));
+        }
+        let epoch = self.epoch();
+        let size = self.inner.repo_blob_size(repo, digest).await?;
+        if let Some(s) = size
+            && epoch == self.epoch()
+        {
+            self.repo_blobs.insert(key, s);
+        }
+        Ok(size)
+    }
+
+    async fn read_blob(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<ByteStream> {
+        self.inner.read_blob(digest, range).await
+    }
+
+    async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<()> {
+        self.inner.link_blob(repo, digest).await
+    }
+
+    async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        self.bump();
+        let removed = self.inner.unlink_blob(repo, digest).await;
+        self.repo_blobs
+            .invalidate(&(repo.to_owned(), digest.clone()));
+        self.bump();
+        removed
+    }
+
+    async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
+        self.inner.start_upload(repo).await
+    }
+
+    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
+        self.inner.upload_status(repo, id).await
+    }
+
+    async fn append_upload(
+        &self,
+        repo: &str,
+        id: &str,
+        start: Option<u64>,
+        body: ByteStream,
+    ) -> Result<UploadStatus> {
+        self.inner.append_upload(repo, id, start, body).await
+    }
+
+    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
+        let size = self.inner.commit_upload(repo, id, expected).await?;
+        self.blobs.insert(expected.clone(), size);
+        self.repo_blobs
+            .insert((repo.to_owned(), expected.clone()), size);
+        Ok(size)
+    }
+
+    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()> {
+        self.inner.cancel_upload(repo, id).await
+    }
+
+    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
+        let size = self.inner.put_blob(repo, expected, body).await?;
+        self.blobs.insert(expected.clone(), size);
+        self.repo_blobs
+            .insert((repo.to_owned(), expected.clone()), size);
+        Ok(size)
+    }
+
+    async fn put_manifest(&self, repo: &str, m: NewManifest) -> Result<()> {
+        let tag = m.tag.clone();
+        let stored = StoredManifest {
+            digest: m.digest.clone(),
+            media_type: m.media_type.clone(),
+            body: m.body.clone(),
+        };
+        if tag.is_some() {
+            self.bump();
+        }
+        let result = self.inner.put_manifest(repo, m).await;
+        if let Some(t) = tag {
+            self.tags.invalidate(&(repo.to_owned(), t));
+            self.bump();
+        }
+        result?;
+        self.remember_manifest(repo, &stored);
+        Ok(())
+    }
+
+    async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>> {
+        let digest = match reference {
+            Reference::Digest(d) => Some(d.clone()),
+            Reference::Tag(t) => self.tags.get(&(repo.to_owned(), t.clone())),
+        };
+        if let Some(d) = digest
+            && let Some(m) = self.manifests.get(&(repo.to_owned(), d))
+        {
+            return Ok(Some((*m).clone()));
+        }
+        let epoch = self.epoch();
+        let found = self.inner.get_manifest(repo, reference).await?;
+        if let Some(m) = &found
+            && epoch == self.epoch()
+        {
+            if let Reference::Tag(t) = reference {
+                self.tags
+                    .insert((repo.to_owned(), t.clone()), m.digest.clone());
+            }
+            self.remember_manifest(repo, m);
+        }
+        Ok(found)
+    }
+
+    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        self.bump();
+        let removed = self.inner.delete_manifest(repo, digest).await;
+        self.manifests
+            .invalidate(&(repo.to_owned(), digest.clone()));
+        let (r, d) = (repo.to_owned(), digest.clone());
+        // Only fails if closures were not enabled at build time, which `new` does.
+        let _ = self
+            .tags
+            .invalidate_entries_if(move |k, v| k.0 == r && *v == d);
+        self.bump();
+        removed
+    }
+
+    async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool> {
+        self.bump();
+        let removed = self.inner.delete_tag(repo, tag).await;
+        self.tags.invalidate(&(repo.to_owned(), tag.to_owned()));
+        self.bump();
+        removed
+    }
+
+    async fn tags(&self, repo: &str) -> Result<Option<Vec<String>>> {
+        self.inner.tags(repo).await
+    }
+
+    async fn repositories(&self) -> Result<Vec<String>> {
+        self.inner.repositories().await
+    }
+
+    async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>> {
+        self.inner.referrers(repo, subject).await
+    }
+}

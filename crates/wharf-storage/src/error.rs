@@ -1,0 +1,39 @@
+use std::io;
+use std::path::PathBuf;
+
+use wharf_oci::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("blob upload {0:?} is unknown")]
+    UploadUnknown(String),
+    #[error("chunk starts at byte {got} but the upload has {expected} bytes")]
+    RangeMismatch { expected: u64, got: u64 },
+    #[error("content digest is {computed}, not the {expected} the client declared")]
+    DigestMismatch { expected: Digest, computed: Digest },
+    #[error("blob {0} is unknown")]
+    BlobUnknown(Digest),
+    #[error("requested range is outside the blob's {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("the upload body broke off after {kept} bytes were stored: {source}")]
+    BodyInterrupted { kept: u64, source: io::Error },
+    #[error("storage I/O error at {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("corrupt metadata at {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+impl StorageError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        StorageError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True when the underlying cause is a full disk or quota.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StorageError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+}

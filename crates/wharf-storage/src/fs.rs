@@ -1,0 +1,338 @@
+//! [`FsStore`]: the filesystem implementation of [`RegistryStore`]. Uploads are in `fs_upload.rs`.
+
+use std::collections::HashMap;
+use std::io::{self, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+use wharf_oci::Digest;
+use wharf_oci::manifest::{Descriptor, ManifestView};
+
+use crate::atomic::{blocking, list_dir, read_optional, remove_optional, write_atomic};
+use crate::fs_upload::SessionSlot;
+use crate::paths::Layout;
+use crate::{
+    ByteStream, NewManifest, Reference, RegistryStore, Result, StorageError, StoredManifest,
+    UploadStatus,
+};
+
+/// Read buffer for blob bodies: large enough that a 1 GiB GET is ~1000 trips to the blocking pool, not 100,000.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Filesystem-backed registry storage rooted at one directory.
+pub struct FsStore {
+    pub(crate) layout: Layout,
+    /// Upload sessions in use, each behind its own lock so chunks of one upload never interleave. Loaded from disk
+    /// on first use, which is how sessions survive a restart.
+    pub(crate) sessions: Mutex<HashMap<String, SessionSlot>>,
+}
+
+impl FsStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let layout = Layout::new(root);
+        for dir in [
+            layout.repositories(),
+            layout.uploads(),
+            layout.tmp(),
+            layout.root().join("blobs"),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
+        }
+        Ok(FsStore {
+            layout,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn file_size(path: &Path) -> Result<Option<u64>> {
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io(path, e)),
+        }
+    }
+
+    /// Writes `data` as the blob `digest` unless it is already stored. The caller has verified the digest.
+    pub(crate) fn write_blob_bytes(layout: &Layout, digest: &Digest, data: &[u8]) -> Result<()> {
+        let path = layout.blob(digest);
+        if path.exists() {
+            return Ok(());
+        }
+        write_atomic(&layout.tmp(), &path, data, true)
+    }
+
+    fn link(layout: &Layout, path: &Path, content: &[u8]) -> Result<()> {
+        write_atomic(&layout.tmp(), path, content, true)
+    }
+
+    fn resolve(layout: &Layout, repo: &str, reference: &Reference) -> Result<Option<Digest>> {
+        match reference {
+            Reference::Digest(d) => Ok(Some(d.clone())),
+            Reference::Tag(t) => {
+                let path = layout.tag(repo, t);
+                let Some(raw) = read_optional(&path)? else {
+                    return Ok(None);
+                };
+                let s = String::from_utf8_lossy(&raw);
+                s.trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|e| StorageError::Corrupt {
+                        path,
+                        reason: format!("{e}"),
+                    })
+            }
+        }
+    }
+
+    fn walk_repositories(base: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+        for name in list_dir(base)? {
+            if name.starts_with('_') || name.starts_with('.') {
+                continue;
+            }
+            let dir = base.join(&name);
+            if !dir.is_dir() {
+                continue;
+            }
+            let full = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if dir.join("_manifests").is_dir() || dir.join("_layers").is_dir() {
+                out.push(full.clone());
+            }
+            Self::walk_repositories(&dir, &full, out)?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RegistryStore for FsStore {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let path = self.layout.blob(digest);
+        blocking(move || Self::file_size(&path)).await
+    }
+
+    async fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
+        let link = self.layout.layer_link(repo, digest);
+        let blob = self.layout.blob(digest);
+        blocking(move || {
+            if !link.exists() {
+                return Ok(None);
+            }
+            Self::file_size(&blob)
+        })
+        .await
+    }
+
+    async fn read_blob(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<ByteStream> {
+        let path = self.layout.blob(digest);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StorageError::BlobUnknown(digest.clone()));
+            }
+            Err(e) => return Err(StorageError::io(path, e)),
+        };
+        match range {
+            None => Ok(Box::pin(ReaderStream::with_capacity(file, READ_CHUNK))),
+            Some((start, end)) => {
+                file.seek(SeekFrom::Start(start))
+                    .await
+                    .map_err(|e| StorageError::io(&path, e))?;
+                let limited = file.take(end.saturating_sub(start));
+                Ok(Box::pin(ReaderStream::with_capacity(limited, READ_CHUNK)))
+            }
+        }
+    }
+
+    async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<()> {
+        let layout = self.layout.clone();
+        let link = layout.layer_link(repo, digest);
+        blocking(move || Self::link(&layout, &link, b"")).await
+    }
+
+    async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let link = self.layout.layer_link(repo, digest);
+        blocking(move || remove_optional(&link)).await
+    }
+
+    async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
+        self.upload_start(repo).await
+    }
+
+    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
+        self.upload_stat(repo, id).await
+    }
+
+    async fn append_upload(
+        &self,
+        repo: &str,
+        id: &str,
+        start: Option<u64>,
+        body: ByteStream,
+    ) -> Result<UploadStatus> {
+        self.upload_append(repo, id, start, body).await
+    }
+
+    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
+        self.upload_commit(repo, id, expected).await
+    }
+
+    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()> {
+        self.upload_cancel(repo, id).await
+    }
+
+    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
+        self.upload_monolithic(repo, expected, body).await
+    }
+
+    async fn put_manifest(&self, repo: &str, m: NewManifest) -> Result<()> {
+        let layout = self.layout.clone();
+        let repo = repo.to_owned();
+        blocking(move || {
+            // Order matters for crash safety: bytes, then the revision, then what points at it.
+            Self::write_blob_bytes(&layout, &m.digest, &m.body)?;
+            Self::link(
+                &layout,
+                &layout.revision(&repo, &m.digest),
+                m.media_type.as_bytes(),
+            )?;
+            if let Some((subject, descriptor)) = &m.referrer {
+                let json = serde_json::to_vec(descriptor).map_err(|e| StorageError::Corrupt {
+                    path: layout.referrer(&repo, subject, &m.digest),
+                    reason: e.to_string(),
+                })?;
+                Self::link(&layout, &layout.referrer(&repo, subject, &m.digest), &json)?;
+            }
+            if let Some(tag) = &m.tag {
+                Self::link(
+                    &layout,
+                    &layout.tag(&repo, tag),
+                    m.digest.to_string().as_bytes(),
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>> {
+        let layout = self.layout.clone();
+        let repo = repo.to_owned();
+        let reference = reference.clone();
+        blocking(move || {
+            let Some(digest) = Self::resolve(&layout, &repo, &reference)? else {
+                return Ok(None);
+            };
+            let Some(media_type) = read_optional(&layout.revision(&repo, &digest))? else {
+                return Ok(None);
+            };
+            let Some(body) = read_optional(&layout.blob(&digest))? else {
+                return Ok(None);
+            };
+            Ok(Some(StoredManifest {
+                digest,
+                media_type: String::from_utf8_lossy(&media_type).into_owned(),
+                body: Bytes::from(body),
+            }))
+        })
+        .await
+    }
+
+    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let layout = self.layout.clone();
+        let repo = repo.to_owned();
+        let digest = digest.clone();
+        blocking(move || {
+            let revision = layout.revision(&repo, &digest);
+            if !revision.exists() {
+                return Ok(false);
+            }
+            // Tags first, so no tag is left pointing at a deleted revision.
+            let wanted = digest.to_string();
+            for tag in list_dir(&layout.tags(&repo))? {
+                let path = layout.tag(&repo, &tag);
+                if read_optional(&path)?
+                    .is_some_and(|t| String::from_utf8_lossy(&t).trim() == wanted)
+                {
+                    remove_optional(&path)?;
+                }
+            }
+            if let Some(body) = read_optional(&layout.blob(&digest))?
+                && let Ok(view) = ManifestView::parse(&body, None)
+                && let Some(subject) = view.subject
+            {
+                remove_optional(&layout.referrer(&repo, &subject.digest, &digest))?;
+            }
+            remove_optional(&revision)
+        })
+        .await
+    }
+
+    async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool> {
+        let path = self.layout.tag(repo, tag);
+        blocking(move || remove_optional(&path)).await
+    }
+
+    async fn tags(&self, repo: &str) -> Result<Option<Vec<String>>> {
+        let layout = self.layout.clone();
+        let repo = repo.to_owned();
+        blocking(move || {
+            if !layout.repo(&repo).join("_manifests").is_dir()
+                && !layout.repo(&repo).join("_layers").is_dir()
+            {
+                return Ok(None);
+            }
+            list_dir(&layout.tags(&repo)).map(Some)
+        })
+        .await
+    }
+
+    async fn repositories(&self) -> Result<Vec<String>> {
+        let base = self.layout.repositories();
+        blocking(move || {
+            let mut out = Vec::new();
+            Self::walk_repositories(&base, "", &mut out)?;
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>> {
+        let dir = self.layout.referrers(repo, subject);
+        blocking(move || {
+            let mut out = Vec::new();
+            for name in list_dir(&dir)? {
+                let path = dir.join(&name);
+                let Some(raw) = read_optional(&path)? else {
+                    continue;
+                };
+                let d: Descriptor =
+                    serde_json::from_slice(&raw).map_err(|e| StorageError::Corrupt {
+                        path,
+                        reason: e.to_string(),
+                    })?;
+                out.push(d);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

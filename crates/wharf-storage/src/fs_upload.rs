@@ -1,0 +1,438 @@
+//! Upload sessions of [`FsStore`].
+//!
+//! A session is a directory `uploads/<uuid>/` with `data` (the bytes so far) and `state.json` (repository, offset
+//! and the serialized SHA-256 state). Bytes are hashed as they stream in, on the request's task, while a blocking
+//! thread writes them, so hashing and disk writes overlap and nothing is read back. After each append the data is
+//! fdatasynced and then the state is replaced atomically, so after a crash `data` is at least `offset` long and is
+//! truncated back to it: the session resumes exactly where the last acknowledged chunk ended.
+//!
+//! Commit renames `data` into `blobs/` only after the digest matches; a mismatch deletes the session.
+//! A sha512 upload is hashed with SHA-256 while it streams (the algorithm is only known at commit) and re-read once
+//! at commit; monolithic uploads that announce their digest up front are hashed with the right algorithm directly.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use wharf_oci::{Algorithm, Digest, DigestHasher};
+
+use crate::atomic::{blocking, create_dir_all, fsync_dir, read_optional, write_atomic};
+use crate::fs::FsStore;
+use crate::{ByteStream, Result, StorageError, UploadStatus};
+
+pub(crate) type SessionSlot = Arc<tokio::sync::Mutex<Option<Session>>>;
+
+/// After this many bytes, ask the kernel to start writing back (without waiting), so the fsync at the end of a
+/// large upload has little left to do.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+/// Chunks in flight between the hashing task and the writer thread.
+const PIPELINE_DEPTH: usize = 16;
+
+pub(crate) struct Session {
+    repo: String,
+    offset: u64,
+    hasher: DigestHasher,
+    created: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SessionFile {
+    repo: String,
+    offset: u64,
+    algorithm: String,
+    hash_state: String,
+    created: u64,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Upload ids are UUIDs in canonical form; anything else is unknown (and never reaches a path).
+fn canonical_id(id: &str) -> Option<String> {
+    let u = uuid::Uuid::try_parse(id).ok()?;
+    let canon = u.hyphenated().to_string();
+    (canon == id).then_some(canon)
+}
+
+impl Session {
+    fn save(&self, state_path: &Path, tmp: &Path) -> Result<()> {
+        let file = SessionFile {
+            repo: self.repo.clone(),
+            offset: self.offset,
+            algorithm: self.hasher.algorithm().as_str().to_owned(),
+            hash_state: hex::encode(self.hasher.save_state()),
+            created: self.created,
+        };
+        let json = serde_json::to_vec(&file).map_err(|e| StorageError::Corrupt {
+            path: state_path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(tmp, state_path, &json, true)
+    }
+
+    fn load(dir: &Path) -> Result<Option<Session>> {
+        let state_path = dir.join("state.json");
+        let Some(raw) = read_optional(&state_path)? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StorageError::Corrupt {
+            path: state_path.clone(),
+            reason,
+        };
+        let f: SessionFile = serde_json::from_slice(&raw).map_err(|e| corrupt(e.to_string()))?;
+        let algorithm = match f.algorithm.as_str() {
+            "sha256" => Algorithm::Sha256,
+            "sha512" => Algorithm::Sha512,
+            other => return Err(corrupt(format!("unknown algorithm {other}"))),
+        };
+        let state = hex::decode(&f.hash_state).map_err(|e| corrupt(e.to_string()))?;
+        let hasher =
+            DigestHasher::restore_state(algorithm, &state).map_err(|e| corrupt(e.to_string()))?;
+        // Bytes past `offset` were written by an append that never finished: drop them.
+        let data = dir.join("data");
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&data)
+            .map_err(|e| StorageError::io(&data, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| StorageError::io(&data, e))?
+            .len();
+        if len < f.offset {
+            return Err(corrupt(format!(
+                "data has {len} bytes, state says {}",
+                f.offset
+            )));
+        }
+        if len > f.offset {
+            file.set_len(f.offset)
+                .map_err(|e| StorageError::io(&data, e))?;
+            file.sync_all().map_err(|e| StorageError::io(&data, e))?;
+        }
+        Ok(Some(Session {
+            repo: f.repo,
+            offset: f.offset,
+            hasher,
+            created: f.created,
+        }))
+    }
+}
+
+/// Writes chunks to `path` from `offset` on a blocking thread; returns the bytes written after an fdatasync.
+fn spawn_writer(
+    path: PathBuf,
+    offset: u64,
+) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<Result<u64>>) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+    let handle = tokio::task::spawn_blocking(move || {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| StorageError::io(&path, e))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| StorageError::io(&path, e))?;
+        let mut written = 0u64;
+        let mut flushed = 0u64;
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk)
+                .map_err(|e| StorageError::io(&path, e))?;
+            written += chunk.len() as u64;
+            if written - flushed >= WRITEBACK_EVERY {
+                start_writeback(&file, offset + flushed, written - flushed);
+                flushed = written;
+            }
+        }
+        file.sync_data().map_err(|e| StorageError::io(&path, e))?;
+        Ok(written)
+    });
+    (tx, handle)
+}
+
+/// Starts asynchronous writeback of a byte range (Linux `sync_file_range`). It is only a hint: the durable point
+/// is the fdatasync at the end, so errors are ignored. std and rustix expose no wrapper for it.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: the fd is open for the duration of the call; the call reads no memory of ours.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
+fn rehash(path: &Path, algorithm: Algorithm) -> Result<Digest> {
+    let mut f = File::open(path).map_err(|e| StorageError::io(path, e))?;
+    let mut h = DigestHasher::new(algorithm);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| StorageError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finish())
+}
+
+impl FsStore {
+    fn slot(&self, id: &str) -> SessionSlot {
+        let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id.to_owned()).or_default().clone()
+    }
+
+    fn forget(&self, id: &str) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Locks a session and makes sure it is loaded and belongs to `repo`.
+    async fn locked(
+        &self,
+        repo: &str,
+        id: &str,
+    ) -> Result<(String, tokio::sync::OwnedMutexGuard<Option<Session>>)> {
+        let unknown = || StorageError::UploadUnknown(id.to_owned());
+        let id = canonical_id(id).ok_or_else(unknown)?;
+        let mut guard = self.slot(&id).lock_owned().await;
+        if guard.is_none() {
+            let dir = self.layout.upload_dir(&id);
+            *guard = blocking(move || Session::load(&dir)).await?;
+        }
+        match guard.as_ref() {
+            Some(s) if s.repo == repo => Ok((id, guard)),
+            _ => {
+                drop(guard);
+                Err(unknown())
+            }
+        }
+    }
+
+    pub(crate) async fn upload_start(&self, repo: &str) -> Result<UploadStatus> {
+        self.upload_start_with(repo, Algorithm::Sha256).await
+    }
+
+    /// Starts a session hashing with `algorithm` (known up front for monolithic uploads).
+    pub(crate) async fn upload_start_with(
+        &self,
+        repo: &str,
+        algorithm: Algorithm,
+    ) -> Result<UploadStatus> {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let session = Session {
+            repo: repo.to_owned(),
+            offset: 0,
+            hasher: DigestHasher::new(algorithm),
+            created: now(),
+        };
+        let dir = self.layout.upload_dir(&id);
+        let tmp = self.layout.tmp();
+        let session = blocking(move || {
+            create_dir_all(&dir)?;
+            let data = dir.join("data");
+            File::create(&data).map_err(|e| StorageError::io(&data, e))?;
+            session.save(&dir.join("state.json"), &tmp)?;
+            Ok(session)
+        })
+        .await?;
+        *self.slot(&id).lock().await = Some(session);
+        Ok(UploadStatus { id, offset: 0 })
+    }
+
+    pub(crate) async fn upload_stat(&self, repo: &str, id: &str) -> Result<UploadStatus> {
+        let (id, guard) = self.locked(repo, id).await?;
+        let offset = guard.as_ref().map(|s| s.offset).unwrap_or(0);
+        Ok(UploadStatus { id, offset })
+    }
+
+    pub(crate) async fn upload_append(
+        &self,
+        repo: &str,
+        id: &str,
+        start: Option<u64>,
+        mut body: ByteStream,
+    ) -> Result<UploadStatus> {
+        let (id, mut guard) = self.locked(repo, id).await?;
+        let session = guard
+            .as_mut()
+            .ok_or_else(|| StorageError::UploadUnknown(id.clone()))?;
+        if let Some(start) = start
+            && start != session.offset
+        {
+            return Err(StorageError::RangeMismatch {
+                expected: session.offset,
+                got: start,
+            });
+        }
+        let dir = self.layout.upload_dir(&id);
+        let data = dir.join("data");
+        let before = session.hasher.clone();
+        let (tx, writer) = spawn_writer(data.clone(), session.offset);
+        let mut body_error = None;
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(chunk) => {
+                    session.hasher.update(&chunk);
+                    if tx.send(chunk).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    body_error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = match writer.await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                self.rollback(session, before, &data).await;
+                return Err(e);
+            }
+            Err(join) => {
+                self.rollback(session, before, &data).await;
+                return Err(StorageError::io(&data, io::Error::other(join.to_string())));
+            }
+        };
+        session.offset += written;
+        let state = dir.join("state.json");
+        let tmp = self.layout.tmp();
+        let snapshot = Session {
+            repo: session.repo.clone(),
+            offset: session.offset,
+            hasher: session.hasher.clone(),
+            created: session.created,
+        };
+        blocking(move || snapshot.save(&state, &tmp)).await?;
+        if let Some(source) = body_error {
+            return Err(StorageError::BodyInterrupted {
+                kept: session.offset,
+                source,
+            });
+        }
+        Ok(UploadStatus {
+            id,
+            offset: session.offset,
+        })
+    }
+
+    /// Undoes a failed append: the hasher goes back and the file is cut back to the last good offset.
+    async fn rollback(&self, session: &mut Session, before: DigestHasher, data: &Path) {
+        session.hasher = before;
+        let offset = session.offset;
+        let data = data.to_owned();
+        let result = blocking(move || {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&data)
+                .map_err(|e| StorageError::io(&data, e))?;
+            f.set_len(offset).map_err(|e| StorageError::io(&data, e))
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "could not roll back a failed upload append");
+        }
+    }
+
+    pub(crate) async fn upload_commit(
+        &self,
+        repo: &str,
+        id: &str,
+        expected: &Digest,
+    ) -> Result<u64> {
+        let (id, mut guard) = self.locked(repo, id).await?;
+        let session = guard
+            .take()
+            .ok_or_else(|| StorageError::UploadUnknown(id.clone()))?;
+        let dir = self.layout.upload_dir(&id);
+        let data = dir.join("data");
+        let size = session.offset;
+        let computed = if session.hasher.algorithm() == expected.algorithm() {
+            session.hasher.finish()
+        } else {
+            let data = data.clone();
+            let alg = expected.algorithm();
+            blocking(move || rehash(&data, alg)).await?
+        };
+        let layout = self.layout.clone();
+        let expected2 = expected.clone();
+        let repo2 = repo.to_owned();
+        let matched = computed == *expected;
+        let result = blocking(move || {
+            if !matched {
+                let _ = fs::remove_dir_all(&dir);
+                return Ok(());
+            }
+            let blob = layout.blob(&expected2);
+            let parent = blob.parent().unwrap_or(Path::new("."));
+            create_dir_all(parent)?;
+            if !blob.exists() {
+                // `data` was fdatasynced by the append that wrote it; the rename publishes it whole.
+                fs::rename(&data, &blob).map_err(|e| StorageError::io(&blob, e))?;
+                fsync_dir(parent)?;
+            }
+            let _ = fs::remove_dir_all(&dir);
+            write_atomic(
+                &layout.tmp(),
+                &layout.layer_link(&repo2, &expected2),
+                b"",
+                true,
+            )
+        })
+        .await;
+        drop(guard);
+        self.forget(&id);
+        result?;
+        if !matched {
+            return Err(StorageError::DigestMismatch {
+                expected: expected.clone(),
+                computed,
+            });
+        }
+        Ok(size)
+    }
+
+    pub(crate) async fn upload_cancel(&self, repo: &str, id: &str) -> Result<()> {
+        let (id, mut guard) = self.locked(repo, id).await?;
+        guard.take();
+        let dir = self.layout.upload_dir(&id);
+        let result =
+            blocking(move || fs::remove_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))).await;
+        drop(guard);
+        self.forget(&id);
+        result
+    }
+
+    /// A one-shot upload whose digest is known up front: hashed with the right algorithm, committed at once.
+    pub(crate) async fn upload_monolithic(
+        &self,
+        repo: &str,
+        expected: &Digest,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let status = self.upload_start_with(repo, expected.algorithm()).await?;
+        if let Err(e) = self.upload_append(repo, &status.id, None, body).await {
+            let _ = self.upload_cancel(repo, &status.id).await;
+            return Err(e);
+        }
+        self.upload_commit(repo, &status.id, expected).await
+    }
+}

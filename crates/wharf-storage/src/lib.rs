@@ -1,0 +1,123 @@
+/*!
+Registry storage for wharf: content-addressed blobs stored once across all repositories, per-repository links,
+tags, referrers and resumable upload sessions, behind one trait, [`RegistryStore`].
+
+- [`FsStore`] is the embedded default: a directory tree laid out in [`paths`]. Every byte that enters it is hashed
+  on the way in; a blob becomes visible only after its digest matches and its data is durable (fsync, atomic
+  rename). Upload sessions are on disk with their hasher state, so they survive a restart.
+- [`CachedStore`] wraps any store with bounded in-memory caches (blob descriptors, manifests, tags) so repeated
+  HEAD/GET requests do not touch the backend.
+
+Object stores (S3 and others, through OpenDAL) implement the same trait; the HTTP layer only sees the trait.
+*/
+
+mod atomic;
+mod cache;
+mod error;
+mod fs;
+mod fs_upload;
+pub mod paths;
+
+use std::io;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use wharf_oci::Digest;
+use wharf_oci::manifest::Descriptor;
+
+pub use cache::{CacheConfig, CachedStore};
+pub use error::StorageError;
+pub use fs::FsStore;
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A stream of bytes going into or out of storage.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
+
+/// Where an upload session stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadStatus {
+    pub id: String,
+    /// Bytes received and durably stored so far.
+    pub offset: u64,
+}
+
+/// A manifest as stored: its bytes exactly as pushed and the media type to serve them with.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+/// How a manifest is addressed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reference {
+    Tag(String),
+    Digest(Digest),
+}
+
+/// A manifest to store.
+#[derive(Debug, Clone)]
+pub struct NewManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+    /// The tag to point at it, if it was pushed by tag.
+    pub tag: Option<String>,
+    /// Its `subject` and its own descriptor for the subject's referrers list.
+    pub referrer: Option<(Digest, Descriptor)>,
+}
+
+/// Registry-level storage. Implementations must make every write atomic: a reader sees the old state or the new,
+/// never a half-written blob, link or tag.
+#[async_trait]
+pub trait RegistryStore: Send + Sync + 'static {
+    /// Size of a blob anywhere in the store (for cross-repository mounts and dedup).
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Size of a blob that `repo` links to; `None` if the repository has no such blob.
+    async fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>>;
+    /// The bytes of a blob, or of `range` (`start..end`, end exclusive) of it.
+    async fn read_blob(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<ByteStream>;
+    /// Makes an existing blob part of `repo` (a cross-repository mount).
+    async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<()>;
+    /// Removes `repo`'s link to a blob; the bytes stay until garbage collection. False if there was no link.
+    async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool>;
+
+    async fn start_upload(&self, repo: &str) -> Result<UploadStatus>;
+    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus>;
+    /// Appends `body` to an upload. With `start`, the chunk must begin exactly at the current offset. Bytes that
+    /// arrived before the body broke off are kept, so the client can resume from [`RegistryStore::upload_status`].
+    async fn append_upload(
+        &self,
+        repo: &str,
+        id: &str,
+        start: Option<u64>,
+        body: ByteStream,
+    ) -> Result<UploadStatus>;
+    /// Verifies the upload against `expected` and, if it matches, makes it a blob linked into `repo`. Returns the
+    /// blob's size. On a mismatch the session is discarded and nothing is stored.
+    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64>;
+    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()>;
+    /// A whole blob in one request, its digest known up front (`POST ?digest=`): verified and committed at once.
+    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64>;
+
+    async fn put_manifest(&self, repo: &str, manifest: NewManifest) -> Result<()>;
+    async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>>;
+    /// Deletes a manifest revision, every tag that points at it and its referrers entry. False if absent.
+    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool>;
+    /// Deletes a tag (not the manifest). False if absent.
+    async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool>;
+    /// Tags of `repo`, sorted; `None` if the repository does not exist.
+    async fn tags(&self, repo: &str) -> Result<Option<Vec<String>>>;
+    /// Every repository name, sorted.
+    async fn repositories(&self) -> Result<Vec<String>>;
+    /// Descriptors of the manifests in `repo` whose subject is `subject`.
+    async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>>;
+}
