@@ -15,10 +15,7 @@ pub fn upload_range(offset: u64) -> String {
     format!("0-{}", offset.saturating_sub(1))
 }
 
-pub fn get_str<'a>(
-    headers: &'a HeaderMap,
-    name: impl axum::http::header::AsHeaderName,
-) -> Option<&'a str> {
+pub fn get_str(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

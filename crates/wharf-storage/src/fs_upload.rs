@@ -436,3 +436,99 @@ impl FsStore {
         self.upload_commit(repo, &status.id, expected).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RegistryStore;
+
+    fn stream(chunks: Vec<Result<&'static [u8], io::Error>>) -> ByteStream {
+        Box::pin(futures_util::stream::iter(
+            chunks.into_iter().map(|c| c.map(Bytes::from_static)),
+        ))
+    }
+
+    #[tokio::test]
+    async fn crash_leftovers_past_offset_are_dropped_on_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let s = store.start_upload("r").await.unwrap();
+        store
+            .append_upload("r", &s.id, None, stream(vec![Ok(b"hello ")]))
+            .await
+            .unwrap();
+        // A crash mid-append: bytes reached the file, the state was never saved.
+        let data = store.layout.upload_dir(&s.id).join("data");
+        let mut f = OpenOptions::new().append(true).open(&data).unwrap();
+        f.write_all(b"GARBAGE").unwrap();
+        drop(store);
+
+        let store = FsStore::open(dir.path()).unwrap();
+        assert_eq!(store.upload_status("r", &s.id).await.unwrap().offset, 6);
+        assert_eq!(fs::metadata(&data).unwrap().len(), 6);
+        store
+            .append_upload("r", &s.id, Some(6), stream(vec![Ok(b"world")]))
+            .await
+            .unwrap();
+        let want = Digest::sha256_of(b"hello world");
+        assert_eq!(store.commit_upload("r", &s.id, &want).await.unwrap(), 11);
+        assert_eq!(store.blob_size(&want).await.unwrap(), Some(11));
+    }
+
+    #[tokio::test]
+    async fn broken_body_keeps_what_arrived() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let s = store.start_upload("r").await.unwrap();
+        let err = store
+            .append_upload(
+                "r",
+                &s.id,
+                None,
+                stream(vec![Ok(b"abc"), Err(io::Error::other("reset"))]),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StorageError::BodyInterrupted { kept: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(store.upload_status("r", &s.id).await.unwrap().offset, 3);
+        store
+            .append_upload("r", &s.id, Some(3), stream(vec![Ok(b"def")]))
+            .await
+            .unwrap();
+        let wrong = Digest::sha256_of(b"abcdeX");
+        assert!(matches!(
+            store.commit_upload("r", &s.id, &wrong).await,
+            Err(StorageError::DigestMismatch { .. })
+        ));
+        assert_eq!(store.blob_size(&wrong).await.unwrap(), None);
+        // The session is gone after a mismatch.
+        assert!(matches!(
+            store.upload_status("r", &s.id).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn ids_that_are_not_canonical_uuids_are_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        for id in [
+            "..",
+            "../../etc",
+            "",
+            "x",
+            "9A3C8D3E-1C59-4D4A-9C8B-7C5B7E1A2B3C",
+        ] {
+            assert!(
+                matches!(
+                    store.upload_status("r", id).await,
+                    Err(StorageError::UploadUnknown(_))
+                ),
+                "{id}"
+            );
+        }
+    }
+}

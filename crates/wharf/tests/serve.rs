@@ -1,0 +1,209 @@
+//! The real `wharf serve` process: killed with SIGKILL in the middle of a chunked upload, restarted, resumed; and
+//! stopped with SIGTERM while a request is in flight.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use wharf_oci::Digest;
+
+struct Wharf {
+    child: Child,
+    addr: String,
+}
+
+impl Wharf {
+    fn start(root: &Path) -> Wharf {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+            .arg(root)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start wharf");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Wharf { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Wharf {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a request head plus `body` on a raw socket and leaves the connection open (the body may be incomplete).
+fn send_partial(addr: &str, head: &str, body: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    s.flush().unwrap();
+    s
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+const MIB: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_chunk_then_resume() {
+    let root = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..3 * MIB).map(|i| (i * 31 % 251) as u8).collect();
+    let digest = Digest::sha256_of(&data).to_string();
+    let client = reqwest::Client::new();
+
+    let mut w = Wharf::start(root.path());
+    let r = client
+        .post(w.url("/v2/crash/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = client
+        .patch(w.url(&loc))
+        .header("Content-Range", format!("0-{}", MIB - 1))
+        .body(data[..MIB].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    // Second chunk: half of it is on the wire when the server dies.
+    let head = format!(
+        "PATCH {loc} HTTP/1.1\r\nHost: {}\r\nContent-Range: {}-{}\r\nContent-Length: {}\r\n\r\n",
+        w.addr,
+        MIB,
+        2 * MIB - 1,
+        MIB
+    );
+    let _sock = send_partial(&w.addr, &head, &data[MIB..MIB + MIB / 2]);
+    // Wait until the server has at least part of the chunk in the session file, so the kill lands mid-write.
+    let session_data = std::fs::read_dir(root.path().join("uploads"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path()
+        .join("data");
+    for _ in 0..500 {
+        if std::fs::metadata(&session_data)
+            .map(|m| m.len())
+            .unwrap_or(0)
+            > MIB as u64
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    w.child.kill().unwrap(); // SIGKILL
+    w.child.wait().unwrap();
+    assert_eq!(
+        count_files(&root.path().join("blobs")),
+        0,
+        "no blob may exist before commit"
+    );
+
+    let w = Wharf::start(root.path());
+    let r = client
+        .head(w.url(&format!("/v2/crash/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a partial upload is never served");
+    let r = client.get(w.url(&loc)).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    // Exactly the acknowledged first chunk survived; the torn second one was cut off.
+    assert_eq!(r.headers()["range"], format!("0-{}", MIB - 1).as_str());
+
+    let r = client
+        .patch(w.url(&loc))
+        .header("Content-Range", format!("{}-{}", MIB, 3 * MIB - 1))
+        .body(data[MIB..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = client
+        .put(w.url(&format!("{loc}?digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let got = client
+        .get(w.url(&format!("/v2/crash/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got == data, "served blob differs from what was uploaded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_request_finish() {
+    let root = tempfile::tempdir().unwrap();
+    let mut w = Wharf::start(root.path());
+    let data = vec![9u8; 256 * 1024];
+    let digest = Digest::sha256_of(&data).to_string();
+    let head = format!(
+        "POST /v2/term/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        w.addr,
+        data.len()
+    );
+    let mut sock = send_partial(&w.addr, &head, &data[..1000]);
+    // Make sure the request is being served before the signal.
+    let uploads = root.path().join("uploads");
+    for _ in 0..500 {
+        if std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &w.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        w.child.try_wait().unwrap().is_none(),
+        "server must wait for the in-flight request"
+    );
+    sock.write_all(&data[1000..]).unwrap();
+    let mut resp = String::new();
+    sock.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    let exit = w.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(count_files(&root.path().join("blobs")), 1);
+}
