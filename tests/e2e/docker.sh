@@ -27,6 +27,7 @@ PASSED=0
 FAILED=0
 WHARF_PID=
 DOCKERD_PID=
+MAIN_PID=$$
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/wharf-e2e-docker.XXXXXX")
 
 # ---------------------------------------------------------------------------------------
@@ -80,6 +81,9 @@ stop_pid() {
 
 cleanup() {
     local rc=$?
+    # A background child that is signalled between fork and exec runs this trap too;
+    # only the test's own shell may stop processes and delete the scratch directory.
+    [[ "$BASHPID" == "$MAIN_PID" ]] || return 0
     set +e
     if [[ -n "$DOCKERD_PID" ]]; then
         # dockerd's supervised containerd is also ours; remember it in case dockerd
@@ -114,6 +118,7 @@ trap 'exit 130' INT TERM
 # start_wharf: run wharf on a free loopback port; sets REGISTRY=127.0.0.1:PORT.
 start_wharf() {
     [[ -x "$WHARF" ]] || die "wharf binary not found or not executable: $WHARF (set WHARF=...)"
+    : >"$WORK/wharf.out"
     # A WHARF_CONFIG from the caller's environment must not change what we test.
     env -u WHARF_CONFIG -u WHARF_LISTEN -u WHARF_ROOT \
         "$WHARF" serve --listen 127.0.0.1:0 --root "$WORK/wharf-root" --log info \
@@ -162,7 +167,9 @@ start_dockerd() {
         fi
         if ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
             DOCKERD_PID=
-            dmesg 2>/dev/null | tail -n 20 >&2 || true
+            # The kernel log usually says why (missing overlay, cgroup or namespace support).
+            echo "---- last lines of the kernel log ----" >&2
+            dmesg 2>/dev/null | tail -n 15 >&2 || true
             die "dockerd exited during startup" "$WORK/dockerd.log"
         fi
         sleep 0.1
