@@ -207,3 +207,70 @@ async fn sigterm_lets_in_flight_request_finish() {
     assert!(exit.success(), "{exit:?}");
     assert_eq!(count_files(&root.path().join("blobs")), 1);
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop. `None` where mounting is not allowed
+/// (not root): the caller then says so and returns.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_fails_cleanly_and_stores_nothing() {
+    let Some(disk) = SmallDisk::mount("2m") else {
+        eprintln!(
+            "full_disk_fails_cleanly_and_stores_nothing: cannot mount a tmpfs here (needs root); not run"
+        );
+        return;
+    };
+    let w = Wharf::start(disk.dir.path());
+    let client = reqwest::Client::new();
+    let big = vec![1u8; 4 * MIB];
+    let digest = Digest::sha256_of(&big).to_string();
+    let r = client
+        .post(w.url(&format!("/v2/full/blobs/uploads/?digest={digest}")))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 507, "{:?}", r.text().await);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("No space left"), "{body}");
+    assert_eq!(count_files(&disk.dir.path().join("blobs")), 0);
+    let r = client
+        .head(w.url(&format!("/v2/full/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // The failed upload gave its space back: a small blob still fits.
+    let small = vec![2u8; 64 * 1024];
+    let sd = Digest::sha256_of(&small).to_string();
+    let r = client
+        .post(w.url(&format!("/v2/full/blobs/uploads/?digest={sd}")))
+        .body(small)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    drop(w);
+}
