@@ -85,6 +85,7 @@ cleanup() {
     # only the test's own shell may stop processes and delete the scratch directory.
     [[ "$BASHPID" == "$MAIN_PID" ]] || return 0
     set +e
+    trap '' INT TERM # a second Ctrl-C must not cut the cleanup short
     if [[ -n "$DOCKERD_PID" ]]; then
         # dockerd's supervised containerd is also ours; remember it in case dockerd
         # has to be killed and cannot take its child down with it.
@@ -100,28 +101,34 @@ cleanup() {
             while read -r m; do umount -l "$m"; done
     fi
     [[ -n "$WHARF_PID" ]] && stop_pid "$WHARF_PID"
+    if ((rc != 0 && FAILED == 0)); then
+        FAILED=1 # an unexpected command failure under set -e
+    fi
+    if ((FAILED > 0)) && [[ -s "$WORK/wharf.log" ]]; then
+        echo "---- last lines of wharf.log ----" >&2
+        tail -n 30 "$WORK/wharf.log" >&2
+    fi
     if [[ "${E2E_KEEP:-0}" == 1 ]]; then
         echo "scratch directory kept: $WORK"
     else
         rm -rf "$WORK"
-    fi
-    if ((rc != 0 && FAILED == 0)); then
-        FAILED=1 # an unexpected command failure under set -e
     fi
     echo "$NAME: $PASSED passed, $FAILED failed"
     ((FAILED == 0)) || exit 1
     exit 0
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # start_wharf: run wharf on a free loopback port; sets REGISTRY=127.0.0.1:PORT.
 start_wharf() {
     [[ -x "$WHARF" ]] || die "wharf binary not found or not executable: $WHARF (set WHARF=...)"
     : >"$WORK/wharf.out"
     # A WHARF_CONFIG from the caller's environment must not change what we test.
-    env -u WHARF_CONFIG -u WHARF_LISTEN -u WHARF_ROOT \
-        "$WHARF" serve --listen 127.0.0.1:0 --root "$WORK/wharf-root" --log info \
+    # Request-level debug logs make a failing client's last requests visible in wharf.log.
+    env -u WHARF_CONFIG -u WHARF_LISTEN -u WHARF_ROOT -u RUST_LOG NO_COLOR=1 \
+        "$WHARF" serve --listen 127.0.0.1:0 --root "$WORK/wharf-root" --log info,wharf_registry=debug \
         >"$WORK/wharf.out" 2>"$WORK/wharf.log" &
     WHARF_PID=$!
     # wharf prints exactly one line once it is bound; its port is our only way to reach it.
@@ -143,6 +150,7 @@ start_wharf() {
 # registry. No bridge, iptables or forwarding: it only builds, pushes and pulls images.
 start_dockerd() {
     [[ -x "$DOCKERD" ]] || die "dockerd not found at $DOCKERD (apt-get install docker.io)"
+    command -v "$DOCKER_CLI" >/dev/null || die "docker client not found: $DOCKER_CLI (apt-get install docker.io)"
     # An empty config file, so that /etc/docker/daemon.json cannot conflict with our flags.
     echo '{}' >"$WORK/daemon.json"
     # Private containerd namespaces keep us apart from a system Docker in case dockerd

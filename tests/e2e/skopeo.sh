@@ -89,29 +89,36 @@ cleanup() {
     # only the test's own shell may stop processes and delete the scratch directory.
     [[ "$BASHPID" == "$MAIN_PID" ]] || return 0
     set +e
+    trap '' INT TERM # a second Ctrl-C must not cut the cleanup short
     [[ -n "$WHARF_PID" ]] && stop_pid "$WHARF_PID"
+    if ((rc != 0 && FAILED == 0)); then
+        FAILED=1 # an unexpected command failure under set -e
+    fi
+    if ((FAILED > 0)) && [[ -s "$WORK/wharf.log" ]]; then
+        echo "---- last lines of wharf.log ----" >&2
+        tail -n 30 "$WORK/wharf.log" >&2
+    fi
     if [[ "${E2E_KEEP:-0}" == 1 ]]; then
         echo "scratch directory kept: $WORK"
     else
         rm -rf "$WORK"
-    fi
-    if ((rc != 0 && FAILED == 0)); then
-        FAILED=1 # an unexpected command failure under set -e
     fi
     echo "$NAME: $PASSED passed, $FAILED failed"
     ((FAILED == 0)) || exit 1
     exit 0
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # start_wharf: run wharf on a free loopback port; sets REGISTRY=127.0.0.1:PORT.
 start_wharf() {
     [[ -x "$WHARF" ]] || die "wharf binary not found or not executable: $WHARF (set WHARF=...)"
     : >"$WORK/wharf.out"
     # A WHARF_CONFIG from the caller's environment must not change what we test.
-    env -u WHARF_CONFIG -u WHARF_LISTEN -u WHARF_ROOT \
-        "$WHARF" serve --listen 127.0.0.1:0 --root "$WORK/wharf-root" --log info \
+    # Request-level debug logs make a failing client's last requests visible in wharf.log.
+    env -u WHARF_CONFIG -u WHARF_LISTEN -u WHARF_ROOT -u RUST_LOG NO_COLOR=1 \
+        "$WHARF" serve --listen 127.0.0.1:0 --root "$WORK/wharf-root" --log info,wharf_registry=debug \
         >"$WORK/wharf.out" 2>"$WORK/wharf.log" &
     WHARF_PID=$!
     # wharf prints exactly one line once it is bound; its port is our only way to reach it.
@@ -340,7 +347,7 @@ test_multi_arch() {
 }
 
 # skopeo delete by digest removes the manifest; the registry then answers 404 with the
-# spec's error body.
+# spec's error body, by digest and by the tag that named it.
 test_delete() {
     local repo=e2e/skopeo status
     run "$WORK/delete.log" sk delete --tls-verify=false --no-creds "docker://$REGISTRY/$repo@$SINGLE_MANIFEST"
@@ -349,6 +356,11 @@ test_delete() {
     expect_eq "delete: error code is MANIFEST_UNKNOWN" \
         "$(jq -r '.errors[0].code' "$WORK/deleted.json" 2>/dev/null || echo "not JSON: $(head -c 200 "$WORK/deleted.json")")" \
         MANIFEST_UNKNOWN
+    # Like the reference registry, wharf drops the tags that pointed at the manifest.
+    status=$(get_manifest "$repo" v1 "$WORK/deleted-tag.json")
+    expect_eq "delete: GET manifest by its former tag is 404" "$status" 404
+    expect_eq "delete: tags/list no longer lists v1" \
+        "$(http "http://$REGISTRY/v2/$repo/tags/list" | jq -c '[.tags[]? | select(. == "v1")]')" '[]'
 }
 
 main() {

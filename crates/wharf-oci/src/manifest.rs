@@ -75,8 +75,7 @@ pub struct ManifestView {
 impl ManifestView {
     /// Parses and checks `body`. `content_type` is the request's `Content-Type`, if any.
     pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Self, ManifestError> {
-        let raw: Raw =
-            serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let raw: Raw = serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
         let header = content_type
             .map(|c| c.split(';').next().unwrap_or("").trim())
             .filter(|c| !c.is_empty());
@@ -157,10 +156,7 @@ impl ManifestView {
 pub fn is_manifest_type(media_type: &str) -> bool {
     matches!(
         media_type,
-        media::OCI_MANIFEST
-            | media::OCI_INDEX
-            | media::DOCKER_MANIFEST
-            | media::DOCKER_MANIFEST_LIST
+        media::OCI_MANIFEST | media::OCI_INDEX | media::DOCKER_MANIFEST | media::DOCKER_MANIFEST_LIST
     )
 }
 
@@ -204,14 +200,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_manifests() {
-        assert!(matches!(
-            ManifestView::parse(b"{", None),
-            Err(ManifestError::Json(_))
-        ));
-        assert!(matches!(
-            ManifestView::parse(b"[]", None),
-            Err(ManifestError::Json(_))
-        ));
+        assert!(matches!(ManifestView::parse(b"{", None), Err(ManifestError::Json(_))));
+        assert!(matches!(ManifestView::parse(b"[]", None), Err(ManifestError::Json(_))));
         let no_config = format!(
             r#"{{"schemaVersion":2,"mediaType":"{}","layers":[]}}"#,
             media::OCI_MANIFEST

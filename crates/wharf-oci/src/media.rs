@@ -31,11 +31,7 @@ pub fn accepts(accept: &[&str], media_type: &str) -> bool {
                 continue;
             }
             any_listed = true;
-            if item == media_type
-                || item == "*/*"
-                || item == "application/*"
-                || item == "application/json"
-            {
+            if item == media_type || item == "*/*" || item == "application/*" || item == "application/json" {
                 return true;
             }
         }
@@ -56,10 +52,7 @@ mod tests {
             OCI_MANIFEST
         ));
         assert!(accepts(&[DOCKER_MANIFEST, "*/*"], OCI_MANIFEST));
-        assert!(accepts(
-            &[&format!("{DOCKER_MANIFEST}, {OCI_INDEX}")],
-            OCI_INDEX
-        ));
+        assert!(accepts(&[&format!("{DOCKER_MANIFEST}, {OCI_INDEX}")], OCI_INDEX));
         assert!(!accepts(&[DOCKER_MANIFEST], OCI_MANIFEST));
     }
 }

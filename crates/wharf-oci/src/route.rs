@@ -52,17 +52,13 @@ pub fn parse<'a>(path: &'a str) -> Result<Route<'a>, RouteError> {
         }
     };
     if let Some(name) = rest.strip_suffix("/tags/list") {
-        return Ok(Route::Tags {
-            name: name_ok(name)?,
-        });
+        return Ok(Route::Tags { name: name_ok(name)? });
     }
     if let Some(name) = rest
         .strip_suffix("/blobs/uploads/")
         .or_else(|| rest.strip_suffix("/blobs/uploads"))
     {
-        return Ok(Route::UploadStart {
-            name: name_ok(name)?,
-        });
+        return Ok(Route::UploadStart { name: name_ok(name)? });
     }
     let (head, last) = rest.rsplit_once('/').ok_or(RouteError::NotFound)?;
     if let Some(name) = head.strip_suffix("/blobs/uploads") {
@@ -73,10 +69,7 @@ pub fn parse<'a>(path: &'a str) -> Result<Route<'a>, RouteError> {
     }
     let (name, kind) = head.rsplit_once('/').ok_or(RouteError::NotFound)?;
     let route = match kind {
-        "manifests" => Route::Manifest {
-            name,
-            reference: last,
-        },
+        "manifests" => Route::Manifest { name, reference: last },
         "blobs" => Route::Blob { name, digest: last },
         "referrers" => Route::Referrers { name, digest: last },
         _ => return Err(RouteError::NotFound),
@@ -115,10 +108,7 @@ mod tests {
         );
         assert_eq!(
             parse("/v2/a/blobs/uploads/xyz"),
-            Ok(Route::Upload {
-                name: "a",
-                id: "xyz"
-            })
+            Ok(Route::Upload { name: "a", id: "xyz" })
         );
         assert_eq!(
             parse("/v2/a/referrers/sha256:00"),
@@ -142,21 +132,12 @@ mod tests {
         assert_eq!(parse("/v1/"), Err(RouteError::NotFound));
         assert_eq!(parse("/v2/a"), Err(RouteError::NotFound));
         assert_eq!(parse("/v2/a/other/x"), Err(RouteError::NotFound));
-        assert!(matches!(
-            parse("/v2/../manifests/x"),
-            Err(RouteError::InvalidName(_))
-        ));
+        assert!(matches!(parse("/v2/../manifests/x"), Err(RouteError::InvalidName(_))));
         assert!(matches!(
             parse("/v2/a/%2e%2e/manifests/x"),
             Err(RouteError::InvalidName(_))
         ));
-        assert!(matches!(
-            parse("/v2/Upper/tags/list"),
-            Err(RouteError::InvalidName(_))
-        ));
-        assert!(matches!(
-            parse("/v2//blobs/uploads/"),
-            Err(RouteError::InvalidName(_))
-        ));
+        assert!(matches!(parse("/v2/Upper/tags/list"), Err(RouteError::InvalidName(_))));
+        assert!(matches!(parse("/v2//blobs/uploads/"), Err(RouteError::InvalidName(_))));
     }
 }

@@ -45,27 +45,17 @@ async fn route(app: App, req: Request) -> ApiResult {
         (Route::Manifest { name, reference }, Method::GET | Method::HEAD) => {
             manifests::get(&app, name, reference, req.headers()).await
         }
-        (Route::Manifest { name, reference }, Method::PUT) => {
-            manifests::put(&app, name, reference, req).await
-        }
-        (Route::Manifest { name, reference }, Method::DELETE) => {
-            manifests::delete(&app, name, reference).await
-        }
-        (Route::Blob { name, digest }, Method::GET) => {
-            blobs::get(&app, name, digest, req.headers(), false).await
-        }
-        (Route::Blob { name, digest }, Method::HEAD) => {
-            blobs::get(&app, name, digest, req.headers(), true).await
-        }
+        (Route::Manifest { name, reference }, Method::PUT) => manifests::put(&app, name, reference, req).await,
+        (Route::Manifest { name, reference }, Method::DELETE) => manifests::delete(&app, name, reference).await,
+        (Route::Blob { name, digest }, Method::GET) => blobs::get(&app, name, digest, req.headers(), false).await,
+        (Route::Blob { name, digest }, Method::HEAD) => blobs::get(&app, name, digest, req.headers(), true).await,
         (Route::Blob { name, digest }, Method::DELETE) => blobs::delete(&app, name, digest).await,
         (Route::UploadStart { name }, Method::POST) => uploads::post(&app, name, req).await,
         (Route::Upload { name, id }, Method::GET) => uploads::status(&app, name, id).await,
         (Route::Upload { name, id }, Method::PATCH) => uploads::patch(&app, name, id, req).await,
         (Route::Upload { name, id }, Method::PUT) => uploads::put(&app, name, id, req).await,
         (Route::Upload { name, id }, Method::DELETE) => uploads::delete(&app, name, id).await,
-        (Route::Referrers { name, digest }, Method::GET) => {
-            referrers::get(&app, name, digest, req.uri().query()).await
-        }
+        (Route::Referrers { name, digest }, Method::GET) => referrers::get(&app, name, digest, req.uri().query()).await,
         _ => Err(ApiError::unsupported_method()),
     }
 }

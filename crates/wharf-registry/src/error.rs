@@ -21,8 +21,7 @@ impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             code,
-            status: StatusCode::from_u16(code.status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            status: StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             message: message.into(),
             detail: None,
             headers: Vec::new(),
@@ -49,22 +48,19 @@ impl ApiError {
     }
 
     pub fn unsupported_method() -> Self {
-        ApiError::new(
-            ErrorCode::Unsupported,
-            "method not allowed on this resource",
-        )
+        ApiError::new(ErrorCode::Unsupported, "method not allowed on this resource")
     }
 }
 
 impl From<RouteError> for ApiError {
     fn from(e: RouteError) -> Self {
         match e {
-            RouteError::NotFound => ApiError::new(ErrorCode::Unsupported, "no such API endpoint")
-                .with_status(StatusCode::NOT_FOUND),
-            RouteError::InvalidName(name) => ApiError::new(
-                ErrorCode::NameInvalid,
-                format!("invalid repository name {name:?}"),
-            ),
+            RouteError::NotFound => {
+                ApiError::new(ErrorCode::Unsupported, "no such API endpoint").with_status(StatusCode::NOT_FOUND)
+            }
+            RouteError::InvalidName(name) => {
+                ApiError::new(ErrorCode::NameInvalid, format!("invalid repository name {name:?}"))
+            }
         }
     }
 }
@@ -74,28 +70,19 @@ impl From<StorageError> for ApiError {
         let message = e.to_string();
         match &e {
             StorageError::UploadUnknown(_) => ApiError::new(ErrorCode::BlobUploadUnknown, message),
-            StorageError::RangeMismatch { expected, .. } => {
-                ApiError::new(ErrorCode::BlobUploadInvalid, message)
-                    .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .with_header(header::RANGE, crate::headers::upload_range(*expected))
-            }
+            StorageError::RangeMismatch { expected, .. } => ApiError::new(ErrorCode::BlobUploadInvalid, message)
+                .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .with_header(header::RANGE, crate::headers::upload_range(*expected)),
             StorageError::DigestMismatch { .. } => ApiError::new(ErrorCode::DigestInvalid, message),
             StorageError::BlobUnknown(_) => ApiError::new(ErrorCode::BlobUnknown, message),
-            StorageError::RangeNotSatisfiable { size } => {
-                ApiError::new(ErrorCode::BlobUnknown, message)
-                    .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
-            }
-            StorageError::BodyInterrupted { .. } => {
-                ApiError::new(ErrorCode::BlobUploadInvalid, message)
-            }
+            StorageError::RangeNotSatisfiable { size } => ApiError::new(ErrorCode::BlobUnknown, message)
+                .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .with_header(header::CONTENT_RANGE, format!("bytes */{size}")),
+            StorageError::BodyInterrupted { .. } => ApiError::new(ErrorCode::BlobUploadInvalid, message),
             StorageError::Io { .. } if e.is_no_space() => {
-                ApiError::new(ErrorCode::Unknown, message)
-                    .with_status(StatusCode::INSUFFICIENT_STORAGE)
+                ApiError::new(ErrorCode::Unknown, message).with_status(StatusCode::INSUFFICIENT_STORAGE)
             }
-            StorageError::Io { .. } | StorageError::Corrupt { .. } => {
-                ApiError::new(ErrorCode::Unknown, message)
-            }
+            StorageError::Io { .. } | StorageError::Corrupt { .. } => ApiError::new(ErrorCode::Unknown, message),
         }
     }
 }
@@ -127,10 +114,7 @@ impl IntoResponse for ApiError {
         let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"errors\":[]}".to_vec());
         let mut resp = (self.status, json).into_response();
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         for (name, value) in self.headers {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 h.insert(name, v);

@@ -14,18 +14,11 @@ pub struct Page {
 
 impl Page {
     /// A JSON response with `items` under `key` (plus `extra` fields) and the `Link` header when more follow.
-    pub fn into_response(
-        self,
-        mut body: serde_json::Map<String, serde_json::Value>,
-        key: &str,
-    ) -> Response {
+    pub fn into_response(self, mut body: serde_json::Map<String, serde_json::Value>, key: &str) -> Response {
         body.insert(key.to_owned(), self.items.into());
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut resp = (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
             json,
         )
             .into_response();
@@ -46,10 +39,7 @@ pub fn params(query: Option<&str>) -> ApiResult<(Option<usize>, Option<String>)>
         match k.as_ref() {
             "n" => {
                 n = Some(v.parse::<usize>().map_err(|_| {
-                    ApiError::new(
-                        ErrorCode::PaginationNumberInvalid,
-                        format!("n={v:?} is not a count"),
-                    )
+                    ApiError::new(ErrorCode::PaginationNumberInvalid, format!("n={v:?} is not a count"))
                 })?)
             }
             "last" => last = Some(v.into_owned()),
@@ -94,10 +84,7 @@ mod tests {
         let all = v(&["a", "b", "c", "d"]);
         let p = paginate(all.clone(), Some(2), None, "/v2/r/tags/list");
         assert_eq!(p.items, v(&["a", "b"]));
-        assert_eq!(
-            p.link.as_deref(),
-            Some("</v2/r/tags/list?n=2&last=b>; rel=\"next\"")
-        );
+        assert_eq!(p.link.as_deref(), Some("</v2/r/tags/list?n=2&last=b>; rel=\"next\""));
         let p = paginate(all.clone(), Some(2), Some("b"), "/x");
         assert_eq!(p.items, v(&["c", "d"]));
         assert!(p.link.is_none());

@@ -74,34 +74,13 @@ mod tests {
     #[test]
     fn ranges() {
         assert_eq!(parse_range(None, 10), RangeRequest::Full);
-        assert_eq!(
-            parse_range(Some("bytes=0-4"), 10),
-            RangeRequest::Partial(0, 5)
-        );
-        assert_eq!(
-            parse_range(Some("bytes=5-"), 10),
-            RangeRequest::Partial(5, 10)
-        );
-        assert_eq!(
-            parse_range(Some("bytes=-3"), 10),
-            RangeRequest::Partial(7, 10)
-        );
-        assert_eq!(
-            parse_range(Some("bytes=-30"), 10),
-            RangeRequest::Partial(0, 10)
-        );
-        assert_eq!(
-            parse_range(Some("bytes=3-100"), 10),
-            RangeRequest::Partial(3, 10)
-        );
-        assert_eq!(
-            parse_range(Some("bytes=10-"), 10),
-            RangeRequest::Unsatisfiable
-        );
-        assert_eq!(
-            parse_range(Some("bytes=-0"), 10),
-            RangeRequest::Unsatisfiable
-        );
+        assert_eq!(parse_range(Some("bytes=0-4"), 10), RangeRequest::Partial(0, 5));
+        assert_eq!(parse_range(Some("bytes=5-"), 10), RangeRequest::Partial(5, 10));
+        assert_eq!(parse_range(Some("bytes=-3"), 10), RangeRequest::Partial(7, 10));
+        assert_eq!(parse_range(Some("bytes=-30"), 10), RangeRequest::Partial(0, 10));
+        assert_eq!(parse_range(Some("bytes=3-100"), 10), RangeRequest::Partial(3, 10));
+        assert_eq!(parse_range(Some("bytes=10-"), 10), RangeRequest::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 10), RangeRequest::Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=5-2"), 10), RangeRequest::Full);
         assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), RangeRequest::Full);
         assert_eq!(parse_range(Some("items=0-1"), 10), RangeRequest::Full);

@@ -11,19 +11,11 @@ async fn base_endpoint_and_unknown_paths() {
     let s = Server::start().await;
     let r = s.get("/v2/").await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(
-        r.headers()["docker-distribution-api-version"],
-        "registry/2.0"
-    );
+    assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
     let r = s.get("/v2/a/bogus/x").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "UNSUPPORTED");
-    let r = s
-        .client
-        .delete(s.url("/v2/a/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.client.delete(s.url("/v2/a/tags/list")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(error_code(r).await, "UNSUPPORTED");
 }
@@ -59,10 +51,7 @@ async fn monolithic_upload_head_get_range_delete() {
     let d = blob_digest(&data);
     let r = s.post_blob("lib/x", &d, data.clone()).await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(
-        r.headers()["location"],
-        format!("/v2/lib/x/blobs/{d}").as_str()
-    );
+    assert_eq!(r.headers()["location"], format!("/v2/lib/x/blobs/{d}").as_str());
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
 
     let r = s.head(&format!("/v2/lib/x/blobs/{d}")).await;
@@ -130,11 +119,7 @@ async fn digest_mismatch_stores_nothing() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(s.stored_blob_files(), 0);
-    assert_eq!(
-        s.upload_dirs(),
-        0,
-        "a failed upload leaves no session behind"
-    );
+    assert_eq!(s.upload_dirs(), 0, "a failed upload leaves no session behind");
 
     // Same through a session closed with a wrong digest.
     let loc = s.start_upload("a").await;
@@ -156,19 +141,11 @@ async fn chunked_upload_with_status_and_out_of_order_chunk() {
     let s = Server::start().await;
     let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
     let d = blob_digest(&data);
-    let r = s
-        .client
-        .post(s.url("/v2/c/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.client.post(s.url("/v2/c/blobs/uploads/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(r.headers()["range"], "0-0");
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
-    let uuid = r.headers()["docker-upload-uuid"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let uuid = r.headers()["docker-upload-uuid"].to_str().unwrap().to_owned();
     assert!(loc.ends_with(&uuid));
 
     let r = s.patch_chunk(&loc, 0, &data[..1000]).await;
@@ -198,12 +175,7 @@ async fn chunked_upload_with_status_and_out_of_order_chunk() {
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
     assert_eq!(
-        s.get(&format!("/v2/c/blobs/{d}"))
-            .await
-            .bytes()
-            .await
-            .unwrap()
-            .as_ref(),
+        s.get(&format!("/v2/c/blobs/{d}")).await.bytes().await.unwrap().as_ref(),
         &data[..]
     );
     // The session is gone.
@@ -216,13 +188,7 @@ async fn streamed_upload_and_post_then_put() {
     let data = vec![42u8; 70_000];
     let d = blob_digest(&data);
     let loc = s.start_upload("st").await;
-    let r = s
-        .client
-        .patch(s.url(&loc))
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = s.client.patch(s.url(&loc)).body(data.clone()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(r.headers()["range"], "0-69999");
     let r = s
@@ -245,18 +211,11 @@ async fn streamed_upload_and_post_then_put() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(
-        s.head(&format!("/v2/st/blobs/{od}")).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(s.head(&format!("/v2/st/blobs/{od}")).await.status(), StatusCode::OK);
 
     let loc = s.start_upload("st").await;
     let r = s.client.put(s.url(&loc)).body("x").send().await.unwrap();
-    assert_eq!(
-        error_code(r).await,
-        "DIGEST_INVALID",
-        "PUT without ?digest="
-    );
+    assert_eq!(error_code(r).await, "DIGEST_INVALID", "PUT without ?digest=");
 }
 
 #[tokio::test]
@@ -291,30 +250,20 @@ async fn cross_repository_mount() {
     s.post_blob("src/app", &d, data).await;
     let r = s
         .client
-        .post(s.url(&format!(
-            "/v2/dst/app/blobs/uploads/?mount={d}&from=src/app"
-        )))
+        .post(s.url(&format!("/v2/dst/app/blobs/uploads/?mount={d}&from=src/app")))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(
-        r.headers()["location"],
-        format!("/v2/dst/app/blobs/{d}").as_str()
-    );
-    assert_eq!(
-        s.head(&format!("/v2/dst/app/blobs/{d}")).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(r.headers()["location"], format!("/v2/dst/app/blobs/{d}").as_str());
+    assert_eq!(s.head(&format!("/v2/dst/app/blobs/{d}")).await.status(), StatusCode::OK);
     assert_eq!(s.stored_blob_files(), 1, "stored once, linked twice");
 
     // From a repository that lacks it: a normal upload session.
     let missing = blob_digest(b"nowhere");
     let r = s
         .client
-        .post(s.url(&format!(
-            "/v2/dst/app/blobs/uploads/?mount={missing}&from=src/app"
-        )))
+        .post(s.url(&format!("/v2/dst/app/blobs/uploads/?mount={missing}&from=src/app")))
         .send()
         .await
         .unwrap();
@@ -327,9 +276,7 @@ async fn cross_repository_mount() {
     );
     let r = s
         .client
-        .post(s.url(&format!(
-            "/v2/dst/app/blobs/uploads/?mount={d}&from=Bad..Name"
-        )))
+        .post(s.url(&format!("/v2/dst/app/blobs/uploads/?mount={d}&from=Bad..Name")))
         .send()
         .await
         .unwrap();
@@ -341,17 +288,9 @@ async fn sha512_blobs() {
     let s = Server::start().await;
     let data = b"sha512 content".to_vec();
     let d = Digest::of(Algorithm::Sha512, &data).to_string();
+    assert_eq!(s.post_blob("h", &d, data.clone()).await.status(), StatusCode::CREATED);
     assert_eq!(
-        s.post_blob("h", &d, data.clone()).await.status(),
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        s.get(&format!("/v2/h/blobs/{d}"))
-            .await
-            .bytes()
-            .await
-            .unwrap()
-            .as_ref(),
+        s.get(&format!("/v2/h/blobs/{d}")).await.bytes().await.unwrap().as_ref(),
         &data[..]
     );
     // Chunked: the algorithm is only known at the end.
@@ -360,12 +299,7 @@ async fn sha512_blobs() {
     let loc = s.start_upload("h").await;
     s.patch_chunk(&loc, 0, &more[..5]).await;
     s.patch_chunk(&loc, 5, &more[5..]).await;
-    let r = s
-        .client
-        .put(s.url(&format!("{loc}?digest={md}")))
-        .send()
-        .await
-        .unwrap();
+    let r = s.client.put(s.url(&format!("{loc}?digest={md}"))).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(
         s.get(&format!("/v2/h/blobs/{md}"))
@@ -385,27 +319,19 @@ async fn manifest_lifecycle_by_tag_and_digest() {
     let body = image_manifest(media::OCI_MANIFEST, &config, &[&layer], None);
 
     // Blobs missing: refused with the digest in the detail.
-    let r = s
-        .put_manifest("m", "v1", media::OCI_MANIFEST, body.clone())
-        .await;
+    let r = s.put_manifest("m", "v1", media::OCI_MANIFEST, body.clone()).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let e = json(r).await;
     assert_eq!(e["errors"][0]["code"], "MANIFEST_BLOB_UNKNOWN");
     assert_eq!(e["errors"][0]["detail"]["digest"], blob_digest(&config));
 
-    s.post_blob("m", &blob_digest(&config), config.clone())
-        .await;
+    s.post_blob("m", &blob_digest(&config), config.clone()).await;
     s.post_blob("m", &blob_digest(&layer), layer.clone()).await;
-    let r = s
-        .put_manifest("m", "v1", media::OCI_MANIFEST, body.clone())
-        .await;
+    let r = s.put_manifest("m", "v1", media::OCI_MANIFEST, body.clone()).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let d = blob_digest(&body);
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
-    assert_eq!(
-        r.headers()["location"],
-        format!("/v2/m/manifests/{d}").as_str()
-    );
+    assert_eq!(r.headers()["location"], format!("/v2/m/manifests/{d}").as_str());
 
     for reference in ["v1", d.as_str()] {
         let r = s.get(&format!("/v2/m/manifests/{reference}")).await;
@@ -415,10 +341,7 @@ async fn manifest_lifecycle_by_tag_and_digest() {
         assert_eq!(r.bytes().await.unwrap().as_ref(), &body[..], "byte-exact");
         let r = s.head(&format!("/v2/m/manifests/{reference}")).await;
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(
-            r.headers()["content-length"],
-            body.len().to_string().as_str()
-        );
+        assert_eq!(r.headers()["content-length"], body.len().to_string().as_str());
     }
 
     // Content negotiation: a client that only takes Docker manifests does not get an OCI one.
@@ -446,25 +369,13 @@ async fn manifest_lifecycle_by_tag_and_digest() {
         d2.as_str()
     );
     // The old revision is still there by digest.
-    assert_eq!(
-        s.get(&format!("/v2/m/manifests/{d}")).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(s.get(&format!("/v2/m/manifests/{d}")).await.status(), StatusCode::OK);
 
     // Delete by tag, then by digest (which also removes tags pointing at it).
-    s.put_manifest("m", "v2", media::OCI_MANIFEST, body.clone())
-        .await;
-    let r = s
-        .client
-        .delete(s.url("/v2/m/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    s.put_manifest("m", "v2", media::OCI_MANIFEST, body.clone()).await;
+    let r = s.client.delete(s.url("/v2/m/manifests/v1")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    assert_eq!(
-        error_code(s.get("/v2/m/manifests/v1").await).await,
-        "MANIFEST_UNKNOWN"
-    );
+    assert_eq!(error_code(s.get("/v2/m/manifests/v1").await).await, "MANIFEST_UNKNOWN");
     let r = s
         .client
         .delete(s.url(&format!("/v2/m/manifests/{d}")))
@@ -472,10 +383,7 @@ async fn manifest_lifecycle_by_tag_and_digest() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    assert_eq!(
-        s.get("/v2/m/manifests/v2").await.status(),
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(s.get("/v2/m/manifests/v2").await.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         s.get(&format!("/v2/m/manifests/{d}")).await.status(),
         StatusCode::NOT_FOUND
@@ -507,13 +415,10 @@ async fn manifest_errors() {
     assert_eq!(error_code(r).await, "MANIFEST_INVALID", "no config");
 
     let config = b"{}".to_vec();
-    s.post_blob("e", &blob_digest(&config), config.clone())
-        .await;
+    s.post_blob("e", &blob_digest(&config), config.clone()).await;
     let body = image_manifest(media::OCI_MANIFEST, &config, &[], None);
     let wrong = blob_digest(b"other");
-    let r = s
-        .put_manifest("e", &wrong, media::OCI_MANIFEST, body.clone())
-        .await;
+    let r = s.put_manifest("e", &wrong, media::OCI_MANIFEST, body.clone()).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     // By its own digest, including sha512.
@@ -522,9 +427,7 @@ async fn manifest_errors() {
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let d512 = Digest::of(Algorithm::Sha512, &body).to_string();
-    let r = s
-        .put_manifest("e", &d512, media::OCI_MANIFEST, body.clone())
-        .await;
+    let r = s.put_manifest("e", &d512, media::OCI_MANIFEST, body.clone()).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.headers()["docker-content-digest"], d512.as_str());
     assert_eq!(
@@ -557,8 +460,7 @@ async fn docker_types_and_indexes_keep_their_media_type() {
     let s = Server::start().await;
     let config = b"{\"architecture\":\"amd64\"}".to_vec();
     let layer = b"docker layer".to_vec();
-    s.post_blob("d", &blob_digest(&config), config.clone())
-        .await;
+    s.post_blob("d", &blob_digest(&config), config.clone()).await;
     s.post_blob("d", &blob_digest(&layer), layer.clone()).await;
     let m = image_manifest(media::DOCKER_MANIFEST, &config, &[&layer], None);
     let md = blob_digest(&m);
@@ -593,11 +495,7 @@ async fn docker_types_and_indexes_keep_their_media_type() {
         .get(s.url("/v2/d/manifests/multi"))
         .header(
             "Accept",
-            format!(
-                "{}, {}",
-                media::DOCKER_MANIFEST_LIST,
-                media::DOCKER_MANIFEST
-            ),
+            format!("{}, {}", media::DOCKER_MANIFEST_LIST, media::DOCKER_MANIFEST),
         )
         .send()
         .await
@@ -613,8 +511,7 @@ async fn tags_list_and_catalog_paginate() {
     let s = Server::start().await;
     let config = b"{}".to_vec();
     for repo in ["p/one", "p/two", "p/three"] {
-        s.post_blob(repo, &blob_digest(&config), config.clone())
-            .await;
+        s.post_blob(repo, &blob_digest(&config), config.clone()).await;
     }
     let body = image_manifest(media::OCI_MANIFEST, &config, &[], None);
     for tag in ["c", "a", "e", "b", "d"] {
@@ -632,10 +529,7 @@ async fn tags_list_and_catalog_paginate() {
     assert_eq!(j["tags"], serde_json::json!(["a", "b", "c", "d", "e"]));
 
     let r = s.get("/v2/p/one/tags/list?n=2").await;
-    assert_eq!(
-        r.headers()["link"],
-        "</v2/p/one/tags/list?n=2&last=b>; rel=\"next\""
-    );
+    assert_eq!(r.headers()["link"], "</v2/p/one/tags/list?n=2&last=b>; rel=\"next\"");
     assert_eq!(json(r).await["tags"], serde_json::json!(["a", "b"]));
     let r = s.get("/v2/p/one/tags/list?n=2&last=b").await;
     assert_eq!(json(r).await["tags"], serde_json::json!(["c", "d"]));
@@ -655,27 +549,17 @@ async fn tags_list_and_catalog_paginate() {
     );
 
     let j = json(s.get("/v2/_catalog").await).await;
-    assert_eq!(
-        j["repositories"],
-        serde_json::json!(["p/one", "p/three", "p/two"])
-    );
+    assert_eq!(j["repositories"], serde_json::json!(["p/one", "p/three", "p/two"]));
     let r = s.get("/v2/_catalog?n=1&last=p/one").await;
-    assert_eq!(
-        r.headers()["link"],
-        "</v2/_catalog?n=1&last=p%2Fthree>; rel=\"next\""
-    );
-    assert_eq!(
-        json(r).await["repositories"],
-        serde_json::json!(["p/three"])
-    );
+    assert_eq!(r.headers()["link"], "</v2/_catalog?n=1&last=p%2Fthree>; rel=\"next\"");
+    assert_eq!(json(r).await["repositories"], serde_json::json!(["p/three"]));
 }
 
 #[tokio::test]
 async fn referrers_track_subjects() {
     let s = Server::start().await;
     let config = b"{}".to_vec();
-    s.post_blob("r", &blob_digest(&config), config.clone())
-        .await;
+    s.post_blob("r", &blob_digest(&config), config.clone()).await;
     let subject_body = image_manifest(media::OCI_MANIFEST, &config, &[], None);
     let subject = blob_digest(&subject_body);
     s.put_manifest("r", "app", media::OCI_MANIFEST, subject_body.clone())
@@ -686,10 +570,7 @@ async fn referrers_track_subjects() {
 
     let subject_desc = (media::OCI_MANIFEST, subject.as_str(), subject_body.len());
     let mut digests = Vec::new();
-    for artifact in [
-        "application/vnd.example.sbom",
-        "application/vnd.example.sig",
-    ] {
+    for artifact in ["application/vnd.example.sbom", "application/vnd.example.sig"] {
         let mut sig = image_manifest(media::OCI_MANIFEST, &config, &[], Some(subject_desc));
         // Give each an artifactType.
         sig.truncate(sig.len() - 1);
@@ -714,10 +595,7 @@ async fn referrers_track_subjects() {
     assert_eq!(r.headers()["oci-filters-applied"], "artifactType");
     let idx = json(r).await;
     assert_eq!(idx["manifests"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        idx["manifests"][0]["artifactType"],
-        "application/vnd.example.sig"
-    );
+    assert_eq!(idx["manifests"][0]["artifactType"], "application/vnd.example.sig");
     assert_eq!(idx["manifests"][0]["digest"], digests[1].as_str());
 
     // Deleting a referrer removes it from the list.
@@ -755,10 +633,7 @@ async fn concurrent_uploads_of_one_blob_store_it_once() {
     }
     assert_eq!(s.stored_blob_files(), 1);
     for i in 0..8 {
-        assert_eq!(
-            s.head(&format!("/v2/con{i}/blobs/{d}")).await.status(),
-            StatusCode::OK
-        );
+        assert_eq!(s.head(&format!("/v2/con{i}/blobs/{d}")).await.status(), StatusCode::OK);
     }
 }
 
@@ -774,12 +649,7 @@ async fn upload_session_survives_restart() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(r.headers()["range"], "0-2499");
     s.patch_chunk(&loc, 2500, &data[2500..]).await;
-    let r = s
-        .client
-        .put(s.url(&format!("{loc}?digest={d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = s.client.put(s.url(&format!("{loc}?digest={d}"))).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(
         s.get(&format!("/v2/rs/blobs/{d}"))

@@ -14,10 +14,7 @@ where
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
-        Err(e) => Err(StorageError::io(
-            "<blocking task>",
-            io::Error::other(e.to_string()),
-        )),
+        Err(e) => Err(StorageError::io("<blocking task>", io::Error::other(e.to_string()))),
     }
 }
 

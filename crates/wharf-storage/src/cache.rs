@@ -13,9 +13,7 @@ use moka::sync::Cache;
 use wharf_oci::Digest;
 use wharf_oci::manifest::Descriptor;
 
-use crate::{
-    ByteStream, NewManifest, Reference, RegistryStore, Result, StoredManifest, UploadStatus,
-};
+use crate::{ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StoredManifest, UploadStatus};
 
 /// Sizes of the caches.
 #[derive(Debug, Clone, Copy)]
@@ -50,12 +48,13 @@ impl<S: RegistryStore> CachedStore<S> {
         CachedStore {
             inner,
             blobs: Cache::new(config.blob_descriptors),
-            repo_blobs: Cache::new(config.blob_descriptors),
+            repo_blobs: Cache::builder()
+                .max_capacity(config.blob_descriptors)
+                .support_invalidation_closures()
+                .build(),
             manifests: Cache::builder()
                 .max_capacity(config.manifest_bytes)
-                .weigher(|_, m: &Arc<StoredManifest>| {
-                    u32::try_from(m.body.len()).unwrap_or(u32::MAX)
-                })
+                .weigher(|_, m: &Arc<StoredManifest>| u32::try_from(m.body.len()).unwrap_or(u32::MAX))
                 .build(),
             tags: Cache::builder()
                 .max_capacity(config.blob_descriptors)
@@ -111,8 +110,20 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
         Ok(size)
     }
 
-    async fn read_blob(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<ByteStream> {
-        self.inner.read_blob(digest, range).await
+    async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<Option<OpenBlob>> {
+        self.inner.open_blob(repo, digest).await
+    }
+
+    async fn remove_blob(&self, digest: &Digest) -> Result<bool> {
+        self.bump();
+        let removed = self.inner.remove_blob(digest).await;
+        self.blobs.invalidate(digest);
+        let d = digest.clone();
+        // Only fails if closures were not enabled at build time, which `new` does.
+        let _ = self.repo_blobs.invalidate_entries_if(move |k, _| k.1 == d);
+        self.manifests.invalidate_all();
+        self.bump();
+        removed
     }
 
     async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<()> {
@@ -122,8 +133,7 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
         self.bump();
         let removed = self.inner.unlink_blob(repo, digest).await;
-        self.repo_blobs
-            .invalidate(&(repo.to_owned(), digest.clone()));
+        self.repo_blobs.invalidate(&(repo.to_owned(), digest.clone()));
         self.bump();
         removed
     }
@@ -136,21 +146,14 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
         self.inner.upload_status(repo, id).await
     }
 
-    async fn append_upload(
-        &self,
-        repo: &str,
-        id: &str,
-        start: Option<u64>,
-        body: ByteStream,
-    ) -> Result<UploadStatus> {
+    async fn append_upload(&self, repo: &str, id: &str, start: Option<u64>, body: ByteStream) -> Result<UploadStatus> {
         self.inner.append_upload(repo, id, start, body).await
     }
 
     async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
         let size = self.inner.commit_upload(repo, id, expected).await?;
         self.blobs.insert(expected.clone(), size);
-        self.repo_blobs
-            .insert((repo.to_owned(), expected.clone()), size);
+        self.repo_blobs.insert((repo.to_owned(), expected.clone()), size);
         Ok(size)
     }
 
@@ -161,8 +164,7 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
     async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
         let size = self.inner.put_blob(repo, expected, body).await?;
         self.blobs.insert(expected.clone(), size);
-        self.repo_blobs
-            .insert((repo.to_owned(), expected.clone()), size);
+        self.repo_blobs.insert((repo.to_owned(), expected.clone()), size);
         Ok(size)
     }
 
@@ -186,11 +188,7 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
         Ok(())
     }
 
-    async fn get_manifest(
-        &self,
-        repo: &str,
-        reference: &Reference,
-    ) -> Result<Option<StoredManifest>> {
+    async fn get_manifest(&self, repo: &str, reference: &Reference) -> Result<Option<StoredManifest>> {
         let digest = match reference {
             Reference::Digest(d) => Some(d.clone()),
             Reference::Tag(t) => self.tags.get(&(repo.to_owned(), t.clone())),
@@ -206,8 +204,7 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
             && epoch == self.epoch()
         {
             if let Reference::Tag(t) = reference {
-                self.tags
-                    .insert((repo.to_owned(), t.clone()), m.digest.clone());
+                self.tags.insert((repo.to_owned(), t.clone()), m.digest.clone());
             }
             self.remember_manifest(repo, m);
         }
@@ -217,13 +214,10 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
     async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool> {
         self.bump();
         let removed = self.inner.delete_manifest(repo, digest).await;
-        self.manifests
-            .invalidate(&(repo.to_owned(), digest.clone()));
+        self.manifests.invalidate(&(repo.to_owned(), digest.clone()));
         let (r, d) = (repo.to_owned(), digest.clone());
         // Only fails if closures were not enabled at build time, which `new` does.
-        let _ = self
-            .tags
-            .invalidate_entries_if(move |k, v| k.0 == r && *v == d);
+        let _ = self.tags.invalidate_entries_if(move |k, v| k.0 == r && *v == d);
         self.bump();
         removed
     }

@@ -16,7 +16,7 @@ use crate::atomic::{blocking, list_dir, read_optional, remove_optional, write_at
 use crate::fs_upload::SessionSlot;
 use crate::paths::Layout;
 use crate::{
-    ByteStream, NewManifest, Reference, RegistryStore, Result, StorageError, StoredManifest,
+    BlobSource, ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StorageError, StoredManifest,
     UploadStatus,
 };
 
@@ -83,13 +83,10 @@ impl FsStore {
                     return Ok(None);
                 };
                 let s = String::from_utf8_lossy(&raw);
-                s.trim()
-                    .parse()
-                    .map(Some)
-                    .map_err(|e| StorageError::Corrupt {
-                        path,
-                        reason: format!("{e}"),
-                    })
+                s.trim().parse().map(Some).map_err(|e| StorageError::Corrupt {
+                    path,
+                    reason: format!("{e}"),
+                })
             }
         }
     }
@@ -117,6 +114,30 @@ impl FsStore {
     }
 }
 
+/// An open blob file. Reading from the open descriptor means a concurrent delete or eviction cannot cut a
+/// response short.
+struct FileSource {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+#[async_trait]
+impl BlobSource for FileSource {
+    async fn read(self: Box<Self>, range: Option<(u64, u64)>) -> Result<ByteStream> {
+        let mut file = tokio::fs::File::from_std(self.file);
+        match range {
+            None => Ok(Box::pin(ReaderStream::with_capacity(file, READ_CHUNK))),
+            Some((start, end)) => {
+                file.seek(SeekFrom::Start(start))
+                    .await
+                    .map_err(|e| StorageError::io(&self.path, e))?;
+                let limited = file.take(end.saturating_sub(start));
+                Ok(Box::pin(ReaderStream::with_capacity(limited, READ_CHUNK)))
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl RegistryStore for FsStore {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
@@ -136,25 +157,30 @@ impl RegistryStore for FsStore {
         .await
     }
 
-    async fn read_blob(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<ByteStream> {
+    async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<Option<OpenBlob>> {
+        let link = self.layout.layer_link(repo, digest);
         let path = self.layout.blob(digest);
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StorageError::BlobUnknown(digest.clone()));
+        blocking(move || {
+            if !link.exists() {
+                return Ok(None);
             }
-            Err(e) => return Err(StorageError::io(path, e)),
-        };
-        match range {
-            None => Ok(Box::pin(ReaderStream::with_capacity(file, READ_CHUNK))),
-            Some((start, end)) => {
-                file.seek(SeekFrom::Start(start))
-                    .await
-                    .map_err(|e| StorageError::io(&path, e))?;
-                let limited = file.take(end.saturating_sub(start));
-                Ok(Box::pin(ReaderStream::with_capacity(limited, READ_CHUNK)))
-            }
-        }
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(StorageError::io(&path, e)),
+            };
+            let size = file.metadata().map_err(|e| StorageError::io(&path, e))?.len();
+            Ok(Some(OpenBlob {
+                size,
+                source: Box::new(FileSource { file, path }),
+            }))
+        })
+        .await
+    }
+
+    async fn remove_blob(&self, digest: &Digest) -> Result<bool> {
+        let path = self.layout.blob(digest);
+        blocking(move || remove_optional(&path)).await
     }
 
     async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<()> {
@@ -176,13 +202,7 @@ impl RegistryStore for FsStore {
         self.upload_stat(repo, id).await
     }
 
-    async fn append_upload(
-        &self,
-        repo: &str,
-        id: &str,
-        start: Option<u64>,
-        body: ByteStream,
-    ) -> Result<UploadStatus> {
+    async fn append_upload(&self, repo: &str, id: &str, start: Option<u64>, body: ByteStream) -> Result<UploadStatus> {
         self.upload_append(repo, id, start, body).await
     }
 
@@ -204,11 +224,7 @@ impl RegistryStore for FsStore {
         blocking(move || {
             // Order matters for crash safety: bytes, then the revision, then what points at it.
             Self::write_blob_bytes(&layout, &m.digest, &m.body)?;
-            Self::link(
-                &layout,
-                &layout.revision(&repo, &m.digest),
-                m.media_type.as_bytes(),
-            )?;
+            Self::link(&layout, &layout.revision(&repo, &m.digest), m.media_type.as_bytes())?;
             if let Some((subject, descriptor)) = &m.referrer {
                 let json = serde_json::to_vec(descriptor).map_err(|e| StorageError::Corrupt {
                     path: layout.referrer(&repo, subject, &m.digest),
@@ -217,22 +233,14 @@ impl RegistryStore for FsStore {
                 Self::link(&layout, &layout.referrer(&repo, subject, &m.digest), &json)?;
             }
             if let Some(tag) = &m.tag {
-                Self::link(
-                    &layout,
-                    &layout.tag(&repo, tag),
-                    m.digest.to_string().as_bytes(),
-                )?;
+                Self::link(&layout, &layout.tag(&repo, tag), m.digest.to_string().as_bytes())?;
             }
             Ok(())
         })
         .await
     }
 
-    async fn get_manifest(
-        &self,
-        repo: &str,
-        reference: &Reference,
-    ) -> Result<Option<StoredManifest>> {
+    async fn get_manifest(&self, repo: &str, reference: &Reference) -> Result<Option<StoredManifest>> {
         let layout = self.layout.clone();
         let repo = repo.to_owned();
         let reference = reference.clone();
@@ -268,9 +276,7 @@ impl RegistryStore for FsStore {
             let wanted = digest.to_string();
             for tag in list_dir(&layout.tags(&repo))? {
                 let path = layout.tag(&repo, &tag);
-                if read_optional(&path)?
-                    .is_some_and(|t| String::from_utf8_lossy(&t).trim() == wanted)
-                {
+                if read_optional(&path)?.is_some_and(|t| String::from_utf8_lossy(&t).trim() == wanted) {
                     remove_optional(&path)?;
                 }
             }
@@ -294,9 +300,7 @@ impl RegistryStore for FsStore {
         let layout = self.layout.clone();
         let repo = repo.to_owned();
         blocking(move || {
-            if !layout.repo(&repo).join("_manifests").is_dir()
-                && !layout.repo(&repo).join("_layers").is_dir()
-            {
+            if !layout.repo(&repo).join("_manifests").is_dir() && !layout.repo(&repo).join("_layers").is_dir() {
                 return Ok(None);
             }
             list_dir(&layout.tags(&repo)).map(Some)
@@ -324,11 +328,10 @@ impl RegistryStore for FsStore {
                 let Some(raw) = read_optional(&path)? else {
                     continue;
                 };
-                let d: Descriptor =
-                    serde_json::from_slice(&raw).map_err(|e| StorageError::Corrupt {
-                        path,
-                        reason: e.to_string(),
-                    })?;
+                let d: Descriptor = serde_json::from_slice(&raw).map_err(|e| StorageError::Corrupt {
+                    path,
+                    reason: e.to_string(),
+                })?;
                 out.push(d);
             }
             Ok(out)

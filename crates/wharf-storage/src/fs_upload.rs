@@ -97,27 +97,19 @@ impl Session {
             other => return Err(corrupt(format!("unknown algorithm {other}"))),
         };
         let state = hex::decode(&f.hash_state).map_err(|e| corrupt(e.to_string()))?;
-        let hasher =
-            DigestHasher::restore_state(algorithm, &state).map_err(|e| corrupt(e.to_string()))?;
+        let hasher = DigestHasher::restore_state(algorithm, &state).map_err(|e| corrupt(e.to_string()))?;
         // Bytes past `offset` were written by an append that never finished: drop them.
         let data = dir.join("data");
         let file = OpenOptions::new()
             .write(true)
             .open(&data)
             .map_err(|e| StorageError::io(&data, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| StorageError::io(&data, e))?
-            .len();
+        let len = file.metadata().map_err(|e| StorageError::io(&data, e))?.len();
         if len < f.offset {
-            return Err(corrupt(format!(
-                "data has {len} bytes, state says {}",
-                f.offset
-            )));
+            return Err(corrupt(format!("data has {len} bytes, state says {}", f.offset)));
         }
         if len > f.offset {
-            file.set_len(f.offset)
-                .map_err(|e| StorageError::io(&data, e))?;
+            file.set_len(f.offset).map_err(|e| StorageError::io(&data, e))?;
             file.sync_all().map_err(|e| StorageError::io(&data, e))?;
         }
         Ok(Some(Session {
@@ -130,10 +122,7 @@ impl Session {
 }
 
 /// Writes chunks to `path` from `offset` on a blocking thread; returns the bytes written after an fdatasync.
-fn spawn_writer(
-    path: PathBuf,
-    offset: u64,
-) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<Result<u64>>) {
+fn spawn_writer(path: PathBuf, offset: u64) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<Result<u64>>) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
     let handle = tokio::task::spawn_blocking(move || {
         let mut file = OpenOptions::new()
@@ -145,8 +134,7 @@ fn spawn_writer(
         let mut written = 0u64;
         let mut flushed = 0u64;
         while let Some(chunk) = rx.blocking_recv() {
-            file.write_all(&chunk)
-                .map_err(|e| StorageError::io(&path, e))?;
+            file.write_all(&chunk).map_err(|e| StorageError::io(&path, e))?;
             written += chunk.len() as u64;
             if written - flushed >= WRITEBACK_EVERY {
                 start_writeback(&file, offset + flushed, written - flushed);
@@ -197,18 +185,11 @@ impl FsStore {
     }
 
     fn forget(&self, id: &str) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// Locks a session and makes sure it is loaded and belongs to `repo`.
-    async fn locked(
-        &self,
-        repo: &str,
-        id: &str,
-    ) -> Result<(String, tokio::sync::OwnedMutexGuard<Option<Session>>)> {
+    async fn locked(&self, repo: &str, id: &str) -> Result<(String, tokio::sync::OwnedMutexGuard<Option<Session>>)> {
         let unknown = || StorageError::UploadUnknown(id.to_owned());
         let id = canonical_id(id).ok_or_else(unknown)?;
         let mut guard = self.slot(&id).lock_owned().await;
@@ -230,11 +211,7 @@ impl FsStore {
     }
 
     /// Starts a session hashing with `algorithm` (known up front for monolithic uploads).
-    pub(crate) async fn upload_start_with(
-        &self,
-        repo: &str,
-        algorithm: Algorithm,
-    ) -> Result<UploadStatus> {
+    pub(crate) async fn upload_start_with(&self, repo: &str, algorithm: Algorithm) -> Result<UploadStatus> {
         let id = uuid::Uuid::new_v4().hyphenated().to_string();
         let session = Session {
             repo: repo.to_owned(),
@@ -270,9 +247,7 @@ impl FsStore {
         mut body: ByteStream,
     ) -> Result<UploadStatus> {
         let (id, mut guard) = self.locked(repo, id).await?;
-        let session = guard
-            .as_mut()
-            .ok_or_else(|| StorageError::UploadUnknown(id.clone()))?;
+        let session = guard.as_mut().ok_or_else(|| StorageError::UploadUnknown(id.clone()))?;
         if let Some(start) = start
             && start != session.offset
         {
@@ -352,16 +327,9 @@ impl FsStore {
         }
     }
 
-    pub(crate) async fn upload_commit(
-        &self,
-        repo: &str,
-        id: &str,
-        expected: &Digest,
-    ) -> Result<u64> {
+    pub(crate) async fn upload_commit(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
         let (id, mut guard) = self.locked(repo, id).await?;
-        let session = guard
-            .take()
-            .ok_or_else(|| StorageError::UploadUnknown(id.clone()))?;
+        let session = guard.take().ok_or_else(|| StorageError::UploadUnknown(id.clone()))?;
         let dir = self.layout.upload_dir(&id);
         let data = dir.join("data");
         let size = session.offset;
@@ -390,12 +358,7 @@ impl FsStore {
                 fsync_dir(parent)?;
             }
             let _ = fs::remove_dir_all(&dir);
-            write_atomic(
-                &layout.tmp(),
-                &layout.layer_link(&repo2, &expected2),
-                b"",
-                true,
-            )
+            write_atomic(&layout.tmp(), &layout.layer_link(&repo2, &expected2), b"", true)
         })
         .await;
         drop(guard);
@@ -414,20 +377,14 @@ impl FsStore {
         let (id, mut guard) = self.locked(repo, id).await?;
         guard.take();
         let dir = self.layout.upload_dir(&id);
-        let result =
-            blocking(move || fs::remove_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))).await;
+        let result = blocking(move || fs::remove_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))).await;
         drop(guard);
         self.forget(&id);
         result
     }
 
     /// A one-shot upload whose digest is known up front: hashed with the right algorithm, committed at once.
-    pub(crate) async fn upload_monolithic(
-        &self,
-        repo: &str,
-        expected: &Digest,
-        body: ByteStream,
-    ) -> Result<u64> {
+    pub(crate) async fn upload_monolithic(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
         let status = self.upload_start_with(repo, expected.algorithm()).await?;
         if let Err(e) = self.upload_append(repo, &status.id, None, body).await {
             let _ = self.upload_cancel(repo, &status.id).await;
@@ -489,10 +446,7 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert!(
-            matches!(err, StorageError::BodyInterrupted { kept: 3, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::BodyInterrupted { kept: 3, .. }), "{err}");
         assert_eq!(store.upload_status("r", &s.id).await.unwrap().offset, 3);
         store
             .append_upload("r", &s.id, Some(3), stream(vec![Ok(b"def")]))
@@ -515,18 +469,9 @@ mod tests {
     async fn ids_that_are_not_canonical_uuids_are_unknown() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path()).unwrap();
-        for id in [
-            "..",
-            "../../etc",
-            "",
-            "x",
-            "9A3C8D3E-1C59-4D4A-9C8B-7C5B7E1A2B3C",
-        ] {
+        for id in ["..", "../../etc", "", "x", "9A3C8D3E-1C59-4D4A-9C8B-7C5B7E1A2B3C"] {
             assert!(
-                matches!(
-                    store.upload_status("r", id).await,
-                    Err(StorageError::UploadUnknown(_))
-                ),
+                matches!(store.upload_status("r", id).await, Err(StorageError::UploadUnknown(_))),
                 "{id}"
             );
         }

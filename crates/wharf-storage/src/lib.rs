@@ -36,6 +36,19 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 /// A stream of bytes going into or out of storage.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
+/// A blob opened for reading.
+pub struct OpenBlob {
+    pub size: u64,
+    pub source: Box<dyn BlobSource>,
+}
+
+/// Where an opened blob's bytes come from (a file, an object, a fetch still in progress).
+#[async_trait]
+pub trait BlobSource: Send + Sync {
+    /// The bytes of the blob, or of `range` (`start..end`, end exclusive) of it.
+    async fn read(self: Box<Self>, range: Option<(u64, u64)>) -> Result<ByteStream>;
+}
+
 /// Where an upload session stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadStatus {
@@ -79,8 +92,11 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
     /// Size of a blob that `repo` links to; `None` if the repository has no such blob.
     async fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>>;
-    /// The bytes of a blob, or of `range` (`start..end`, end exclusive) of it.
-    async fn read_blob(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<ByteStream>;
+    /// Opens a blob that `repo` links to, for reading; `None` if the repository has no such blob. The size is known
+    /// before any byte is read, so the caller can answer `Range` requests.
+    async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<Option<OpenBlob>>;
+    /// Deletes a blob's bytes from the whole store (garbage collection, cache eviction). False if absent.
+    async fn remove_blob(&self, digest: &Digest) -> Result<bool>;
     /// Makes an existing blob part of `repo` (a cross-repository mount).
     async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<()>;
     /// Removes `repo`'s link to a blob; the bytes stay until garbage collection. False if there was no link.
@@ -90,13 +106,7 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus>;
     /// Appends `body` to an upload. With `start`, the chunk must begin exactly at the current offset. Bytes that
     /// arrived before the body broke off are kept, so the client can resume from [`RegistryStore::upload_status`].
-    async fn append_upload(
-        &self,
-        repo: &str,
-        id: &str,
-        start: Option<u64>,
-        body: ByteStream,
-    ) -> Result<UploadStatus>;
+    async fn append_upload(&self, repo: &str, id: &str, start: Option<u64>, body: ByteStream) -> Result<UploadStatus>;
     /// Verifies the upload against `expected` and, if it matches, makes it a blob linked into `repo`. Returns the
     /// blob's size. On a mismatch the session is discarded and nothing is stored.
     async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64>;
@@ -105,11 +115,7 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64>;
 
     async fn put_manifest(&self, repo: &str, manifest: NewManifest) -> Result<()>;
-    async fn get_manifest(
-        &self,
-        repo: &str,
-        reference: &Reference,
-    ) -> Result<Option<StoredManifest>>;
+    async fn get_manifest(&self, repo: &str, reference: &Reference) -> Result<Option<StoredManifest>>;
     /// Deletes a manifest revision, every tag that points at it and its referrers entry. False if absent.
     async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool>;
     /// Deletes a tag (not the manifest). False if absent.

@@ -40,6 +40,7 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
 }
@@ -56,8 +57,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let root = &config.storage.root;
-    let fs = FsStore::open(root)
-        .with_context(|| format!("cannot open storage at {}", root.display()))?;
+    let fs = FsStore::open(root).with_context(|| format!("cannot open storage at {}", root.display()))?;
     let store = CachedStore::new(
         fs,
         CacheConfig {
@@ -74,9 +74,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    let addr = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
+    let addr = listener.local_addr().context("cannot read the bound address")?;
     // Tests and scripts read this line to learn the port when --listen ends in :0.
     println!("wharf serve: listening on http://{addr}");
     tracing::info!(%addr, root = %root.display(), "registry started");

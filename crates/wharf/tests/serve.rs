@@ -62,13 +62,7 @@ fn count_files(dir: &Path) -> usize {
         return 0;
     };
     rd.flatten()
-        .map(|e| {
-            if e.path().is_dir() {
-                count_files(&e.path())
-            } else {
-                1
-            }
-        })
+        .map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 })
         .sum()
 }
 
@@ -82,11 +76,7 @@ async fn sigkill_mid_chunk_then_resume() {
     let client = reqwest::Client::new();
 
     let mut w = Wharf::start(root.path());
-    let r = client
-        .post(w.url("/v2/crash/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(w.url("/v2/crash/blobs/uploads/")).send().await.unwrap();
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
     let r = client
         .patch(w.url(&loc))
@@ -115,11 +105,7 @@ async fn sigkill_mid_chunk_then_resume() {
         .path()
         .join("data");
     for _ in 0..500 {
-        if std::fs::metadata(&session_data)
-            .map(|m| m.len())
-            .unwrap_or(0)
-            > MIB as u64
-        {
+        if std::fs::metadata(&session_data).map(|m| m.len()).unwrap_or(0) > MIB as u64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -237,9 +223,7 @@ impl Drop for SmallDisk {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_fails_cleanly_and_stores_nothing() {
     let Some(disk) = SmallDisk::mount("2m") else {
-        eprintln!(
-            "full_disk_fails_cleanly_and_stores_nothing: cannot mount a tmpfs here (needs root); not run"
-        );
+        eprintln!("full_disk_fails_cleanly_and_stores_nothing: cannot mount a tmpfs here (needs root); not run");
         return;
     };
     let w = Wharf::start(disk.dir.path());

@@ -11,24 +11,16 @@ use crate::error::{ApiError, ApiResult};
 use crate::headers::{DOCKER_CONTENT_DIGEST, get_str, value};
 use crate::range::{RangeRequest, parse_range};
 
-pub async fn get(
-    app: &App,
-    name: &str,
-    digest: &str,
-    headers: &HeaderMap,
-    head: bool,
-) -> ApiResult {
+pub async fn get(app: &App, name: &str, digest: &str, headers: &HeaderMap, head: bool) -> ApiResult {
     let digest = parse_digest(digest)?;
-    let size = app
-        .store
-        .repo_blob_size(name, &digest)
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::BlobUnknown,
-                format!("blob {digest} is unknown to {name}"),
-            )
-        })?;
+    let unknown = || ApiError::new(ErrorCode::BlobUnknown, format!("blob {digest} is unknown to {name}"));
+    // HEAD asks only for the size; GET opens the blob (for a mirror, that may start the upstream fetch).
+    let (size, source) = if head {
+        (app.store.repo_blob_size(name, &digest).await?.ok_or_else(unknown)?, None)
+    } else {
+        let blob = app.store.open_blob(name, &digest).await?.ok_or_else(unknown)?;
+        (blob.size, Some(blob.source))
+    };
     let digest_str = digest.to_string();
     let mut resp_headers = HeaderMap::new();
     resp_headers.insert(DOCKER_CONTENT_DIGEST, value(&digest_str));
@@ -38,10 +30,7 @@ pub async fn get(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    resp_headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("max-age=31536000"),
-    );
+    resp_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
 
     let (status, range) = match parse_range(get_str(headers, header::RANGE), size) {
         RangeRequest::Full => (StatusCode::OK, None),
@@ -58,10 +47,10 @@ pub async fn get(
     };
     let len = range.map(|(s, e)| e - s).unwrap_or(size);
     resp_headers.insert(header::CONTENT_LENGTH, value(&len.to_string()));
-    if head {
+    let Some(source) = source else {
         return Ok((status, resp_headers).into_response());
-    }
-    let stream = app.store.read_blob(&digest, range).await?;
+    };
+    let stream = source.read(range).await?;
     Ok((status, resp_headers, Body::from_stream(stream)).into_response())
 }
 

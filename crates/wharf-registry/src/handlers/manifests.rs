@@ -131,10 +131,7 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
 
     let digest_str = digest.to_string();
     let mut headers = vec![
-        (
-            header::LOCATION,
-            value(&format!("/v2/{name}/manifests/{digest_str}")),
-        ),
+        (header::LOCATION, value(&format!("/v2/{name}/manifests/{digest_str}"))),
         (DOCKER_CONTENT_DIGEST, value(&digest_str)),
     ];
     if let Some(s) = subject {
@@ -169,13 +166,7 @@ async fn check_references(app: &App, name: &str, view: &ManifestView) -> Result<
             .get_manifest(name, &Reference::Digest(child.digest.clone()))
             .await?
             .is_some();
-        if !is_manifest
-            && app
-                .store
-                .repo_blob_size(name, &child.digest)
-                .await?
-                .is_none()
-        {
+        if !is_manifest && app.store.repo_blob_size(name, &child.digest).await?.is_none() {
             return Err(missing(&child.digest));
         }
     }

@@ -18,8 +18,7 @@ use crate::error::ApiError;
 
 /// Parses a digest from a URL or query, mapping failure to `DIGEST_INVALID`.
 pub(crate) fn parse_digest(s: &str) -> Result<Digest, ApiError> {
-    s.parse()
-        .map_err(|e| ApiError::digest_invalid(format!("{e}")))
+    s.parse().map_err(|e| ApiError::digest_invalid(format!("{e}")))
 }
 
 /// The request body as a stream of byte chunks for storage.

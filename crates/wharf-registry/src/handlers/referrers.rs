@@ -26,18 +26,13 @@ pub async fn get(app: &App, name: &str, digest: &str, query: Option<&str>) -> Ap
     });
     let body = serde_json::to_vec(&index).unwrap_or_default();
     let mut resp = (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(media::OCI_INDEX),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static(media::OCI_INDEX))],
         body,
     )
         .into_response();
     if artifact_type.is_some() {
-        resp.headers_mut().insert(
-            OCI_FILTERS_APPLIED,
-            HeaderValue::from_static("artifactType"),
-        );
+        resp.headers_mut()
+            .insert(OCI_FILTERS_APPLIED, HeaderValue::from_static("artifactType"));
     }
     Ok(resp)
 }

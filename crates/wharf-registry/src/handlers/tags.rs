@@ -8,12 +8,11 @@ use crate::pagination::{paginate, params};
 
 pub async fn list(app: &App, name: &str, query: Option<&str>) -> ApiResult {
     let (n, last) = params(query)?;
-    let all = app.store.tags(name).await?.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::NameUnknown,
-            format!("repository {name} is unknown"),
-        )
-    })?;
+    let all = app
+        .store
+        .tags(name)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NameUnknown, format!("repository {name} is unknown")))?;
     let page = paginate(all, n, last.as_deref(), &format!("/v2/{name}/tags/list"));
     let mut body = serde_json::Map::new();
     body.insert("name".into(), name.into());

@@ -95,11 +95,8 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         return Ok(None);
     };
     let (start, end) = parse_content_range(raw).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::BlobUploadInvalid,
-            format!("malformed Content-Range {raw:?}"),
-        )
-        .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+        ApiError::new(ErrorCode::BlobUploadInvalid, format!("malformed Content-Range {raw:?}"))
+            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
     })?;
     if let Some(len) = declared_length(headers)
         && len != end - start + 1
@@ -115,24 +112,18 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 
 pub async fn patch(app: &App, name: &str, id: &str, req: Request) -> ApiResult {
     let start = chunk_start(req.headers())?;
-    let status = app
-        .store
-        .append_upload(name, id, start, body_stream(req))
-        .await?;
+    let status = app.store.append_upload(name, id, start, body_stream(req)).await?;
     Ok(in_progress(name, &status, StatusCode::ACCEPTED))
 }
 
 pub async fn put(app: &App, name: &str, id: &str, req: Request) -> ApiResult {
-    let digest = query_param(req.uri().query(), "digest").ok_or_else(|| {
-        ApiError::digest_invalid("the digest query parameter is required to close an upload")
-    })?;
+    let digest = query_param(req.uri().query(), "digest")
+        .ok_or_else(|| ApiError::digest_invalid("the digest query parameter is required to close an upload"))?;
     let digest = parse_digest(&digest)?;
     let start = chunk_start(req.headers())?;
     // A final chunk may come with the PUT; skip the append when the request says it has no body.
     if declared_length(req.headers()) != Some(0) {
-        app.store
-            .append_upload(name, id, start, body_stream(req))
-            .await?;
+        app.store.append_upload(name, id, start, body_stream(req)).await?;
     }
     app.store.commit_upload(name, id, &digest).await?;
     Ok(created(name, &digest))

@@ -95,10 +95,7 @@ impl Server {
     pub async fn patch_chunk(&self, location: &str, start: usize, chunk: &[u8]) -> Response {
         self.client
             .patch(self.url(location))
-            .header(
-                "Content-Range",
-                format!("{}-{}", start, start + chunk.len() - 1),
-            )
+            .header("Content-Range", format!("{}-{}", start, start + chunk.len() - 1))
             .header("Content-Type", "application/octet-stream")
             .body(chunk.to_vec())
             .send()
@@ -106,13 +103,7 @@ impl Server {
             .unwrap()
     }
 
-    pub async fn put_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        media_type: &str,
-        body: Vec<u8>,
-    ) -> Response {
+    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: Vec<u8>) -> Response {
         self.client
             .put(self.url(&format!("/v2/{repo}/manifests/{reference}")))
             .header("Content-Type", media_type)
@@ -131,11 +122,7 @@ impl Server {
         sock.write_all(req.as_bytes()).await.unwrap();
         let mut out = String::new();
         sock.read_to_string(&mut out).await.unwrap();
-        let status = out
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let status = out.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         (status, out)
     }
 
@@ -170,8 +157,7 @@ pub fn blob_digest(data: &[u8]) -> String {
 
 pub async fn json(r: Response) -> serde_json::Value {
     let bytes = r.bytes().await.unwrap();
-    serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
 }
 
 /// The `code` of the first error in a spec error body.
