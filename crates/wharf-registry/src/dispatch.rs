@@ -34,8 +34,58 @@ pub async fn not_found() -> Response {
     ApiError::from(route::RouteError::NotFound).into_response()
 }
 
+pub async fn metrics(State(app): State<App>) -> Response {
+    match &app.metrics {
+        Some(render) => (
+            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            render(),
+        )
+            .into_response(),
+        None => not_found().await,
+    }
+}
+
+/// The request path with the repository name replaced when it addresses a mirrored namespace (see
+/// `namespaces.rs`).
+async fn effective_path(
+    app: &App,
+    path: &str,
+    query: Option<&str>,
+    method: &Method,
+) -> Result<Option<String>, ApiError> {
+    let namespaces = &app.config.namespaces;
+    if namespaces.is_empty() {
+        return Ok(None);
+    }
+    let name = match route::parse(path)? {
+        Route::Base | Route::Catalog => return Ok(None),
+        Route::Tags { name }
+        | Route::Manifest { name, .. }
+        | Route::Blob { name, .. }
+        | Route::UploadStart { name }
+        | Route::Upload { name, .. }
+        | Route::Referrers { name, .. } => name,
+    };
+    let ns = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "ns")
+            .map(|(_, v)| v.into_owned())
+    });
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    let Some(new_name) = namespaces.resolve(app.store.as_ref(), name, ns.as_deref(), read).await else {
+        return Ok(None);
+    };
+    // `name` starts right after "/v2/".
+    Ok(Some(format!("/v2/{new_name}{}", &path[4 + name.len()..])))
+}
+
 async fn route(app: App, req: Request) -> ApiResult {
-    let path = req.uri().path().to_owned();
+    let original = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let method = req.method().clone();
+    let path = effective_path(&app, &original, query.as_deref(), &method)
+        .await?
+        .unwrap_or(original);
     let route = route::parse(&path)?;
     let m = req.method().clone();
     match (route, m) {

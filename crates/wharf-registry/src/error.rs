@@ -79,6 +79,10 @@ impl From<StorageError> for ApiError {
                 .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .with_header(header::CONTENT_RANGE, format!("bytes */{size}")),
             StorageError::BodyInterrupted { .. } => ApiError::new(ErrorCode::BlobUploadInvalid, message),
+            StorageError::ReadOnly { .. } => ApiError::new(ErrorCode::Denied, message),
+            StorageError::Upstream { .. } => {
+                ApiError::new(ErrorCode::Unknown, message).with_status(StatusCode::BAD_GATEWAY)
+            }
             StorageError::Io { .. } if e.is_no_space() => {
                 ApiError::new(ErrorCode::Unknown, message).with_status(StatusCode::INSUFFICIENT_STORAGE)
             }

@@ -22,28 +22,33 @@ mod dispatch;
 mod error;
 mod handlers;
 mod headers;
+mod namespaces;
 mod pagination;
 mod range;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::any;
+use axum::routing::{any, get};
 use wharf_storage::RegistryStore;
 
 pub use error::ApiError;
+pub use namespaces::{Namespace, Namespaces};
 
 /// Settings of the HTTP API itself.
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
     /// Largest manifest accepted on PUT, in bytes (the spec suggests 4 MiB).
     pub max_manifest_bytes: usize,
+    /// Upstreams mirrored by the store, for routing `ns` and default-mirror requests.
+    pub namespaces: Namespaces,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
             max_manifest_bytes: 4 << 20,
+            namespaces: Namespaces::default(),
         }
     }
 }
@@ -53,6 +58,8 @@ impl Default for RegistryConfig {
 pub struct App {
     pub store: Arc<dyn RegistryStore>,
     pub config: Arc<RegistryConfig>,
+    /// Renders the Prometheus text exposition served at `/metrics`, when metrics are on.
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 impl App {
@@ -60,7 +67,13 @@ impl App {
         App {
             store,
             config: Arc::new(config),
+            metrics: None,
         }
+    }
+
+    pub fn with_metrics(mut self, render: Arc<dyn Fn() -> String + Send + Sync>) -> Self {
+        self.metrics = Some(render);
+        self
     }
 }
 
@@ -70,6 +83,7 @@ pub fn router(app: App) -> Router {
         .route("/v2", any(dispatch::dispatch))
         .route("/v2/", any(dispatch::dispatch))
         .route("/v2/{*rest}", any(dispatch::dispatch))
+        .route("/metrics", get(dispatch::metrics))
         .fallback(dispatch::not_found)
         .with_state(app)
 }

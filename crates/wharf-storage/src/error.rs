@@ -17,6 +17,10 @@ pub enum StorageError {
     RangeNotSatisfiable { size: u64 },
     #[error("the upload body broke off after {kept} bytes were stored: {source}")]
     BodyInterrupted { kept: u64, source: io::Error },
+    #[error("repository {repo} is a read-only mirror of {upstream}; push to another repository")]
+    ReadOnly { repo: String, upstream: String },
+    #[error("upstream {upstream}: {reason}")]
+    Upstream { upstream: String, reason: String },
     #[error("storage I/O error at {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("corrupt metadata at {path}: {reason}")]

@@ -383,6 +383,28 @@ impl FsStore {
         result
     }
 
+    /// Publishes a file whose bytes the caller has already hashed and verified as `digest` (a mirror's spool file,
+    /// fdatasynced) as a blob linked into `repo`, by rename. The file must be on this store's filesystem.
+    pub async fn import_verified(&self, repo: &str, digest: &Digest, file: &Path) -> Result<u64> {
+        let layout = self.layout.clone();
+        let (repo, digest, file) = (repo.to_owned(), digest.clone(), file.to_owned());
+        blocking(move || {
+            let size = fs::metadata(&file).map_err(|e| StorageError::io(&file, e))?.len();
+            let blob = layout.blob(&digest);
+            let parent = blob.parent().unwrap_or(Path::new("."));
+            create_dir_all(parent)?;
+            if blob.exists() {
+                let _ = fs::remove_file(&file);
+            } else {
+                fs::rename(&file, &blob).map_err(|e| StorageError::io(&blob, e))?;
+                fsync_dir(parent)?;
+            }
+            write_atomic(&layout.tmp(), &layout.layer_link(&repo, &digest), b"", true)?;
+            Ok(size)
+        })
+        .await
+    }
+
     /// A one-shot upload whose digest is known up front: hashed with the right algorithm, committed at once.
     pub(crate) async fn upload_monolithic(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
         let status = self.upload_start_with(repo, expected.algorithm()).await?;

@@ -36,4 +36,8 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `wharf_registry=debug` [default: info, or RUST_LOG].
     #[arg(long)]
     pub log: Option<String>,
+    /// Mirror an upstream registry: `NAME=URL` (e.g. `ghcr.io=https://ghcr.io`), or a bare URL for the default
+    /// upstream that answers Docker's `registry-mirrors` requests. Repeatable. Adds to the config file's upstreams.
+    #[arg(long = "upstream", value_name = "[NAME=]URL")]
+    pub upstreams: Vec<String>,
 }

@@ -15,6 +15,7 @@ pub struct Config {
     pub cache: Cache,
     pub limits: Limits,
     pub log: Log,
+    pub mirror: Mirror,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -48,6 +49,78 @@ pub struct Limits {
 #[serde(default, deny_unknown_fields)]
 pub struct Log {
     pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mirror {
+    /// Seconds a tag, once checked against its upstream, is served without asking again.
+    pub tag_ttl_secs: u64,
+    /// Size limit of the mirror cache in bytes; 0 means unlimited.
+    pub max_cache_bytes: u64,
+    /// Seconds to wait for an upstream to connect or to send the next bytes.
+    pub timeout_secs: u64,
+    pub upstreams: Vec<Upstream>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// The registry host it stands for (`docker.io`, `ghcr.io`), also the `ns` value containerd sends.
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Answers reads that carry no `ns` (Docker's `registry-mirrors`). At most one.
+    #[serde(default)]
+    pub default: bool,
+}
+
+impl Default for Mirror {
+    fn default() -> Self {
+        Mirror {
+            tag_ttl_secs: 60,
+            max_cache_bytes: 0,
+            timeout_secs: 30,
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+impl Upstream {
+    /// Parses the `--upstream [NAME=]URL` shorthand. Without a name, it is the default upstream, named after its
+    /// host (Docker Hub's hosts become `docker.io`).
+    pub fn parse_flag(flag: &str) -> anyhow::Result<Upstream> {
+        let (name, url, default) = match flag.split_once('=') {
+            Some((n, u)) if !n.contains("://") => (n.to_owned(), u.to_owned(), false),
+            _ => {
+                let host = flag
+                    .split_once("://")
+                    .map(|(_, rest)| rest)
+                    .ok_or_else(|| anyhow::anyhow!("--upstream {flag:?}: expected [NAME=]http(s)://HOST[:PORT]"))?
+                    .split('/')
+                    .next()
+                    .unwrap_or("");
+                let name = wharf_mirror::canonical_host(host).replace(':', "-");
+                (name, flag.to_owned(), true)
+            }
+        };
+        if !wharf_oci::name::is_valid_repository(&name) || name.contains('/') {
+            anyhow::bail!("--upstream {flag:?}: {name:?} cannot name a repository namespace");
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!("--upstream {flag:?}: the URL must start with http:// or https://");
+        }
+        Ok(Upstream {
+            name,
+            url,
+            username: None,
+            password: None,
+            default,
+        })
+    }
 }
 
 impl Default for Server {
@@ -116,6 +189,32 @@ mod tests {
     fn unknown_keys_are_errors() {
         let err = Config::parse("[server]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+    }
+
+    #[test]
+    fn upstream_flags() {
+        let u = Upstream::parse_flag("ghcr.io=https://ghcr.io").unwrap();
+        assert_eq!(
+            (u.name.as_str(), u.url.as_str(), u.default),
+            ("ghcr.io", "https://ghcr.io", false)
+        );
+        let u = Upstream::parse_flag("https://registry-1.docker.io").unwrap();
+        assert_eq!((u.name.as_str(), u.default), ("docker.io", true));
+        let u = Upstream::parse_flag("http://127.0.0.1:5001/").unwrap();
+        assert_eq!(u.name, "127.0.0.1-5001");
+        assert!(Upstream::parse_flag("ftp://x").is_err());
+        assert!(Upstream::parse_flag("Bad Name=http://x").is_err());
+        assert!(Upstream::parse_flag("x=ftp://x").is_err());
+    }
+
+    #[test]
+    fn upstreams_in_file() {
+        let c = Config::parse(
+            "[mirror]\ntag_ttl_secs = 5\n[[mirror.upstreams]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\ndefault = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.mirror.tag_ttl_secs, 5);
+        assert!(c.mirror.upstreams[0].default);
     }
 
     #[test]

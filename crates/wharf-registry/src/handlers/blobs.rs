@@ -16,7 +16,10 @@ pub async fn get(app: &App, name: &str, digest: &str, headers: &HeaderMap, head:
     let unknown = || ApiError::new(ErrorCode::BlobUnknown, format!("blob {digest} is unknown to {name}"));
     // HEAD asks only for the size; GET opens the blob (for a mirror, that may start the upstream fetch).
     let (size, source) = if head {
-        (app.store.repo_blob_size(name, &digest).await?.ok_or_else(unknown)?, None)
+        (
+            app.store.repo_blob_size(name, &digest).await?.ok_or_else(unknown)?,
+            None,
+        )
     } else {
         let blob = app.store.open_blob(name, &digest).await?.ok_or_else(unknown)?;
         (blob.size, Some(blob.source))
