@@ -1,79 +1,21 @@
 //! The real `wharf serve` process: killed with SIGKILL in the middle of a chunked upload, restarted, resumed; and
 //! stopped with SIGTERM while a request is in flight.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::{MIB, Wharf, client, count_files, send_partial};
 use wharf_oci::Digest;
-
-struct Wharf {
-    child: Child,
-    addr: String,
-}
-
-impl Wharf {
-    fn start(root: &Path) -> Wharf {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
-            .arg(root)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start wharf");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Wharf { child, addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-}
-
-impl Drop for Wharf {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends a request head plus `body` on a raw socket and leaves the connection open (the body may be incomplete).
-fn send_partial(addr: &str, head: &str, body: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    s.flush().unwrap();
-    s
-}
-
-fn count_files(dir: &Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 })
-        .sum()
-}
-
-const MIB: usize = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_chunk_then_resume() {
     let root = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..3 * MIB).map(|i| (i * 31 % 251) as u8).collect();
     let digest = Digest::sha256_of(&data).to_string();
-    let client = reqwest::Client::new();
+    let client = client();
 
     let mut w = Wharf::start(root.path());
     let r = client.post(w.url("/v2/crash/blobs/uploads/")).send().await.unwrap();
@@ -227,7 +169,7 @@ async fn full_disk_fails_cleanly_and_stores_nothing() {
         return;
     };
     let w = Wharf::start(disk.dir.path());
-    let client = reqwest::Client::new();
+    let client = client();
     let big = vec![1u8; 4 * MIB];
     let digest = Digest::sha256_of(&big).to_string();
     let r = client

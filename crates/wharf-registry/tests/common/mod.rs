@@ -40,7 +40,11 @@ impl Server {
         });
         Server {
             base,
-            client: Client::new(),
+            client: {
+                // reqwest is built without a bundled TLS crypto provider (wharf installs ring); do the same here.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                Client::new()
+            },
             dir,
             stop: Some(tx),
             task: Some(task),

@@ -1,0 +1,301 @@
+//! The pull-through mirror with two real `wharf serve` processes: an origin holding images and a mirror in front
+//! of it. The origin's own request log (debug level) is the witness for how often the mirror went upstream.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use common::{Image, MIB, Wharf, client, push_image};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wharf_oci::Digest;
+
+const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn origin(dir: &std::path::Path) -> Wharf {
+    Wharf::start_with(
+        &dir.join("origin"),
+        &["--log", "wharf_registry=debug"],
+        Some(&dir.join("origin.log")),
+    )
+}
+
+fn mirror(dir: &std::path::Path, args: &[&str]) -> Wharf {
+    Wharf::start_with(&dir.join("mirror"), args, Some(&dir.join("mirror.log")))
+}
+
+/// Requests the origin served for `path` with `method`, from its log.
+fn origin_hits(origin: &Wharf, method: &str, path: &str) -> usize {
+    let needle = format!("method={method} path={path} ");
+    origin.log_text().lines().filter(|l| l.contains(&needle)).count()
+}
+
+/// Pulls `image` through `registry` as `repo:tag` (with an optional query string), checking every digest.
+async fn pull(c: &reqwest::Client, registry: &Wharf, repo: &str, tag: &str, query: &str, image: &Image) {
+    let r = c
+        .get(registry.url(&format!("/v2/{repo}/manifests/{tag}{query}")))
+        .header("Accept", ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "manifest {repo}:{tag}{query}: {:?}", r.text().await);
+    assert_eq!(r.headers()["docker-content-digest"], image.digest.as_str());
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &image.manifest[..]);
+    for (d, data) in &image.blobs {
+        let r = c
+            .get(registry.url(&format!("/v2/{repo}/blobs/{d}{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "blob {d}");
+        let got = r.bytes().await.unwrap();
+        assert_eq!(Digest::sha256_of(&got).to_string(), *d);
+        assert_eq!(got.len(), data.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_default_ns_prefix_and_docker_hub_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let o = origin(dir.path());
+    let img = push_image(&c, &o, "library/app", "v1", 1, &[1000, 2000]).await;
+    let up = format!("http://{}", o.addr);
+    let m = mirror(
+        dir.path(),
+        &[
+            "--upstream",
+            &up,
+            "--upstream",
+            &format!("docker.io={up}"),
+            "--upstream",
+            &format!("second={up}"),
+        ],
+    );
+    // Docker's registry-mirrors: no ns, default upstream.
+    pull(&c, &m, "library/app", "v1", "", &img).await;
+    // containerd: ?ns= picks the upstream, by name or by its host.
+    pull(&c, &m, "library/app", "v1", "?ns=second", &img).await;
+    pull(&c, &m, "library/app", "v1", "?ns=index.docker.io", &img).await;
+    // By prefixed name, with Docker Hub's library/ rule for one-component names.
+    pull(&c, &m, "docker.io/app", "v1", "", &img).await;
+    pull(&c, &m, "second/library/app", "v1", "", &img).await;
+    // Bytes are fetched once however many mirrored names lead to them.
+    for (d, _) in &img.blobs {
+        assert_eq!(origin_hits(&o, "GET", &format!("/v2/library/app/blobs/{d}")), 1, "{d}");
+    }
+    // A name that exists nowhere: the upstream's 404 comes through.
+    let r = c.get(m.url("/v2/library/nope/manifests/v1")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // The catalog lists what the mirror holds.
+    let cat: serde_json::Value = serde_json::from_slice(
+        &c.get(m.url("/v2/_catalog"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        cat["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "docker.io/library/app"),
+        "{cat}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_cold_pulls_fetch_each_blob_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let o = origin(dir.path());
+    let img = Arc::new(push_image(&c, &o, "library/busy", "v1", 2, &[8 * MIB, 3 * MIB, 100_000]).await);
+    let m = Arc::new(mirror(dir.path(), &["--upstream", &format!("http://{}", o.addr)]));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (c, m, img) = (client(), m.clone(), img.clone());
+        tasks.push(tokio::spawn(async move {
+            pull(&c, &m, "library/busy", "v1", "", &img).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for (d, _) in &img.blobs {
+        assert_eq!(
+            origin_hits(&o, "GET", &format!("/v2/library/busy/blobs/{d}")),
+            1,
+            "one upstream GET for {d}"
+        );
+    }
+    assert_eq!(
+        origin_hits(&o, "GET", &format!("/v2/library/busy/manifests/{}", img.digest)),
+        1
+    );
+    let metrics = c.get(m.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("wharf_mirror_coalesced_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_serves_cached_and_fails_uncached_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let mut o = origin(dir.path());
+    let img = push_image(&c, &o, "library/app", "v1", 3, &[5000]).await;
+    push_image(&c, &o, "library/app", "v2", 4, &[6000]).await;
+    // TTL 0: every tag request revalidates, so the outage is hit.
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, "[mirror]\ntag_ttl_secs = 0\ntimeout_secs = 2\n").unwrap();
+    let m = mirror(
+        dir.path(),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--upstream",
+            &format!("http://{}", o.addr),
+        ],
+    );
+    pull(&c, &m, "library/app", "v1", "", &img).await;
+
+    o.child.kill().unwrap();
+    o.child.wait().unwrap();
+
+    pull(&c, &m, "library/app", "v1", "", &img).await;
+    let r = c
+        .get(m.url(&format!("/v2/library/app/manifests/{}", img.digest)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "by digest from cache");
+    let r = c.get(m.url("/v2/library/app/manifests/v2")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let msg = body["errors"][0]["message"].as_str().unwrap();
+    assert!(msg.contains("cannot reach"), "{msg}");
+    let metrics = c.get(m.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("wharf_mirror_stale_serves_total ")),
+        "{metrics}"
+    );
+    assert!(m.log_text().contains("serving the last known manifest"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_are_revalidated_and_pushes_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let o = origin(dir.path());
+    let first = push_image(&c, &o, "library/app", "v1", 5, &[100]).await;
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, "[mirror]\ntag_ttl_secs = 0\n").unwrap();
+    let m = mirror(
+        dir.path(),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--upstream",
+            &format!("http://{}", o.addr),
+        ],
+    );
+    pull(&c, &m, "library/app", "v1", "", &first).await;
+    let moved = push_image(&c, &o, "library/app", "v1", 6, &[200]).await;
+    pull(&c, &m, "library/app", "v1", "", &moved).await;
+    // Revalidation is a HEAD; the unchanged tag is not downloaded again.
+    pull(&c, &m, "library/app", "v1", "", &moved).await;
+    assert_eq!(
+        origin_hits(&o, "GET", &format!("/v2/library/app/manifests/{}", moved.digest)),
+        1
+    );
+
+    let host = o.addr.replace(':', "-");
+    let r = c
+        .post(m.url(&format!("/v2/{host}/library/app/blobs/uploads/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("DENIED") && body.contains("read-only mirror"), "{body}");
+    // Local pushes to other names still work on the same server.
+    push_image(&c, &m, "team/app", "v1", 7, &[10]).await;
+    let r = c
+        .get(m.url("/v2/team/app/manifests/v1"))
+        .header("Accept", ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// A TCP relay to the origin that cuts the connection once, after `cut_after` response bytes have passed.
+async fn flaky_relay(target: String, cut_after: u64) -> (String, Arc<AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let passed = Arc::new(AtomicU64::new(0));
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut2 = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            let Ok(mut up) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let (passed, cut) = (passed.clone(), cut2.clone());
+            tokio::spawn(async move {
+                let (mut ur, mut uw) = up.split();
+                let (mut dr, mut dw) = down.split();
+                let to_upstream = tokio::io::copy(&mut dr, &mut uw);
+                let to_client = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match ur.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let before = passed.fetch_add(n as u64, Ordering::SeqCst);
+                        if !cut.load(Ordering::SeqCst) && before + n as u64 > cut_after {
+                            cut.store(true, Ordering::SeqCst);
+                            let keep = (cut_after.saturating_sub(before)) as usize;
+                            let _ = dw.write_all(&buf[..keep]).await;
+                            break; // drop both halves: the connection dies mid-body
+                        }
+                        if dw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = to_upstream => {}
+                    _ = to_client => {}
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_cut_mid_blob_is_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let o = origin(dir.path());
+    let img = push_image(&c, &o, "library/big", "v1", 8, &[6 * MIB]).await;
+    let (relay, cut) = flaky_relay(o.addr.clone(), 2 * MIB as u64).await;
+    let m = mirror(dir.path(), &["--upstream", &format!("http://{relay}")]);
+    pull(&c, &m, "library/big", "v1", "", &img).await;
+    assert!(cut.load(Ordering::SeqCst), "the relay must have cut a connection");
+    let layer = &img.blobs[1].0;
+    let ranged = o
+        .log_text()
+        .lines()
+        .filter(|l| l.contains(&format!("method=GET path=/v2/library/big/blobs/{layer} status=206")))
+        .count();
+    assert_eq!(ranged, 1, "resumed with one Range request");
+    let metrics = c.get(m.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("wharf_mirror_resumes_total 1"), "{metrics}");
+}
