@@ -225,15 +225,7 @@ impl MirrorStore {
     }
 
     async fn evict(&self) {
-        let victims = self.lru.victims();
-        metrics::gauge!("wharf_mirror_cache_bytes").set(self.lru.total() as f64);
-        for d in victims {
-            tracing::info!(digest = %d, "evicting from the mirror cache");
-            metrics::counter!("wharf_mirror_evictions_total").increment(1);
-            if let Err(e) = self.cache.remove_blob(&d).await {
-                tracing::warn!(digest = %d, error = %e, "eviction failed");
-            }
-        }
+        evict(&self.cache, &self.lru).await;
     }
 
     async fn mirrored_blob(
@@ -268,6 +260,7 @@ impl MirrorStore {
                     .await
                     .map_err(|e| e.to_string())?;
                 lru.touch(&d, size);
+                evict(&cache, &lru).await;
                 Ok(())
             })
         });
@@ -288,7 +281,6 @@ impl MirrorStore {
                 None => return Err(StorageError::BlobUnknown(digest.clone())),
             },
         };
-        self.evict().await;
         Ok(Some(self.counted(digest, OpenBlob { size, source })))
     }
 
@@ -300,6 +292,19 @@ impl MirrorStore {
                 inner: blob.source,
                 serving: self.lru.serving(digest),
             }),
+        }
+    }
+}
+
+/// Removes least recently used blobs until the cache is under its limit.
+async fn evict(cache: &CachedStore<FsStore>, lru: &Lru) {
+    let victims = lru.victims();
+    metrics::gauge!("wharf_mirror_cache_bytes").set(lru.total() as f64);
+    for d in victims {
+        tracing::info!(digest = %d, "evicting from the mirror cache");
+        metrics::counter!("wharf_mirror_evictions_total").increment(1);
+        if let Err(e) = cache.remove_blob(&d).await {
+            tracing::warn!(digest = %d, error = %e, "eviction failed");
         }
     }
 }

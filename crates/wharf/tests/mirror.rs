@@ -233,8 +233,13 @@ async fn tags_are_revalidated_and_pushes_refused() {
     assert_eq!(r.status(), 200);
 }
 
-/// A TCP relay to the origin that cuts the connection once, after `cut_after` response bytes have passed.
+/// A TCP relay to the origin that cuts the connection once, after `cut_after` response bytes have passed, and
+/// paces responses to `bytes_per_sec` when given (to keep a fetch in flight long enough to join it).
 async fn flaky_relay(target: String, cut_after: u64) -> (String, Arc<AtomicBool>) {
+    relay(target, cut_after, None).await
+}
+
+async fn relay(target: String, cut_after: u64, bytes_per_sec: Option<u64>) -> (String, Arc<AtomicBool>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let passed = Arc::new(AtomicU64::new(0));
@@ -251,7 +256,7 @@ async fn flaky_relay(target: String, cut_after: u64) -> (String, Arc<AtomicBool>
                 let (mut dr, mut dw) = down.split();
                 let to_upstream = tokio::io::copy(&mut dr, &mut uw);
                 let to_client = async {
-                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut buf = vec![0u8; 16 * 1024];
                     loop {
                         let n = match ur.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
@@ -266,6 +271,9 @@ async fn flaky_relay(target: String, cut_after: u64) -> (String, Arc<AtomicBool>
                         }
                         if dw.write_all(&buf[..n]).await.is_err() {
                             break;
+                        }
+                        if let Some(rate) = bytes_per_sec {
+                            tokio::time::sleep(std::time::Duration::from_micros(n as u64 * 1_000_000 / rate)).await;
                         }
                     }
                 };
@@ -298,4 +306,82 @@ async fn upstream_cut_mid_blob_is_resumed() {
     assert_eq!(ranged, 1, "resumed with one Range request");
     let metrics = c.get(m.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("wharf_mirror_resumes_total 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_blob_serves_ranges_and_survives_a_client_leaving() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let o = origin(dir.path());
+    let img = push_image(&c, &o, "library/slow", "v1", 9, &[4 * MIB]).await;
+    let (d, data) = img.blobs[1].clone();
+    // 8 MiB/s: the 4 MiB layer takes about half a second to arrive.
+    let (relay_addr, _) = relay(o.addr.clone(), u64::MAX, Some(8 * MIB as u64)).await;
+    let m = Arc::new(mirror(dir.path(), &["--upstream", &format!("http://{relay_addr}")]));
+    let url = m.url(&format!("/v2/library/slow/blobs/{d}"));
+
+    // A client that reads the first bytes and goes away.
+    let mut leaver = c.get(&url).send().await.unwrap();
+    assert_eq!(leaver.status(), 200);
+    let first = leaver.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], &data[..first.len()]);
+    drop(leaver);
+
+    // While the fetch runs: a Range near the end waits for its bytes; a full GET streams everything.
+    let (c2, url2) = (client(), url.clone());
+    let ranged = tokio::spawn(async move {
+        let r = c2
+            .get(&url2)
+            .header("Range", "bytes=4000000-4000999")
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.bytes().await.unwrap())
+    });
+    let full = c.get(&url).send().await.unwrap().bytes().await.unwrap();
+    let (status, part) = ranged.await.unwrap();
+    assert_eq!(status, 206);
+    assert_eq!(&part[..], &data[4_000_000..4_001_000]);
+    assert!(full == data, "full body differs");
+    assert_eq!(origin_hits(&o, "GET", &format!("/v2/library/slow/blobs/{d}")), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_size_limit_evicts_least_recently_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let o = origin(dir.path());
+    let a = push_image(&c, &o, "library/a", "v1", 10, &[3 * MIB]).await;
+    let b = push_image(&c, &o, "library/b", "v1", 11, &[3 * MIB]).await;
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, format!("[mirror]\nmax_cache_bytes = {}\n", 5 * MIB)).unwrap();
+    let m = mirror(
+        dir.path(),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--upstream",
+            &format!("http://{}", o.addr),
+        ],
+    );
+    pull(&c, &m, "library/a", "v1", "", &a).await;
+    pull(&c, &m, "library/b", "v1", "", &b).await;
+    // a's layer was least recently used and the cache holds 5 MiB: it is gone from disk, b's is there.
+    let blob_path = |d: &str| {
+        let hex = d.trim_start_matches("sha256:");
+        dir.path()
+            .join("mirror/mirror/cache/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+    };
+    assert!(!blob_path(&a.blobs[1].0).exists(), "a's layer should have been evicted");
+    assert!(blob_path(&b.blobs[1].0).exists());
+    // Pulling a again fetches it again and still works.
+    pull(&c, &m, "library/a", "v1", "", &a).await;
+    assert_eq!(
+        origin_hits(&o, "GET", &format!("/v2/library/a/blobs/{}", a.blobs[1].0)),
+        2
+    );
+    let metrics = c.get(m.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("wharf_mirror_evictions_total"), "{metrics}");
 }
