@@ -661,3 +661,30 @@ async fn upload_session_survives_restart() {
         &data[..]
     );
 }
+
+#[tokio::test]
+async fn large_blobs_stream_whole_and_in_ranges_across_windows() {
+    let s = Server::start().await;
+    let data: Vec<u8> = (0..10_000_003u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let d = blob_digest(&data);
+    assert_eq!(s.post_blob("big", &d, data.clone()).await.status(), StatusCode::CREATED);
+    let got = s.get(&format!("/v2/big/blobs/{d}")).await.bytes().await.unwrap();
+    assert!(got == data, "full body differs");
+    for (a, b) in [
+        (8_388_600usize, 8_388_700usize),
+        (4097, 9_999_999),
+        (1_048_577, 10_000_002),
+    ] {
+        let r = s
+            .client
+            .get(s.url(&format!("/v2/big/blobs/{d}")))
+            .header("Range", format!("bytes={a}-{b}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert!(r.bytes().await.unwrap() == data[a..=b], "range {a}-{b}");
+    }
+}
