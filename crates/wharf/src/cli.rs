@@ -20,6 +20,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the OCI Distribution v1.1 registry.
     Serve(ServeArgs),
+    /// Lint Dockerfiles: cache order, layers, package mirrors, .dockerignore, common mistakes.
+    Lint(LintArgs),
+    /// Apply the safe fixes of `wharf lint` to a Dockerfile (and its .dockerignore).
+    Fix(FixArgs),
 }
 
 #[derive(Debug, Args)]
@@ -40,4 +44,62 @@ pub struct ServeArgs {
     /// upstream that answers Docker's `registry-mirrors` requests. Repeatable. Adds to the config file's upstreams.
     #[arg(long = "upstream", value_name = "[NAME=]URL")]
     pub upstreams: Vec<String>,
+}
+
+/// Options shared by `lint` and `fix`.
+#[derive(Debug, Args)]
+pub struct DockerfileOptions {
+    /// Config file with `[lint]` and `[mirrors]` sections [default: ./.wharf-lint.toml if present].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Package mirror, KEY=HOST or KEY=URL (alpine, debian, ubuntu, pypi, npm, go, cargo). Repeatable.
+    #[arg(long = "mirror", value_name = "KEY=HOST")]
+    pub mirrors: Vec<String>,
+    /// Mirror preset: aliyun, tuna or ustc (`--mirror` entries override it).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Build context directory [default: the Dockerfile's directory].
+    #[arg(long)]
+    pub context: Option<PathBuf>,
+    /// Do not read the build context (skips the .dockerignore rules).
+    #[arg(long, conflicts_with = "context")]
+    pub no_context: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LintFormat {
+    Text,
+    Json,
+    Sarif,
+}
+
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    /// Dockerfiles, directories holding them, or `-` for standard input [default: ./Dockerfile].
+    pub paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: LintFormat,
+    /// List the rules (id, severity, fixable, summary) and exit; with a rule id, print its documentation.
+    #[arg(long, value_name = "RULE", num_args = 0..=1, default_missing_value = "all")]
+    pub rules: Option<String>,
+    #[command(flatten)]
+    pub options: DockerfileOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct FixArgs {
+    /// The Dockerfile, or `-` for standard input [default: ./Dockerfile].
+    pub path: Option<PathBuf>,
+    /// Print a unified diff instead of the fixed file.
+    #[arg(long)]
+    pub diff: bool,
+    /// Write the fixed Dockerfile (and .dockerignore) in place.
+    #[arg(long)]
+    pub write: bool,
+    /// Only fix these rules (e.g. WH001,WH002).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    #[command(flatten)]
+    pub options: DockerfileOptions,
 }

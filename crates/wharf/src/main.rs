@@ -2,6 +2,8 @@
 
 mod cli;
 mod config;
+mod fix;
+mod lint;
 mod serve;
 
 use std::process::ExitCode;
@@ -12,6 +14,8 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Serve(args) => serve::run(args),
+        cli::Command::Lint(args) => lint::run(args),
+        cli::Command::Fix(args) => fix::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -182,6 +182,8 @@ async fn full_disk_fails_cleanly_and_stores_nothing() {
     let body = r.text().await.unwrap();
     assert!(body.contains("No space left"), "{body}");
     assert_eq!(count_files(&disk.dir.path().join("blobs")), 0);
+    // The server answered before reading the whole body, so it closes that connection: start a fresh one.
+    let client = common::client();
     let r = client
         .head(w.url(&format!("/v2/full/blobs/{digest}")))
         .send()
