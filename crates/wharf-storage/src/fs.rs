@@ -128,6 +128,9 @@ const MMAP_MIN: u64 = 1 << 20;
 /// Bytes mapped per step. Each window is mapped and pre-faulted (`MAP_POPULATE`) on the blocking pool, so no page
 /// fault ever stalls an async worker, and memory stays bounded by the windows in flight.
 const MMAP_WINDOW: u64 = 8 << 20;
+/// Size of the slices of a window handed to hyper (zero-copy). Moderate writes keep a loopback receiver fed better
+/// than one huge write (measured in bench/registry.sh: 32-64 KiB writes beat 1 MiB ones by ~25% on GET).
+const SEND_PIECE: usize = 64 << 10;
 
 /// Maps `len` bytes of `file` at `offset`, pre-faulted.
 fn map_window(file: &std::fs::File, offset: u64, len: u64) -> io::Result<Bytes> {
@@ -161,19 +164,30 @@ impl BlobSource for FileSource {
             return Ok(Box::pin(ReaderStream::with_capacity(limited, READ_CHUNK)));
         }
         let file = std::sync::Arc::new(self.file);
-        let stream = futures_util::stream::unfold((file, start), move |(file, pos)| async move {
-            if pos >= end {
-                return None;
+        // State: the file, the next offset to map, and what is left of the current window.
+        let init = (file, start, Bytes::new());
+        let stream = futures_util::stream::unfold(init, move |(file, pos, mut window)| async move {
+            if window.is_empty() {
+                if pos >= end {
+                    return None;
+                }
+                let len = (end - pos).min(MMAP_WINDOW);
+                let f = file.clone();
+                let mapped = match tokio::task::spawn_blocking(move || map_window(&f, pos, len)).await {
+                    Ok(r) => r,
+                    Err(e) => Err(io::Error::other(e.to_string())),
+                };
+                match mapped {
+                    Ok(w) => window = w,
+                    // The stream ends after the error: the response is cut short, which the client sees.
+                    Err(e) => return Some((Err(e), (file, end, Bytes::new()))),
+                }
+                let next = pos + len;
+                let piece = window.split_to(window.len().min(SEND_PIECE));
+                return Some((Ok(piece), (file, next, window)));
             }
-            let len = (end - pos).min(MMAP_WINDOW);
-            let f = file.clone();
-            let item = match tokio::task::spawn_blocking(move || map_window(&f, pos, len)).await {
-                Ok(r) => r,
-                Err(e) => Err(io::Error::other(e.to_string())),
-            };
-            // After an error the stream ends (the response is cut short, which the client sees).
-            let next = if item.is_ok() { pos + len } else { end };
-            Some((item, (file, next)))
+            let piece = window.split_to(window.len().min(SEND_PIECE));
+            Some((Ok(piece), (file, pos, window)))
         });
         Ok(Box::pin(stream))
     }
