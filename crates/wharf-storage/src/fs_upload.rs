@@ -199,8 +199,11 @@ impl FsStore {
         }
         match guard.as_ref() {
             Some(s) if s.repo == repo => Ok((id, guard)),
-            _ => {
+            Some(_) => Err(unknown()),
+            None => {
+                // No such session on disk: do not keep a slot for it (a stream of made-up ids must not grow memory).
                 drop(guard);
+                self.forget(&id);
                 Err(unknown())
             }
         }
