@@ -82,17 +82,22 @@ impl Fetches {
     }
 
     /// Joins the fetch of `digest`, starting it if none is running. The boolean is true when it joined one that
-    /// was already running (a coalesced request).
+    /// was already running (a coalesced request). `None` when `cached()` says a fetch finished since the caller
+    /// looked (it is checked under the same lock that finished fetches leave by, so no blob is fetched twice).
     pub fn join(
         self: &Arc<Self>,
         upstream: Arc<Upstream>,
         repo: String,
         digest: &Digest,
+        cached: impl FnOnce() -> bool,
         commit: Commit,
-    ) -> (Arc<Fetch>, bool) {
+    ) -> Option<(Arc<Fetch>, bool)> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = running.get(digest) {
-            return (f.clone(), true);
+            return Some((f.clone(), true));
+        }
+        if cached() {
+            return None;
         }
         let (tx, rx) = watch::channel(FetchState::Starting);
         let spool = self.spool_dir.join(format!("{}-{}", digest.algorithm(), digest.hex()));
@@ -124,7 +129,7 @@ impl Fetches {
             fetches.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&d);
             let _ = tx.send(final_state);
         });
-        (fetch, false)
+        Some((fetch, false))
     }
 }
 
@@ -142,6 +147,23 @@ impl Fetch {
             }
             if rx.changed().await.is_err() {
                 return Err(upstream_error("fetch task ended without a result"));
+            }
+        }
+    }
+
+    /// Waits until the fetch has ended; true if its blob is now in the cache (imported and linked).
+    pub async fn wait_done(&self) -> Result<bool, StorageError> {
+        let mut rx = self.state.clone();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state {
+                FetchState::Done { .. } => return Ok(true),
+                FetchState::NotFound => return Ok(false),
+                FetchState::Failed(e) => return Err(upstream_error(&e)),
+                FetchState::Starting | FetchState::Progress { .. } => {}
+            }
+            if rx.changed().await.is_err() {
+                return Ok(matches!(&*rx.borrow(), FetchState::Done { .. }));
             }
         }
     }

@@ -264,7 +264,18 @@ impl MirrorStore {
                 Ok(())
             })
         });
-        let (fetch, coalesced) = self.fetches.join(up, repo, digest, commit);
+        let blob_file = self.cache.inner().layout().blob(digest);
+        let Some((fetch, coalesced)) = self.fetches.join(up, repo, digest, || blob_file.exists(), commit) else {
+            // Finished between our cache miss and now: link it for this repository and serve it.
+            self.cache.link_blob(name, digest).await?;
+            return match self.cache.open_blob(name, digest).await? {
+                Some(b) => {
+                    hit("blob");
+                    Ok(Some(self.counted(digest, b)))
+                }
+                None => Err(StorageError::BlobUnknown(digest.clone())),
+            };
+        };
         if coalesced {
             metrics::counter!("wharf_mirror_coalesced_total").increment(1);
         } else {
@@ -275,11 +286,15 @@ impl MirrorStore {
         };
         let source = match fetch.source() {
             Ok(s) => Box::new(s) as Box<dyn BlobSource>,
-            // Finished and moved into the cache between the two calls.
-            Err(_) => match self.cache.open_blob(name, digest).await? {
-                Some(b) => b.source,
-                None => return Err(StorageError::BlobUnknown(digest.clone())),
-            },
+            // The spool was already renamed into the cache: once the fetch reports Done, the blob is there and
+            // linked (the rename comes before the link, so looking earlier could miss it).
+            Err(_) => {
+                fetch.wait_done().await?;
+                match self.cache.open_blob(name, digest).await? {
+                    Some(b) => b.source,
+                    None => return Err(StorageError::BlobUnknown(digest.clone())),
+                }
+            }
         };
         Ok(Some(self.counted(digest, OpenBlob { size, source })))
     }

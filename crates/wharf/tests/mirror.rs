@@ -385,3 +385,31 @@ async fn cache_size_limit_evicts_least_recently_used() {
     let metrics = c.get(m.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("wharf_mirror_evictions_total"), "{metrics}");
 }
+
+/// Regression: a request that joined a fetch of a small blob just as it finished got 404 (the spool had been
+/// renamed into the cache but the repository link was not written yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_blobs_pulled_cold_in_parallel_never_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let o = origin(dir.path());
+    let m = Arc::new(mirror(dir.path(), &["--upstream", &format!("http://{}", o.addr)]));
+    for round in 0..15u64 {
+        let repo = format!("library/tiny{round}");
+        let img = Arc::new(push_image(&c, &o, &repo, "v1", 100 + round, &[90, 300, 1000, 4000]).await);
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            for (d, data) in img.blobs.clone() {
+                let (c, m, repo) = (client(), m.clone(), repo.clone());
+                tasks.push(tokio::spawn(async move {
+                    let r = c.get(m.url(&format!("/v2/{repo}/blobs/{d}"))).send().await.unwrap();
+                    assert_eq!(r.status(), 200, "round {round} blob {d}");
+                    assert!(r.bytes().await.unwrap() == data);
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+}
