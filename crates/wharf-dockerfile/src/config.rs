@@ -68,7 +68,7 @@ impl MirrorKey {
             "yarn" | "pnpm" | "node" => "npm",
             "golang" | "goproxy" => "go",
             "crates" | "rust" => "cargo",
-            "centos" | "yum" | "dnf" => "rhel",
+            "centos" | "yum" | "dnf" | "rocky" | "rockylinux" | "alma" | "almalinux" | "fedora" => "rhel",
             other => other,
         };
         MirrorKey::ALL.into_iter().find(|k| k.as_str() == s)
@@ -85,6 +85,7 @@ pub fn preset(name: &str) -> Result<Mirrors, ConfigError> {
             (MirrorKey::Alpine, "mirrors.aliyun.com"),
             (MirrorKey::Debian, "mirrors.aliyun.com"),
             (MirrorKey::Ubuntu, "mirrors.aliyun.com"),
+            (MirrorKey::Rhel, "mirrors.aliyun.com"),
             (MirrorKey::Pypi, "https://mirrors.aliyun.com/pypi/simple/"),
             (MirrorKey::Npm, "https://registry.npmmirror.com"),
             (MirrorKey::Go, "https://mirrors.aliyun.com/goproxy/,direct"),
@@ -94,6 +95,7 @@ pub fn preset(name: &str) -> Result<Mirrors, ConfigError> {
             (MirrorKey::Alpine, "mirrors.tuna.tsinghua.edu.cn"),
             (MirrorKey::Debian, "mirrors.tuna.tsinghua.edu.cn"),
             (MirrorKey::Ubuntu, "mirrors.tuna.tsinghua.edu.cn"),
+            (MirrorKey::Rhel, "mirrors.tuna.tsinghua.edu.cn"),
             (MirrorKey::Pypi, "https://pypi.tuna.tsinghua.edu.cn/simple"),
             (MirrorKey::Npm, "https://registry.npmmirror.com"),
             (MirrorKey::Go, "https://goproxy.cn,direct"),
@@ -106,6 +108,7 @@ pub fn preset(name: &str) -> Result<Mirrors, ConfigError> {
             (MirrorKey::Alpine, "mirrors.ustc.edu.cn"),
             (MirrorKey::Debian, "mirrors.ustc.edu.cn"),
             (MirrorKey::Ubuntu, "mirrors.ustc.edu.cn"),
+            (MirrorKey::Rhel, "mirrors.ustc.edu.cn"),
             (MirrorKey::Pypi, "https://mirrors.ustc.edu.cn/pypi/simple"),
             (MirrorKey::Npm, "https://registry.npmmirror.com"),
             (MirrorKey::Go, "https://goproxy.cn,direct"),
@@ -228,5 +231,10 @@ mod tests {
         ));
         assert!(matches!(parse_mirror_arg("apk=a'b"), Err(ConfigError::Mirror(_))));
         assert_eq!(parse_mirror_arg("apk=h").unwrap(), (MirrorKey::Alpine, "h".to_string()));
+        assert_eq!(parse_mirror_arg("rocky=h").unwrap(), (MirrorKey::Rhel, "h".to_string()));
+        assert_eq!(
+            preset("tuna").unwrap()[&MirrorKey::Rhel],
+            "mirrors.tuna.tsinghua.edu.cn"
+        );
     }
 }

@@ -17,7 +17,14 @@ pub const RULE: Rule = Rule {
           Gradle `dependencies`, Bundler, Composer). The \
           fix, when the install RUN directly follows the broad COPY and only installs, moves it before the COPY \
           together with a COPY of the manifests. Install scripts that need the sources (npm `prepare`, \
-          `postinstall`) are the exception to check by hand.",
+          `postinstall`) are the exception to check by hand. Also reported, never fixed: `cargo build` after a \
+          broad COPY when nothing fetched the crates earlier in the stage (or a stage it is built FROM) and the RUN \
+          has no cache mount for the cargo registry or `target`: every source change downloads and compiles all \
+          dependencies again. Copy Cargo.toml and Cargo.lock first and `RUN cargo fetch` before `COPY . .` \
+          (compiling the dependencies too needs a dummy `src/main.rs` or cargo-chef's `cargo chef cook`), or \
+          build with `RUN --mount=type=cache,target=/usr/local/cargo/registry \
+          --mount=type=cache,target=/app/target cargo build` (copy the binary out of the cache mount in the same \
+          RUN).",
     fixable: true,
     hadolint: None,
     check,
@@ -93,6 +100,51 @@ fn manifests(cmd: &Command) -> Option<(Vec<String>, Vec<&'static str>)> {
     }
 }
 
+/// `cargo build` that downloads crates (not `--offline`/`--frozen`: those use crates fetched earlier).
+fn is_cargo_build(cmd: &Command) -> bool {
+    cmd.name() == Some("cargo")
+        && cmd
+            .subcommand()
+            .is_some_and(|w| matches!(w.value.as_str(), "build" | "b"))
+        && !cmd.has_arg("--offline")
+        && !cmd.has_arg("--frozen")
+}
+
+/// A cargo command that fills the registry cache (or compiles dependencies) ahead of the sources.
+fn fetches_crates(cmd: &Command) -> bool {
+    cmd.name() == Some("cargo")
+        && cmd
+            .subcommand()
+            .is_some_and(|w| matches!(w.value.as_str(), "fetch" | "build" | "b" | "chef" | "vendor"))
+}
+
+/// RUN `i` mounts a cache for the cargo registry or a `target` directory.
+fn has_cargo_cache_mount(ctx: &Ctx, i: usize) -> bool {
+    ctx.ins(i).effective().flags.iter().any(|f| {
+        f.name == "mount"
+            && f.value.as_deref().is_some_and(|v| {
+                v.contains("type=cache")
+                    && v.split(',').any(|kv| {
+                        kv.split_once('=').is_some_and(|(k, p)| {
+                            matches!(k, "target" | "dst" | "destination")
+                                && (p.contains("cargo") || p.trim_end_matches('/').ends_with("target"))
+                        })
+                    })
+            })
+    })
+}
+
+/// Crates were fetched before instruction `before` of `stage`, or anywhere in a stage it is built FROM.
+fn crates_fetched(ctx: &Ctx, stage: usize, before: usize) -> bool {
+    ctx.model.lineage(stage).into_iter().enumerate().any(|(n, s)| {
+        ctx.model.stages[s]
+            .body
+            .iter()
+            .filter(|&&i| n > 0 || i < before)
+            .any(|&i| ctx.commands(i).any(|(_, c)| fetches_crates(c)))
+    })
+}
+
 fn is_broad(src: &str) -> bool {
     matches!(src, "." | "./" | "*" | "./*" | "./.")
 }
@@ -132,6 +184,23 @@ fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
                 continue;
             }
             for (_, cmd) in ctx.commands(i) {
+                if is_cargo_build(cmd) {
+                    if has_cargo_cache_mount(ctx, i) || crates_fetched(ctx, stage.index, b) {
+                        break;
+                    }
+                    let line = ctx.src[..ctx.ins(i).span.start].matches('\n').count() + 1;
+                    out.push(finding(
+                        RULE.id,
+                        ctx.ins(b).span,
+                        format!(
+                            "the whole context is copied before `cargo build` (line {line}), so every source change \
+                             downloads and compiles all dependencies again: copy Cargo.toml and Cargo.lock first and \
+                             `cargo fetch`, or use a cache mount or cargo-chef"
+                        ),
+                    ));
+                    broad = None;
+                    break;
+                }
                 let Some((required, optional)) = manifests(cmd) else {
                     continue;
                 };
@@ -286,5 +355,43 @@ mod tests {
         let ok =
             "FROM gradle:8-jdk17\nCOPY build.gradle.kts settings.gradle.kts ./\nRUN gradle dependencies\nCOPY . .\n";
         assert!(lines(ok, "WH007").is_empty());
+    }
+
+    #[test]
+    fn cargo_build_after_broad_copy() {
+        let src = "FROM rust:1.79 AS build\nWORKDIR /app\nCOPY . .\nRUN cargo build --release\n";
+        assert_eq!(lines(src, "WH007"), [3]);
+        // Needs the sources: reported, never moved.
+        assert_eq!(fixed(src, "WH007"), src);
+        // Copying the manifests without fetching does not help.
+        let manifests_only = "FROM rust:1.79\nCOPY Cargo.toml Cargo.lock ./\nCOPY . .\nRUN cargo build\n";
+        assert_eq!(lines(manifests_only, "WH007"), [3]);
+        // `cargo b` and a chain: reported once.
+        let chained = "FROM rust:1\nCOPY ./ /src/\nRUN cd /src && cargo b -r\nRUN cargo build\n";
+        assert_eq!(lines(chained, "WH007"), [2]);
+    }
+
+    #[test]
+    fn cargo_build_not_flagged() {
+        let ok = [
+            // Dependencies fetched before the broad COPY.
+            "FROM rust:1.79\nCOPY Cargo.toml Cargo.lock ./\nRUN cargo fetch\nCOPY . .\nRUN cargo build --release\n",
+            // cargo-chef.
+            "FROM chef AS build\nCOPY --from=planner /app/recipe.json .\nRUN cargo chef cook --release --recipe-path recipe.json\nCOPY . .\nRUN cargo build --release\n",
+            // Fetched in the stage it is built FROM.
+            "FROM rust:1.79 AS deps\nCOPY Cargo.* ./\nRUN cargo fetch\nFROM deps\nCOPY . .\nRUN cargo build\n",
+            // Cache mounts.
+            "FROM rust:1.79\nCOPY . .\nRUN --mount=type=cache,target=/usr/local/cargo/registry cargo build\n",
+            "FROM rust:1.79\nCOPY . .\nRUN --mount=type=cache,target=/app/target/ cargo build\n",
+            // Offline: the crates come from elsewhere (vendored).
+            "FROM rust:1.79\nCOPY . .\nRUN cargo build --offline\n",
+            // No broad COPY.
+            "FROM rust:1.79\nCOPY src src\nRUN cargo build\n",
+            // Sources before the build, not a build.
+            "FROM rust:1.79\nCOPY . .\nRUN cargo chef prepare --recipe-path recipe.json\n",
+        ];
+        for src in ok {
+            assert!(lines(src, "WH007").is_empty(), "{src}");
+        }
     }
 }

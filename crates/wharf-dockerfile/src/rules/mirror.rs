@@ -2,10 +2,11 @@
 //! stage; a rewrite in a stage also serves the stages built FROM it (the files and ENV carry over), and the
 //! family (Alpine, Debian, Ubuntu, RHEL) follows stage aliases back to an image.
 
-use super::{Ctx, Edit, Finding, Fix, Rule, Severity, finding};
+use super::{Ctx, Edit, Finding, Fix, Rule, Severity, finding, yum};
 use crate::ast::Keyword;
 use crate::config::MirrorKey;
 use crate::image::Family;
+use crate::model::Base;
 use crate::shell::Command;
 
 pub const RULE: Rule = Rule {
@@ -19,9 +20,14 @@ pub const RULE: Rule = Rule {
           a mirror configured (`--mirror KEY=HOST`, `--preset`, or `[mirrors]` in the config file). The fix inserts \
           the rewrite right after FROM: `sed` on /etc/apk/repositories (Alpine), on both the classic sources.list \
           and the deb822 debian.sources/ubuntu.sources (Debian, Ubuntu), and ENV for PIP_INDEX_URL, \
-          npm_config_registry/YARN_REGISTRY and GOPROXY, a cargo source replacement for cargo. Not fixed: yum/dnf \
-          (repository layouts differ per distribution and mirror); poetry, uv and Yarn 2+ read their own settings \
-          rather than PIP_INDEX_URL/npm_config_registry.",
+          npm_config_registry/YARN_REGISTRY and GOPROXY, a cargo source replacement for cargo, and for yum/dnf \
+          on Rocky Linux, AlmaLinux and Fedora a `sed` on their /etc/yum.repos.d files that comments out \
+          `mirrorlist=`/`metalink=` and enables `baseurl=` on the mirror (`rhel=HOST` adds the distribution's \
+          directory, e.g. /rockylinux on mirrors.aliyun.com, /rocky elsewhere; `rhel=https://HOST/PATH` is used \
+          as is). Not fixed: yum/dnf on CentOS (its releases moved to vault trees whose paths depend on the point \
+          release), Amazon Linux, Oracle Linux and UBI (no public mirror layout to assume): point their repo files \
+          at your mirror by hand; poetry, uv and Yarn 2+ read their own settings rather than \
+          PIP_INDEX_URL/npm_config_registry.",
     fixable: true,
     hadolint: None,
     check,
@@ -184,10 +190,13 @@ fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
             if inherited_fix(ctx, stage.index, m) {
                 // A stage this one is built FROM gets the rewrite; that fixes this one too.
                 f.fix = Some(Fix::default());
-            } else if let Some(text) = rewrite_text(m, stage.family, mirror) {
+            } else if let Some(text) = rewrite_text(m, stage.family, root_distro(ctx, stage.index), mirror) {
                 inserts.push(text);
                 f.fix = Some(Fix::default());
                 carrier.get_or_insert(found.len());
+            } else {
+                f.message
+                    .push_str(" (no automatic rewrite for this distribution: point its repo files at the mirror)");
             }
             found.push(f);
         }
@@ -215,6 +224,15 @@ fn inherited_fix(ctx: &Ctx, stage: usize, m: Manager) -> bool {
             .find(|&&i| ctx.commands(i).any(|(_, c)| Manager::of(c) == Some(m)))
             .is_some_and(|&at| ctx.config.mirrors.contains_key(&m.key(st.family)) && !rewritten(ctx, s, at, m))
     })
+}
+
+/// The yum/dnf distribution of the image a stage is ultimately built from, if the fix knows it.
+fn root_distro(ctx: &Ctx, stage: usize) -> Option<&'static yum::Distro> {
+    let root = *ctx.model.lineage(stage).last()?;
+    match &ctx.model.stages.get(root)?.base {
+        Base::Image(image) => yum::distro(image.short_name()),
+        Base::Scratch | Base::Stage(_) => None,
+    }
 }
 
 fn indentation(ctx: &Ctx, i: usize) -> String {
@@ -256,7 +274,7 @@ fn host(mirror: &str) -> &str {
 }
 
 /// The instruction inserted after FROM.
-fn rewrite_text(m: Manager, family: Family, mirror: &str) -> Option<String> {
+fn rewrite_text(m: Manager, family: Family, distro: Option<&yum::Distro>, mirror: &str) -> Option<String> {
     Some(match m {
         Manager::Apk => format!(
             "RUN sed -i 's/dl-cdn.alpinelinux.org/{}/g' /etc/apk/repositories",
@@ -289,7 +307,7 @@ fn rewrite_text(m: Manager, family: Family, mirror: &str) -> Option<String> {
                 exprs.join(" ")
             )
         }
-        Manager::Yum => return None,
+        Manager::Yum => yum::rewrite(distro?, mirror),
         Manager::Pip => {
             let url = if mirror.contains("://") {
                 mirror.to_string()
@@ -418,5 +436,66 @@ RUN npm ci\n"
             "FROM ubuntu:24.04\nRUN for f in /etc/apt/sources.list /etc/apt/sources.list.d/ubuntu.sources;"
         ));
         assert!(out.ends_with("\nRUN apt-get install -y curl"));
+    }
+
+    #[test]
+    fn fix_yum_per_distro_following_aliases() {
+        let src = "FROM rockylinux:9 AS base\n\
+RUN dnf install -y gcc\n\
+FROM base AS build\n\
+RUN dnf install -y make\n\
+FROM quay.io/fedora/fedora:40\n\
+RUN dnf install -y git\n\
+FROM centos:7\n\
+RUN yum install -y curl\n";
+        assert_eq!(lines(src, "WH001"), [1, 3, 5, 7]);
+        let out = fixed(src, "WH001");
+        assert_eq!(
+            out,
+            "FROM rockylinux:9 AS base\n\
+RUN sed -e 's|^mirrorlist=|#mirrorlist=|g' -e 's|^#baseurl=http://dl.rockylinux.org/$contentdir|baseurl=https://mirrors.aliyun.com/rockylinux|g' -i.bak /etc/yum.repos.d/[Rr]ocky*.repo\n\
+RUN dnf install -y gcc\n\
+FROM base AS build\n\
+RUN dnf install -y make\n\
+FROM quay.io/fedora/fedora:40\n\
+RUN sed -e 's|^metalink=|#metalink=|g' -e 's|^#baseurl=http://download.example/pub/fedora/linux|baseurl=https://mirrors.aliyun.com/fedora|g' -i.bak /etc/yum.repos.d/fedora.repo /etc/yum.repos.d/fedora-updates.repo\n\
+RUN dnf install -y git\n\
+FROM centos:7\n\
+RUN yum install -y curl\n"
+        );
+        // CentOS is reported, not fixed; fixing again changes nothing.
+        assert_eq!(lines(&out, "WH001"), [9]);
+        let r = crate::lint::lint(
+            &out,
+            &crate::lint::Options {
+                config: crate::config::Config {
+                    mirrors: crate::config::preset("ustc").unwrap(),
+                    ..Default::default()
+                },
+                context: None,
+            },
+        );
+        assert!(
+            r.findings
+                .iter()
+                .any(|f| f.rule == "WH001" && f.message.contains("no automatic rewrite"))
+        );
+        assert_eq!(fixed(&out, "WH001"), out);
+    }
+
+    #[test]
+    fn fix_yum_alias_stage_and_existing_rewrite() {
+        // Only the derived stage installs: the rewrite goes after its own FROM, with the root image's distro.
+        let src = "FROM almalinux:9-minimal AS os\nFROM os\nRUN microdnf install -y tar\n";
+        assert_eq!(
+            fixed(src, "WH001"),
+            "FROM almalinux:9-minimal AS os\nFROM os\n\
+RUN sed -e 's|^mirrorlist=|#mirrorlist=|g' -e 's|^# \\?baseurl=https\\?://repo.almalinux.org/almalinux|baseurl=https://mirrors.aliyun.com/almalinux|g' -i.bak /etc/yum.repos.d/almalinux*.repo\n\
+RUN microdnf install -y tar\n"
+        );
+        let done = "FROM rockylinux:8\nRUN sed -i 's|^mirrorlist=|#mirrorlist=|' /etc/yum.repos.d/Rocky-*.repo\nRUN yum install -y vim\n";
+        assert!(lines(done, "WH001").is_empty());
+        let none = "FROM rockylinux:9\nRUN dnf clean all\n";
+        assert!(lines(none, "WH001").is_empty());
     }
 }

@@ -25,6 +25,7 @@ mod mirror;
 mod pip;
 mod secrets;
 mod stage_ref;
+mod yum;
 
 pub use mirror::Manager;
 
