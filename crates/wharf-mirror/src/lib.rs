@@ -10,7 +10,6 @@ once however many clients ask at the same time ([`fetch`]), streamed to all of t
 is the registry client (bearer/basic auth, token cache, retries, timeouts).
 */
 
-mod auth;
 pub mod config;
 pub mod fetch;
 mod lru;

@@ -9,8 +9,8 @@ use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 use wharf_oci::{Digest, media};
 
-use crate::auth::{Challenge, TokenCache, parse_challenge};
 use crate::config::UpstreamConfig;
+use wharf_oci::auth::{Challenge, TokenCache, parse_challenge};
 
 /// Attempts for one request when the upstream cannot be reached or answers 5xx.
 const ATTEMPTS: u32 = 3;

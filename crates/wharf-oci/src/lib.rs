@@ -8,8 +8,10 @@ Pure OCI types shared by every wharf crate. Nothing here does I/O.
 - [`manifest`]: a lenient view of any manifest or index (OCI or Docker schema2) that lists what it references.
 - [`ErrorCode`]: the distribution-spec error codes with their HTTP status, shared by server and client.
 - [`route`]: the `/v2/...` path grammar, parsed into a [`route::Route`].
+- [`auth`]: `WWW-Authenticate` challenges and a bearer-token cache, for the registry clients.
 */
 
+pub mod auth;
 pub mod digest;
 pub mod error_code;
 pub mod manifest;

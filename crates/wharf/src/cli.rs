@@ -24,6 +24,12 @@ pub enum Command {
     Lint(LintArgs),
     /// Apply the safe fixes of `wharf lint` to a Dockerfile (and its .dockerignore).
     Fix(FixArgs),
+    /// Copy an image between transports: docker://REF (or a bare REF), oci:PATH[:TAG].
+    Copy(crate::copy::CopyArgs),
+    /// Push an image to a registry (= copy SRC docker://REF).
+    Push(crate::copy::PushArgs),
+    /// Pull an image from a registry (= copy docker://REF DST).
+    Pull(crate::copy::PullArgs),
 }
 
 #[derive(Debug, Args)]

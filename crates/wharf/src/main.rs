@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod copy;
 mod fix;
 mod lint;
 mod serve;
@@ -16,6 +17,9 @@ fn main() -> ExitCode {
         cli::Command::Serve(args) => serve::run(args),
         cli::Command::Lint(args) => lint::run(args),
         cli::Command::Fix(args) => fix::run(args),
+        cli::Command::Copy(args) => copy::run_copy(args),
+        cli::Command::Push(args) => copy::run_push(args),
+        cli::Command::Pull(args) => copy::run_pull(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,6 @@
-//! Registry authentication as a client: parsing `WWW-Authenticate` challenges and caching bearer tokens until they
-//! expire. Written by hand: the challenge grammar is a few lines and no maintained crate covers the registry token
-//! flow (the `docker_credential`/`oci-client` crates bring a whole client with them).
+//! Registry authentication as a client, shared by the mirror's upstream client and the smart client: parsing
+//! `WWW-Authenticate` challenges and caching bearer tokens until they expire. Written by hand: the challenge grammar
+//! is a few lines and no maintained crate covers the registry token flow (`oci-client` brings a whole client).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -1,0 +1,68 @@
+//! The transport traits (containers/image's `ImageSource`/`ImageDestination`, reduced to what a copy needs).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use wharf_oci::Digest;
+use wharf_oci::manifest::Descriptor;
+
+use crate::Error;
+
+/// A blob's bytes as they arrive.
+pub type BlobStream = BoxStream<'static, Result<Bytes, Error>>;
+
+/// A manifest or index, byte-exact, with the media type it is served as and its digest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+/// Where a source's blobs live in a registry, so that a destination in the same registry can mount them instead
+/// of receiving their bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOrigin {
+    /// `host[:port]` as normalized by [`crate::Reference`].
+    pub registry: String,
+    pub repository: String,
+}
+
+#[async_trait]
+pub trait ImageSource: Send + Sync {
+    /// A short name for messages (`docker://host/repo:tag`, `oci:/path:tag`).
+    fn describe(&self) -> String;
+
+    /// The manifest the name points at (`None`), or a child of an index by its descriptor. The digest of what
+    /// is returned is verified against the descriptor (or the name's digest) by the source.
+    async fn get_manifest(&self, child: Option<&Descriptor>) -> Result<Manifest, Error>;
+
+    /// Opens a blob. The stream is not verified here: [`crate::copy`] hashes it on the way through.
+    async fn get_blob(&self, desc: &Descriptor) -> Result<BlobStream, Error>;
+
+    /// Set when the blobs live in a registry repository (mount source).
+    fn mount_origin(&self) -> Option<MountOrigin> {
+        None
+    }
+}
+
+#[async_trait]
+pub trait ImageDestination: Send + Sync {
+    fn describe(&self) -> String;
+
+    /// Whether the destination already holds this blob (then it is skipped).
+    async fn has_blob(&self, desc: &Descriptor) -> Result<bool, Error>;
+
+    /// Asks the destination to take the blob from `origin` without its bytes. `Ok(false)`: not possible here.
+    async fn try_mount(&self, _desc: &Descriptor, _origin: &MountOrigin) -> Result<bool, Error> {
+        Ok(false)
+    }
+
+    /// Stores a blob from `stream`. The stream yields exactly `desc.size` verified bytes or ends with an error;
+    /// on an error nothing may become visible under `desc.digest`.
+    async fn put_blob(&self, desc: &Descriptor, stream: BlobStream) -> Result<(), Error>;
+
+    /// Stores a manifest once every blob it references is in place. `top_level` is the manifest the destination
+    /// name (its tag) points at; children of an index are stored by digest only.
+    async fn put_manifest(&self, manifest: &Manifest, top_level: bool) -> Result<(), Error>;
+}

@@ -1,0 +1,15 @@
+//! The registry transport (`docker://REF`): the distribution API as a source (manifests with `Accept` for all four
+//! manifest types, blobs) and as a destination (HEAD, cross-repository mount, POST + streamed PUT, manifest PUT).
+
+mod auth;
+mod client;
+mod dest;
+mod source;
+
+pub use auth::Credentials;
+pub use client::{RegistryClient, RegistryOptions};
+pub use dest::RegistryDestination;
+pub use source::RegistrySource;
+
+/// Every manifest type wharf copies, so a registry never falls back to schema1.
+pub(crate) const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";

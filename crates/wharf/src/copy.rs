@@ -1,0 +1,208 @@
+//! `wharf copy SRC DST`, `wharf push SRC REF` and `wharf pull REF DST`: thin wrappers over `wharf_client::copy`.
+//! Image names use skopeo's syntax (`docker://REF`, `oci:PATH[:TAG]`, a bare REF is `docker://REF`).
+
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use wharf_client::registry::Credentials;
+use wharf_client::{CopyOptions, CopyReport, ImageName, Platform, TransportOptions, parse_image_name};
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Source image: docker://REF, oci:PATH[:TAG], or a bare REF.
+    pub src: String,
+    /// Destination image, same syntax.
+    pub dst: String,
+    #[command(flatten)]
+    pub options: TransferOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Source image: oci:PATH[:TAG] or docker://REF.
+    pub src: String,
+    /// Registry reference to push to (HOST[:PORT]/NAME[:TAG]).
+    pub reference: String,
+    #[command(flatten)]
+    pub options: TransferOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Registry reference to pull (e.g. alpine:3.20, 127.0.0.1:5000/team/app:v1).
+    pub reference: String,
+    /// Destination image: oci:PATH[:TAG] or docker://REF.
+    pub dst: String,
+    #[command(flatten)]
+    pub options: TransferOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct TransferOptions {
+    /// Copy every image of a multi-arch index, and the index.
+    #[arg(long, conflicts_with = "platform")]
+    pub all: bool,
+    /// The image to take from a multi-arch index [default: this host's, e.g. linux/amd64].
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Blobs transferred at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// Allow plain HTTP to registries that are not on localhost/127.0.0.0/8/::1.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Credentials for the source registry.
+    #[arg(long, value_name = "USER:PASSWORD", env = "WHARF_SRC_CREDS")]
+    pub src_creds: Option<String>,
+    /// Credentials for the destination registry.
+    #[arg(long, value_name = "USER:PASSWORD", env = "WHARF_DEST_CREDS")]
+    pub dest_creds: Option<String>,
+    /// Print nothing on success.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long, conflicts_with = "quiet")]
+    pub json: bool,
+}
+
+pub fn run_copy(args: CopyArgs) -> anyhow::Result<()> {
+    transfer(&args.src, &args.dst, &args.options)
+}
+
+pub fn run_push(args: PushArgs) -> anyhow::Result<()> {
+    let dst = registry_name(&args.reference);
+    transfer(&args.src, &dst, &args.options)
+}
+
+pub fn run_pull(args: PullArgs) -> anyhow::Result<()> {
+    let src = registry_name(&args.reference);
+    transfer(&src, &args.dst, &args.options)
+}
+
+/// `push`/`pull` take a registry reference; `docker://` in front is accepted too.
+fn registry_name(reference: &str) -> String {
+    if reference.starts_with("docker://") {
+        reference.to_owned()
+    } else {
+        format!("docker://{reference}")
+    }
+}
+
+fn credentials(flag: &Option<String>, which: &str) -> anyhow::Result<Option<Credentials>> {
+    flag.as_deref()
+        .map(|c| Credentials::parse(c).with_context(|| format!("--{which}-creds must be USER:PASSWORD")))
+        .transpose()
+}
+
+fn transfer(src: &str, dst: &str, o: &TransferOptions) -> anyhow::Result<()> {
+    init_logging();
+    let src_name = parse_image_name(src)?;
+    let dst_name = parse_image_name(dst)?;
+    let platform = o.platform.as_deref().map(str::parse::<Platform>).transpose()?;
+    let options = CopyOptions {
+        all: o.all,
+        platform,
+        jobs: o.jobs.into(),
+    };
+    let src_transport = TransportOptions {
+        insecure: o.insecure,
+        credentials: credentials(&o.src_creds, "src")?,
+    };
+    let dst_transport = TransportOptions {
+        insecure: o.insecure,
+        credentials: credentials(&o.dest_creds, "dest")?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let started = Instant::now();
+    let report = runtime.block_on(async {
+        let source = src_name.open_source(&src_transport).await?;
+        let destination = dst_name.open_destination(&dst_transport).await?;
+        wharf_client::copy(source.as_ref(), destination.as_ref(), &options).await
+    });
+    let report = report.with_context(|| format!("copy {src_name} → {dst_name} failed"))?;
+    let secs = started.elapsed().as_secs_f64();
+    if o.json {
+        println!("{}", json_summary(&report, &src_name, &dst_name, secs)?);
+    } else if !o.quiet {
+        println!("{}", summary(&report, secs));
+    }
+    Ok(())
+}
+
+fn json_summary(report: &CopyReport, src: &ImageName, dst: &ImageName, secs: f64) -> anyhow::Result<String> {
+    let mut v = serde_json::to_value(report)?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("source".into(), src.to_string().into());
+        obj.insert("destination".into(), dst.to_string().into());
+        obj.insert("seconds".into(), secs.into());
+    }
+    Ok(v.to_string())
+}
+
+fn summary(r: &CopyReport, secs: f64) -> String {
+    let rate = if secs > 0.0 { r.bytes_moved as f64 / secs } else { 0.0 };
+    format!(
+        "copied {} ({} manifest{}): {} moved in {} blob{} ({}/s), {} skipped ({}), {} mounted ({}), {:.2} s",
+        r.digest,
+        r.manifests,
+        plural(r.manifests),
+        human(r.bytes_moved as f64),
+        r.blobs_copied,
+        plural(r.blobs_copied),
+        human(rate),
+        r.blobs_skipped,
+        human(r.bytes_skipped as f64),
+        r.blobs_mounted,
+        human(r.bytes_mounted as f64),
+        secs
+    )
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn human(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{v:.0} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Warnings only, unless `RUST_LOG` says otherwise; to stderr, so stdout holds just the summary.
+fn init_logging() {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_names() {
+        assert_eq!(human(512.0), "512 B");
+        assert_eq!(human(1536.0), "1.5 KiB");
+        assert_eq!(human(3.0 * 1024.0 * 1024.0 * 1024.0), "3.0 GiB");
+        assert_eq!(registry_name("alpine"), "docker://alpine");
+        assert_eq!(registry_name("docker://alpine"), "docker://alpine");
+    }
+}
