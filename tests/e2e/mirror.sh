@@ -28,209 +28,24 @@
 #   E2E_KEEP=1  keep the scratch directory (logs, daemon data) for inspection
 set -euo pipefail
 
-NAME=e2e-mirror
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-if [[ -z "${WHARF:-}" ]]; then
-    WHARF=$REPO_ROOT/target/release/wharf
-    [[ -x "$WHARF" ]] || WHARF=$REPO_ROOT/target/debug/wharf
-fi
-DOCKER_CLI=${DOCKER_CLI:-docker}
-DOCKERD=${DOCKERD:-/usr/sbin/dockerd}
-
-PASSED=0
-FAILED=0
+# The shared helpers (lib.sh says what each needs and provides). `shellcheck -x` follows it.
+# shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC1091
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+e2e_init e2e-mirror
 ORIGIN_PID=
-MIRROR_PID=
-DOCKERD_PID=
-MAIN_PID=$$
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/wharf-e2e-mirror.XXXXXX")
 
 # The image, as Docker Hub would name it, and the repository the mirror asks upstream for.
 HUB_IMAGE=e2emirror:v1
 UPSTREAM_REPO=library/e2emirror
-
-# ---------------------------------------------------------------------------------------
-# Reporting
-# ---------------------------------------------------------------------------------------
-
-pass() { PASSED=$((PASSED + 1)); echo "ok   - $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL - $1" >&2; }
-
-# expect_eq NAME ACTUAL EXPECTED
-expect_eq() {
-    if [[ "$2" == "$3" ]]; then pass "$1"; else fail "$1: got '$2', want '$3'"; fi
-}
 
 # expect_ge NAME ACTUAL MIN (integers)
 expect_ge() {
     if [[ "$2" =~ ^[0-9]+$ ]] && (($2 >= $3)); then pass "$1"; else fail "$1: got '$2', want >= $3"; fi
 }
 
-# die MESSAGE [LOG_FILE]: a step the rest of the test depends on failed; stop here.
-die() {
-    fail "$1"
-    if [[ -n "${2:-}" && -f "$2" ]]; then
-        echo "---- last lines of $2 ----" >&2
-        tail -n 40 "$2" >&2
-    fi
-    exit 1
-}
-
-# run LOG CMD...: run a command with its output saved to LOG (and echoed), dying on failure.
-run() {
-    local log=$1
-    shift
-    if ! "$@" >"$log" 2>&1; then
-        die "command failed: $*" "$log"
-    fi
-    cat "$log"
-}
-
 # ---------------------------------------------------------------------------------------
-# Process lifecycle: only processes this script started, by PID
+# Registry helpers (http and the rest are in lib.sh)
 # ---------------------------------------------------------------------------------------
-
-# stop_pid PID: SIGTERM, wait up to 20 s, then SIGKILL.
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    echo "warning: pid $pid ignored SIGTERM for 20 s; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    # A background child that is signalled between fork and exec runs this trap too;
-    # only the test's own shell may stop processes and delete the scratch directory.
-    [[ "$BASHPID" == "$MAIN_PID" ]] || return 0
-    set +e
-    trap '' INT TERM # a second Ctrl-C must not cut the cleanup short
-    if [[ -n "$DOCKERD_PID" ]]; then
-        # dockerd's supervised containerd is also ours; remember it in case dockerd
-        # has to be killed and cannot take its child down with it.
-        local containerd_pid
-        containerd_pid=$(cat "$WORK/exec/containerd/containerd.pid" 2>/dev/null)
-        stop_pid "$DOCKERD_PID"
-        if [[ -n "$containerd_pid" ]] && kill -0 "$containerd_pid" 2>/dev/null; then
-            stop_pid "$containerd_pid"
-        fi
-        # A killed daemon can leave overlay mounts behind; unmount only our own ones
-        # (deepest first) before deleting the directory that holds them.
-        awk -v w="$WORK/" 'index($2, w) == 1 { print $2 }' /proc/self/mounts | sort -r |
-            while read -r m; do umount -l "$m"; done
-    fi
-    [[ -n "$MIRROR_PID" ]] && stop_pid "$MIRROR_PID"
-    [[ -n "$ORIGIN_PID" ]] && stop_pid "$ORIGIN_PID"
-    if ((rc != 0 && FAILED == 0)); then
-        FAILED=1 # an unexpected command failure under set -e
-    fi
-    if ((FAILED > 0)); then
-        local f
-        for f in origin.log mirror.log; do
-            if [[ -s "$WORK/$f" ]]; then
-                echo "---- last lines of $f ----" >&2
-                tail -n 30 "$WORK/$f" >&2
-            fi
-        done
-    fi
-    if [[ "${E2E_KEEP:-0}" == 1 ]]; then
-        echo "scratch directory kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    echo "$NAME: $PASSED passed, $FAILED failed"
-    ((FAILED == 0)) || exit 1
-    exit 0
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start_wharf NAME ARGS...: run wharf on a free loopback port, logging every request to
-# $WORK/NAME.log; sets WHARF_STARTED_PID and WHARF_STARTED_ADDR=127.0.0.1:PORT.
-start_wharf() {
-    local name=$1
-    shift
-    [[ -x "$WHARF" ]] || die "wharf binary not found or not executable: $WHARF (set WHARF=...)"
-    : >"$WORK/$name.out"
-    # A WHARF_CONFIG from the caller's environment must not change what we test.
-    # Request-level debug logs are what the origin's blob GETs are counted from.
-    env -u WHARF_CONFIG -u WHARF_LISTEN -u WHARF_ROOT -u RUST_LOG NO_COLOR=1 \
-        "$WHARF" serve --listen 127.0.0.1:0 --root "$WORK/$name-root" --log info,wharf_registry=debug "$@" \
-        >"$WORK/$name.out" 2>"$WORK/$name.log" &
-    WHARF_STARTED_PID=$!
-    # wharf prints exactly one line once it is bound; its port is our only way to reach it.
-    local i line
-    for ((i = 0; i < 100; i++)); do
-        line=$(head -n 1 "$WORK/$name.out")
-        if [[ "$line" =~ ^wharf\ serve:\ listening\ on\ http://(127\.0\.0\.1:[0-9]+)$ ]]; then
-            WHARF_STARTED_ADDR=${BASH_REMATCH[1]}
-            echo "wharf $name (pid $WHARF_STARTED_PID) listening on $WHARF_STARTED_ADDR"
-            return 0
-        fi
-        kill -0 "$WHARF_STARTED_PID" 2>/dev/null || die "wharf $name exited before listening" "$WORK/$name.log"
-        sleep 0.1
-    done
-    die "wharf $name did not print its listening line within 10 s" "$WORK/$name.log"
-}
-
-# start_dockerd: a private Docker daemon whose Docker Hub mirror is our wharf mirror, and
-# which knows both wharf ports as insecure (plain HTTP) registries. No bridge, iptables
-# or forwarding: it only builds, pushes and pulls images.
-start_dockerd() {
-    [[ -x "$DOCKERD" ]] || die "dockerd not found at $DOCKERD (apt-get install docker.io)"
-    command -v "$DOCKER_CLI" >/dev/null || die "docker client not found: $DOCKER_CLI (apt-get install docker.io)"
-    # An empty config file, so that /etc/docker/daemon.json cannot conflict with our flags.
-    echo '{}' >"$WORK/daemon.json"
-    "$DOCKERD" \
-        --config-file "$WORK/daemon.json" \
-        --data-root "$WORK/data" \
-        --exec-root "$WORK/exec" \
-        --pidfile "$WORK/dockerd.pid" \
-        --host "unix://$WORK/docker.sock" \
-        --containerd-namespace wharf-e2e-mirror \
-        --containerd-plugins-namespace wharf-e2e-mirror-plugins \
-        --iptables=false --ip-forward=false --bridge=none \
-        --registry-mirror "http://$MIRROR" \
-        --insecure-registry "$ORIGIN" \
-        --insecure-registry "$MIRROR" \
-        >"$WORK/dockerd.log" 2>&1 &
-    DOCKERD_PID=$!
-    local i
-    for ((i = 0; i < 300; i++)); do
-        if "$DOCKER_CLI" info >/dev/null 2>&1; then
-            echo "dockerd (pid $DOCKERD_PID) ready: $("$DOCKER_CLI" version -f 'server {{.Server.Version}}, client {{.Client.Version}}')"
-            echo "dockerd registry mirrors: $("$DOCKER_CLI" info -f '{{.RegistryConfig.Mirrors}}')"
-            return 0
-        fi
-        if ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
-            DOCKERD_PID=
-            echo "---- last lines of the kernel log ----" >&2
-            dmesg 2>/dev/null | tail -n 15 >&2 || true
-            die "dockerd exited during startup" "$WORK/dockerd.log"
-        fi
-        sleep 0.1
-    done
-    die "dockerd not ready within 30 s" "$WORK/dockerd.log"
-}
-
-# ---------------------------------------------------------------------------------------
-# Registry helpers
-# ---------------------------------------------------------------------------------------
-
-# A proxy from the environment must never see loopback traffic.
-http() { curl --noproxy '*' -sS "$@"; }
-
-DOCKER_V2=application/vnd.docker.distribution.manifest.v2+json
-OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
-
-# count_lines PATTERN FILE: number of lines matching the extended regex (0 if none).
-count_lines() { grep -cE "$1" "$2" || true; }
 
 # log_mark NAME: the current line count of $WORK/NAME.log, to look only at what follows.
 log_mark() { wc -l <"$WORK/$1.log"; }
@@ -251,38 +66,8 @@ metric() {
 }
 
 # ---------------------------------------------------------------------------------------
-# The image under test (as in docker.sh: no network, no container run)
+# The image under test (lib.sh's build_image, as in docker.sh: no network, no container run)
 # ---------------------------------------------------------------------------------------
-
-# build_image TAG: base layer from `docker import`, plus three COPY layers of 1 KiB,
-# 256 KiB and 8 MiB of random data.
-build_image() {
-    local tag=$1
-    mkdir -p "$WORK/rootfs/etc" "$WORK/ctx"
-    echo "wharf e2e mirror base" >"$WORK/rootfs/etc/motd"
-    echo "ID=wharf-e2e-mirror" >"$WORK/rootfs/etc/os-release"
-    tar -C "$WORK/rootfs" -cf "$WORK/base.tar" .
-    run "$WORK/import.log" "$DOCKER_CLI" import "$WORK/base.tar" e2e-mirror-base:local
-
-    head -c 1024 /dev/urandom >"$WORK/ctx/small.bin"
-    head -c $((256 * 1024)) /dev/urandom >"$WORK/ctx/medium.bin"
-    head -c $((8 * 1024 * 1024)) /dev/urandom >"$WORK/ctx/big.bin"
-    cat >"$WORK/ctx/Dockerfile" <<'EOF'
-FROM e2e-mirror-base:local
-COPY small.bin /data/small.bin
-COPY medium.bin /data/medium.bin
-COPY big.bin /data/big.bin
-EOF
-    DOCKER_BUILDKIT=0 run "$WORK/build.log" "$DOCKER_CLI" build -t "$tag" "$WORK/ctx"
-}
-
-image_id() { "$DOCKER_CLI" image inspect -f '{{.Id}}' "$1"; }
-image_layers() { "$DOCKER_CLI" image inspect -f '{{range .RootFS.Layers}}{{println .}}{{end}}' "$1" | sed '/^$/d'; }
-
-# push_digest LOG: the manifest digest from docker push's last line.
-push_digest() { sed -nE 's/^.*: digest: (sha256:[0-9a-f]{64}) size: [0-9]+$/\1/p' "$1" | tail -n 1; }
-# pull_digest LOG: the manifest digest docker pull reports.
-pull_digest() { sed -nE 's/^Digest: (sha256:[0-9a-f]{64})$/\1/p' "$1"; }
 
 # rmi_all: forget every image in the daemon, so that the next pull fetches every byte.
 rmi_all() {
@@ -299,38 +84,13 @@ rmi_all() {
     expect_eq "${1}no image left in the daemon" "$("$DOCKER_CLI" images -aq | wc -l)" 0
 }
 
-# check_pulled_content IMAGE: the 8 MiB file in the pulled image is byte-identical to the
-# one we built from (`docker create` + `docker cp`, no container is started).
-check_pulled_content() {
-    local cid
-    cid=$("$DOCKER_CLI" create --network none "$1" /nonexistent)
-    "$DOCKER_CLI" cp "$cid:/data/big.bin" - | tar -xO -f - big.bin >"$WORK/big.pulled"
-    "$DOCKER_CLI" rm "$cid" >/dev/null
-    if cmp -s "$WORK/big.pulled" "$WORK/ctx/big.bin"; then
-        pass "$2: 8 MiB file in the pulled image is byte-identical"
-    else
-        fail "$2: 8 MiB file in the pulled image differs from the original"
-    fi
-}
-
-# ---------------------------------------------------------------------------------------
-# skopeo, isolated from the machine's configuration (as in skopeo.sh)
-# ---------------------------------------------------------------------------------------
-
-sk() {
-    CONTAINERS_REGISTRIES_CONF="$WORK/registries.conf" \
-        skopeo --insecure-policy --registries.d "$WORK/registries.d" --tmpdir "$WORK/sktmp" "$@"
-}
-
 # ---------------------------------------------------------------------------------------
 # Test steps
 # ---------------------------------------------------------------------------------------
 
 setup() {
-    command -v skopeo >/dev/null || die "skopeo not installed (apt-get install skopeo)"
+    setup_skopeo
     command -v jq >/dev/null || die "jq not installed (apt-get install jq)"
-    mkdir -p "$WORK/registries.d" "$WORK/sktmp"
-    : >"$WORK/registries.conf"
 
     start_wharf origin
     ORIGIN_PID=$WHARF_STARTED_PID ORIGIN=$WHARF_STARTED_ADDR
@@ -340,19 +100,21 @@ setup() {
     printf '[mirror]\ntag_ttl_secs = 1\n' >"$WORK/mirror.toml"
     start_wharf mirror --config "$WORK/mirror.toml" \
         --upstream "http://$ORIGIN" --upstream "second=http://$ORIGIN"
-    MIRROR_PID=$WHARF_STARTED_PID MIRROR=$WHARF_STARTED_ADDR
+    MIRROR=$WHARF_STARTED_ADDR
 
-    # The client talks to our daemon only, with a private config (no credential helpers).
-    export DOCKER_HOST="unix://$WORK/docker.sock" DOCKER_CONFIG="$WORK/docker-config"
-    unset DOCKER_CONTEXT DOCKER_TLS_VERIFY DOCKER_CERT_PATH
-    mkdir -p "$DOCKER_CONFIG"
-    start_dockerd
+    # dockerd's Docker Hub mirror is our wharf mirror; both wharf ports are insecure
+    # (plain HTTP) registries to it.
+    start_dockerd wharf-e2e-mirror \
+        --registry-mirror "http://$MIRROR" \
+        --insecure-registry "$ORIGIN" \
+        --insecure-registry "$MIRROR"
+    echo "dockerd registry mirrors: $("$DOCKER_CLI" info -f '{{.RegistryConfig.Mirrors}}')"
 }
 
 # Build, push to the origin, and record what the pulls must give back.
 test_push_to_origin() {
     local pushed=$ORIGIN/$UPSTREAM_REPO:v1
-    build_image "$pushed" >/dev/null
+    build_image "$pushed" e2e-mirror 8 >/dev/null
     IMAGE_ID=$(image_id "$pushed")
     LAYERS=$(image_layers "$pushed")
     local nlayers
@@ -450,22 +212,14 @@ test_second_upstream() {
     log_since origin "$omark" | grep -oE 'request method=[A-Z]+ path=[^ ]+ status=[0-9]+' | sort | uniq -c | sed 's/^/     /'
     run "$WORK/sk-copy-origin.log" sk copy --src-tls-verify=false --src-no-creds \
         "docker://$ORIGIN/$UPSTREAM_REPO:v1" "oci:$WORK/layout-origin:v1" >/dev/null
-    local oci_manifest bad=0 f
+    local oci_manifest bad=0
     oci_manifest="$layout/blobs/sha256/$(jq -r '.manifests[0].digest' "$layout/index.json" | cut -d: -f2)"
     expect_eq "second upstream: oci layout has the origin's layer digests" \
         "$(jq -r '.layers[].digest' "$oci_manifest")" "$LAYER_DIGESTS"
-    expect_eq "second upstream: oci layout manifest digest equals a copy made from the origin" \
-        "$(jq -r '.manifests[0].digest' "$layout/index.json")" \
-        "$(jq -r '.manifests[0].digest' "$WORK/layout-origin/index.json")"
-    expect_eq "second upstream: oci layout holds the same blobs as a copy made from the origin" \
-        "$(ls "$layout/blobs/sha256")" "$(ls "$WORK/layout-origin/blobs/sha256")"
-    for f in "$layout"/blobs/sha256/*; do
-        if [[ "$(sha256sum <"$f" | cut -d' ' -f1)" != "${f##*/}" ]]; then
-            echo "blob ${f##*/} in the layout does not hash to its name" >&2
-            bad=$((bad + 1))
-        fi
-    done
-    expect_eq "second upstream: every blob in the oci layout hashes to its digest" "$bad" 0
+    # Same manifest digest for v1, same blob set, every blob byte-identical and stored
+    # under its own digest.
+    expect_same_layout "second upstream: oci layout vs a copy made from the origin" \
+        "$WORK/layout-origin" "$layout" v1
 
     # A dir: copy keeps the manifest and config untouched: byte-identical to the origin's.
     run "$WORK/sk-copy-dir.log" sk copy --src-tls-verify=false --src-no-creds --preserve-digests \
@@ -496,7 +250,7 @@ test_second_upstream() {
 
 # The origin goes away: what the mirror has cached still pulls; what it has not fails.
 test_outage() {
-    stop_pid "$ORIGIN_PID"
+    stop_own_pid "$ORIGIN_PID"
     ORIGIN_PID=
     if http -o /dev/null "http://$ORIGIN/v2/" 2>/dev/null; then die "origin still answers after being stopped"; fi
     pass "origin stopped"

@@ -12,141 +12,23 @@
 #   E2E_KEEP=1  keep the scratch directory (layouts, logs) for inspection
 set -euo pipefail
 
-NAME=e2e-skopeo
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-if [[ -z "${WHARF:-}" ]]; then
-    WHARF=$REPO_ROOT/target/release/wharf
-    [[ -x "$WHARF" ]] || WHARF=$REPO_ROOT/target/debug/wharf
-fi
+# The shared helpers (lib.sh says what each needs and provides). `shellcheck -x` follows it.
+# shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC1091
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+e2e_init e2e-skopeo
 
-PASSED=0
-FAILED=0
-WHARF_PID=
-MAIN_PID=$$
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/wharf-e2e-skopeo.XXXXXX")
-
-OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
 OCI_INDEX=application/vnd.oci.image.index.v1+json
 OCI_CONFIG=application/vnd.oci.image.config.v1+json
 OCI_LAYER_GZIP=application/vnd.oci.image.layer.v1.tar+gzip
-
-# ---------------------------------------------------------------------------------------
-# Reporting
-# ---------------------------------------------------------------------------------------
-
-pass() { PASSED=$((PASSED + 1)); echo "ok   - $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL - $1" >&2; }
-
-# expect_eq NAME ACTUAL EXPECTED
-expect_eq() {
-    if [[ "$2" == "$3" ]]; then pass "$1"; else fail "$1: got '$2', want '$3'"; fi
-}
 
 # expect_same_file NAME FILE_A FILE_B
 expect_same_file() {
     if cmp -s "$2" "$3"; then pass "$1"; else fail "$1: $2 and $3 differ"; fi
 }
 
-# die MESSAGE [LOG_FILE]: a step the rest of the test depends on failed; stop here.
-die() {
-    fail "$1"
-    if [[ -n "${2:-}" && -f "$2" ]]; then
-        echo "---- last lines of $2 ----" >&2
-        tail -n 40 "$2" >&2
-    fi
-    exit 1
-}
-
-# run LOG CMD...: run a command with its output saved to LOG, dying on failure.
-run() {
-    local log=$1
-    shift
-    if ! "$@" >"$log" 2>&1; then
-        die "command failed: $*" "$log"
-    fi
-}
-
 # ---------------------------------------------------------------------------------------
-# wharf lifecycle: only the process this script started, by PID
+# skopeo (sk and setup_skopeo, in lib.sh, isolate it from the machine's configuration)
 # ---------------------------------------------------------------------------------------
-
-# stop_pid PID: SIGTERM, wait up to 20 s, then SIGKILL.
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    echo "warning: pid $pid ignored SIGTERM for 20 s; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    # A background child that is signalled between fork and exec runs this trap too;
-    # only the test's own shell may stop processes and delete the scratch directory.
-    [[ "$BASHPID" == "$MAIN_PID" ]] || return 0
-    set +e
-    trap '' INT TERM # a second Ctrl-C must not cut the cleanup short
-    [[ -n "$WHARF_PID" ]] && stop_pid "$WHARF_PID"
-    if ((rc != 0 && FAILED == 0)); then
-        FAILED=1 # an unexpected command failure under set -e
-    fi
-    if ((FAILED > 0)) && [[ -s "$WORK/wharf.log" ]]; then
-        echo "---- last lines of wharf.log ----" >&2
-        tail -n 30 "$WORK/wharf.log" >&2
-    fi
-    if [[ "${E2E_KEEP:-0}" == 1 ]]; then
-        echo "scratch directory kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    echo "$NAME: $PASSED passed, $FAILED failed"
-    ((FAILED == 0)) || exit 1
-    exit 0
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start_wharf: run wharf on a free loopback port; sets REGISTRY=127.0.0.1:PORT.
-start_wharf() {
-    [[ -x "$WHARF" ]] || die "wharf binary not found or not executable: $WHARF (set WHARF=...)"
-    : >"$WORK/wharf.out"
-    # A WHARF_CONFIG from the caller's environment must not change what we test.
-    # Request-level debug logs make a failing client's last requests visible in wharf.log.
-    env -u WHARF_CONFIG -u WHARF_LISTEN -u WHARF_ROOT -u RUST_LOG NO_COLOR=1 \
-        "$WHARF" serve --listen 127.0.0.1:0 --root "$WORK/wharf-root" --log info,wharf_registry=debug \
-        >"$WORK/wharf.out" 2>"$WORK/wharf.log" &
-    WHARF_PID=$!
-    # wharf prints exactly one line once it is bound; its port is our only way to reach it.
-    local i line
-    for ((i = 0; i < 100; i++)); do
-        line=$(head -n 1 "$WORK/wharf.out")
-        if [[ "$line" =~ ^wharf\ serve:\ listening\ on\ http://(127\.0\.0\.1:[0-9]+)$ ]]; then
-            REGISTRY=${BASH_REMATCH[1]}
-            echo "wharf (pid $WHARF_PID) listening on $REGISTRY"
-            return 0
-        fi
-        kill -0 "$WHARF_PID" 2>/dev/null || die "wharf exited before listening" "$WORK/wharf.log"
-        sleep 0.1
-    done
-    die "wharf did not print its listening line within 10 s" "$WORK/wharf.log"
-}
-
-# ---------------------------------------------------------------------------------------
-# skopeo and curl, isolated from the machine's configuration
-# ---------------------------------------------------------------------------------------
-
-# No trust policy, signature lookaside, registry mirrors or credentials of the host may
-# play a part: the policy check is off, registries.d and registries.conf are empty, and
-# every registry access is anonymous (--no-creds and friends at the call sites).
-sk() {
-    CONTAINERS_REGISTRIES_CONF="$WORK/registries.conf" \
-        skopeo --insecure-policy --registries.d "$WORK/registries.d" --tmpdir "$WORK/tmp" "$@"
-}
 
 # sk_copy SRC DST [ARGS...]: plain HTTP both ways, and fail rather than alter a digest.
 sk_copy() {
@@ -156,14 +38,9 @@ sk_copy() {
         --preserve-digests "$@" "$src" "$dst"
 }
 
-# A proxy from the environment must never see loopback traffic.
-http() { curl --noproxy '*' -sS "$@"; }
-
 # ---------------------------------------------------------------------------------------
 # Writing OCI image layouts by hand
 # ---------------------------------------------------------------------------------------
-
-sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
 # new_layout DIR: an empty OCI image layout.
 new_layout() {
@@ -226,13 +103,6 @@ tag_in_index() {
 # blob_path LAYOUT DIGEST
 blob_path() { echo "$1/blobs/sha256/${2#sha256:}"; }
 
-# tagged_digest LAYOUT TAG: the digest index.json gives TAG.
-tagged_digest() {
-    jq -r --arg tag "$2" \
-        '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == $tag) | .digest' \
-        "$1/index.json"
-}
-
 # random_dir DIR SIZE: a directory with one random file of SIZE bytes and a text file.
 random_dir() {
     mkdir -p "$1/data"
@@ -241,28 +111,8 @@ random_dir() {
 }
 
 # ---------------------------------------------------------------------------------------
-# Checks
+# Checks (expect_same_layout, sha256_of and tagged_digest are in lib.sh)
 # ---------------------------------------------------------------------------------------
-
-# expect_same_layout NAME ORIG COPY TAG: TAG names the same digest in both layouts, and
-# both hold the same blob files, byte for byte, each stored under its own digest.
-expect_same_layout() {
-    local name=$1 orig=$2 copy=$3 tag=$4 blob bad=0
-    expect_eq "$name: tag $tag has the same digest" "$(tagged_digest "$copy" "$tag")" \
-        "$(tagged_digest "$orig" "$tag")"
-    expect_eq "$name: same set of blobs" "$(ls "$copy/blobs/sha256")" "$(ls "$orig/blobs/sha256")"
-    for blob in "$orig"/blobs/sha256/*; do
-        blob=${blob##*/}
-        if ! cmp -s "$orig/blobs/sha256/$blob" "$copy/blobs/sha256/$blob"; then
-            echo "blob $blob differs or is missing in $copy" >&2
-            bad=$((bad + 1))
-        elif [[ "$(sha256_of "$copy/blobs/sha256/$blob")" != "$blob" ]]; then
-            echo "blob $blob in $copy does not hash to its name" >&2
-            bad=$((bad + 1))
-        fi
-    done
-    expect_eq "$name: every blob byte-identical" "$bad" 0
-}
 
 # get_manifest REPO REF OUT: GET a manifest (any of the OCI types); prints the HTTP status.
 get_manifest() {
@@ -272,8 +122,7 @@ get_manifest() {
 
 # content_digest REPO REF: the Docker-Content-Digest header of a manifest HEAD.
 content_digest() {
-    http -I -H "Accept: $OCI_MANIFEST, $OCI_INDEX" "http://$REGISTRY/v2/$1/manifests/$2" |
-        tr -d '\r' | awk -F': ' 'tolower($1) == "docker-content-digest" { print $2 }'
+    http -I -H "Accept: $OCI_MANIFEST, $OCI_INDEX" "http://$REGISTRY/v2/$1/manifests/$2" | digest_header
 }
 
 # ---------------------------------------------------------------------------------------
@@ -290,7 +139,7 @@ test_single_image() {
     tag_in_index "$src" v1
     manifest=$(tagged_digest "$src" v1)
 
-    run "$WORK/push-single.log" sk_copy "oci:$src:v1" "docker://$REGISTRY/$repo:v1"
+    run_quiet "$WORK/push-single.log" sk_copy "oci:$src:v1" "docker://$REGISTRY/$repo:v1"
     expect_eq "single: registry resolves the tag to the layout's manifest digest" \
         "$(content_digest "$repo" v1)" "$manifest"
 
@@ -304,7 +153,7 @@ test_single_image() {
     sk inspect --tls-verify=false --no-creds --raw "docker://$REGISTRY/$repo:v1" >"$WORK/raw-manifest"
     expect_same_file "inspect --raw: manifest bytes unchanged" "$WORK/raw-manifest" "$(blob_path "$src" "$manifest")"
 
-    run "$WORK/pull-single.log" sk_copy "docker://$REGISTRY/$repo:v1" "oci:$back:v1"
+    run_quiet "$WORK/pull-single.log" sk_copy "docker://$REGISTRY/$repo:v1" "oci:$back:v1"
     expect_same_layout single "$src" "$back" v1
 
     SINGLE_MANIFEST=$manifest
@@ -326,7 +175,7 @@ test_multi_arch() {
     tag_in_index "$src" v1
     index=$(tagged_digest "$src" v1)
 
-    run "$WORK/push-multi.log" sk_copy "oci:$src:v1" "docker://$REGISTRY/$repo:v1" --all
+    run_quiet "$WORK/push-multi.log" sk_copy "oci:$src:v1" "docker://$REGISTRY/$repo:v1" --all
     expect_eq "multi: registry resolves the tag to the index digest" "$(content_digest "$repo" v1)" "$index"
     local status
     status=$(get_manifest "$repo" v1 "$WORK/got-index")
@@ -342,7 +191,7 @@ test_multi_arch() {
     done
     expect_eq "multi: both platform manifests served by digest, unchanged" "$bad" 0
 
-    run "$WORK/pull-multi.log" sk_copy "docker://$REGISTRY/$repo:v1" "oci:$back:v1" --all
+    run_quiet "$WORK/pull-multi.log" sk_copy "docker://$REGISTRY/$repo:v1" "oci:$back:v1" --all
     expect_same_layout multi "$src" "$back" v1
 }
 
@@ -350,7 +199,7 @@ test_multi_arch() {
 # spec's error body, by digest and by the tag that named it.
 test_delete() {
     local repo=e2e/skopeo status
-    run "$WORK/delete.log" sk delete --tls-verify=false --no-creds "docker://$REGISTRY/$repo@$SINGLE_MANIFEST"
+    run_quiet "$WORK/delete.log" sk delete --tls-verify=false --no-creds "docker://$REGISTRY/$repo@$SINGLE_MANIFEST"
     status=$(get_manifest "$repo" "$SINGLE_MANIFEST" "$WORK/deleted.json")
     expect_eq "delete: GET manifest by digest is 404" "$status" 404
     expect_eq "delete: error code is MANIFEST_UNKNOWN" \
@@ -364,10 +213,9 @@ test_delete() {
 }
 
 main() {
-    command -v skopeo >/dev/null || die "skopeo not installed (apt-get install skopeo)"
-    mkdir -p "$WORK/registries.d" "$WORK/tmp"
-    : >"$WORK/registries.conf"
-    start_wharf
+    setup_skopeo
+    start_wharf wharf
+    REGISTRY=$WHARF_STARTED_ADDR
     echo "$(skopeo --version), registry $REGISTRY"
     test_single_image
     test_multi_arch
