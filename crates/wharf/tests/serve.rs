@@ -13,7 +13,7 @@ use wharf_oci::Digest;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_chunk_then_resume() {
     let root = tempfile::tempdir().unwrap();
-    let data: Vec<u8> = (0..3 * MIB).map(|i| (i * 31 % 251) as u8).collect();
+    let data: Vec<u8> = (0..5 * MIB).map(|i| (i * 31 % 251) as u8).collect();
     let digest = Digest::sha256_of(&data).to_string();
     let client = client();
 
@@ -29,15 +29,16 @@ async fn sigkill_mid_chunk_then_resume() {
         .unwrap();
     assert_eq!(r.status(), 202);
 
-    // Second chunk: half of it is on the wire when the server dies.
+    // Second chunk (3 MiB): half of it is on the wire when the server dies, enough for some of it to reach the
+    // session file (the server writes in ~1 MiB batches).
     let head = format!(
         "PATCH {loc} HTTP/1.1\r\nHost: {}\r\nContent-Range: {}-{}\r\nContent-Length: {}\r\n\r\n",
         w.addr,
         MIB,
-        2 * MIB - 1,
-        MIB
+        4 * MIB - 1,
+        3 * MIB
     );
-    let _sock = send_partial(&w.addr, &head, &data[MIB..MIB + MIB / 2]);
+    let _sock = send_partial(&w.addr, &head, &data[MIB..MIB + 3 * MIB / 2]);
     // Wait until the server has at least part of the chunk in the session file, so the kill lands mid-write.
     let session_data = std::fs::read_dir(root.path().join("uploads"))
         .unwrap()
@@ -46,12 +47,18 @@ async fn sigkill_mid_chunk_then_resume() {
         .unwrap()
         .path()
         .join("data");
+    let mut torn = false;
     for _ in 0..500 {
         if std::fs::metadata(&session_data).map(|m| m.len()).unwrap_or(0) > MIB as u64 {
+            torn = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(
+        torn,
+        "part of the second chunk should be in the session file before the kill"
+    );
     w.child.kill().unwrap(); // SIGKILL
     w.child.wait().unwrap();
     assert_eq!(
@@ -74,7 +81,7 @@ async fn sigkill_mid_chunk_then_resume() {
 
     let r = client
         .patch(w.url(&loc))
-        .header("Content-Range", format!("{}-{}", MIB, 3 * MIB - 1))
+        .header("Content-Range", format!("{}-{}", MIB, 5 * MIB - 1))
         .body(data[MIB..].to_vec())
         .send()
         .await
