@@ -1,9 +1,8 @@
 //! Upload sessions of [`FsStore`].
 //!
 //! A session is a directory `uploads/<uuid>/` with `data` (the bytes so far) and `state.json` (repository, offset
-//! and the serialized SHA-256 state). Bytes are hashed as they stream in: the request's task only receives and
-//! groups chunks into ~1 MiB batches that a hashing thread and a writing thread take in parallel (shared, not
-//! copied), so SHA-256, the socket and the disk overlap and nothing is read back. After each append the data is
+//! and the serialized SHA-256 state). Bytes are hashed as they stream in, on the request's task, while a blocking
+//! thread writes them, so hashing and disk writes overlap and nothing is read back. After each append the data is
 //! fdatasynced and then the state is replaced atomically, so after a crash `data` is at least `offset` long and is
 //! truncated back to it: the session resumes exactly where the last acknowledged chunk ended.
 //!
@@ -33,10 +32,8 @@ pub(crate) type SessionSlot = Arc<tokio::sync::Mutex<Option<Session>>>;
 /// After this many bytes, ask the kernel to start writing back (without waiting), so the fsync at the end of a
 /// large upload has little left to do.
 const WRITEBACK_EVERY: u64 = 32 << 20;
-/// Batches in flight to the hashing and the writing thread.
-const PIPELINE_DEPTH: usize = 8;
-/// Body chunks are grouped into batches of about this many bytes, so each thread wakes once per batch.
-const BATCH_BYTES: usize = 1 << 20;
+/// Chunks in flight between the hashing task and the writer thread.
+const PIPELINE_DEPTH: usize = 16;
 
 pub(crate) struct Session {
     repo: String,
@@ -124,12 +121,9 @@ impl Session {
     }
 }
 
-/// A run of body chunks, shared (not copied) between the hashing and the writing thread.
-type Batch = Arc<Vec<Bytes>>;
-
-/// Writes batches to `path` from `offset` on a blocking thread; returns the bytes written after an fdatasync.
-fn spawn_writer(path: PathBuf, offset: u64) -> (mpsc::Sender<Batch>, tokio::task::JoinHandle<Result<u64>>) {
-    let (tx, mut rx) = mpsc::channel::<Batch>(PIPELINE_DEPTH);
+/// Writes chunks to `path` from `offset` on a blocking thread; returns the bytes written after an fdatasync.
+fn spawn_writer(path: PathBuf, offset: u64) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<Result<u64>>) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
     let handle = tokio::task::spawn_blocking(move || {
         let mut file = OpenOptions::new()
             .write(true)
@@ -139,11 +133,9 @@ fn spawn_writer(path: PathBuf, offset: u64) -> (mpsc::Sender<Batch>, tokio::task
             .map_err(|e| StorageError::io(&path, e))?;
         let mut written = 0u64;
         let mut flushed = 0u64;
-        while let Some(batch) = rx.blocking_recv() {
-            for chunk in batch.iter() {
-                file.write_all(chunk).map_err(|e| StorageError::io(&path, e))?;
-                written += chunk.len() as u64;
-            }
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk).map_err(|e| StorageError::io(&path, e))?;
+            written += chunk.len() as u64;
             if written - flushed >= WRITEBACK_EVERY {
                 start_writeback(&file, offset + flushed, written - flushed);
                 flushed = written;
@@ -151,20 +143,6 @@ fn spawn_writer(path: PathBuf, offset: u64) -> (mpsc::Sender<Batch>, tokio::task
         }
         file.sync_data().map_err(|e| StorageError::io(&path, e))?;
         Ok(written)
-    });
-    (tx, handle)
-}
-
-/// Hashes batches on a blocking thread of its own, in parallel with the writer; returns the hasher at the end.
-fn spawn_hasher(mut hasher: DigestHasher) -> (mpsc::Sender<Batch>, tokio::task::JoinHandle<DigestHasher>) {
-    let (tx, mut rx) = mpsc::channel::<Batch>(PIPELINE_DEPTH);
-    let handle = tokio::task::spawn_blocking(move || {
-        while let Some(batch) = rx.blocking_recv() {
-            for chunk in batch.iter() {
-                hasher.update(chunk);
-            }
-        }
-        hasher
     });
     (tx, handle)
 }
@@ -283,60 +261,33 @@ impl FsStore {
         }
         let dir = self.layout.upload_dir(&id);
         let data = dir.join("data");
-        // The request task only receives; a hashing thread and a writing thread take each batch in parallel, so
-        // SHA-256 (the costliest step) overlaps with the socket and the disk instead of queueing behind them.
-        let (write_tx, writer) = spawn_writer(data.clone(), session.offset);
-        let (hash_tx, hashing) = spawn_hasher(session.hasher.clone());
+        let before = session.hasher.clone();
+        let (tx, writer) = spawn_writer(data.clone(), session.offset);
         let mut body_error = None;
-        let mut batch = Vec::new();
-        let mut batch_len = 0usize;
-        let mut sent_ok = true;
-        loop {
-            let item = body.next().await;
-            let end = match item {
-                Some(Ok(chunk)) => {
-                    batch_len += chunk.len();
-                    batch.push(chunk);
-                    false
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(chunk) => {
+                    session.hasher.update(&chunk);
+                    if tx.send(chunk).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     body_error = Some(e);
-                    true
-                }
-                None => true,
-            };
-            if (end || batch_len >= BATCH_BYTES) && !batch.is_empty() {
-                let b: Batch = Arc::new(std::mem::take(&mut batch));
-                batch_len = 0;
-                // A closed channel means that thread failed; its error is reported below.
-                if write_tx.send(b.clone()).await.is_err() || hash_tx.send(b).await.is_err() {
-                    sent_ok = false;
                     break;
                 }
             }
-            if end {
-                break;
-            }
         }
-        drop(write_tx);
-        drop(hash_tx);
-        let hashed = hashing.await;
-        let written = match (writer.await, hashed) {
-            (Ok(Ok(n)), Ok(h)) if sent_ok => {
-                session.hasher = h;
-                n
-            }
-            (Ok(Err(e)), _) => {
-                self.rollback(session, &data).await;
+        drop(tx);
+        let written = match writer.await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                self.rollback(session, before, &data).await;
                 return Err(e);
             }
-            (Err(join), _) => {
-                self.rollback(session, &data).await;
+            Err(join) => {
+                self.rollback(session, before, &data).await;
                 return Err(StorageError::io(&data, io::Error::other(join.to_string())));
-            }
-            _ => {
-                self.rollback(session, &data).await;
-                return Err(StorageError::io(&data, io::Error::other("the hashing thread failed")));
             }
         };
         session.offset += written;
@@ -361,8 +312,9 @@ impl FsStore {
         })
     }
 
-    /// Undoes a failed append: the file is cut back to the last good offset (the session's hasher was not touched).
-    async fn rollback(&self, session: &mut Session, data: &Path) {
+    /// Undoes a failed append: the hasher goes back and the file is cut back to the last good offset.
+    async fn rollback(&self, session: &mut Session, before: DigestHasher, data: &Path) {
+        session.hasher = before;
         let offset = session.offset;
         let data = data.to_owned();
         let result = blocking(move || {
