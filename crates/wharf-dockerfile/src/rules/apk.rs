@@ -1,6 +1,6 @@
 //! WH002: `apk add` without `--no-cache`.
 
-use super::{Ctx, Edit, Finding, Fix, Rule, Severity, finding};
+use super::{Ctx, Finding, Rule, Severity};
 
 pub const NO_CACHE: Rule = Rule {
     id: "WH002",
@@ -22,18 +22,7 @@ fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
         }
         for (script, cmd) in ctx.commands(i) {
             if cmd.is("apk", "add") && !cmd.has_arg("--no-cache") {
-                let mut f = finding(
-                    NO_CACHE.id,
-                    ctx.command_span(script, cmd),
-                    "`apk add` without `--no-cache`",
-                );
-                if let Some(sub) = cmd.subcommand() {
-                    f.fix = Some(Fix {
-                        edits: vec![Edit::insert(ctx.word_end(script, sub), " --no-cache")],
-                        files: vec![],
-                    });
-                }
-                out.push(f);
+                out.push(ctx.missing_flag(NO_CACHE.id, script, cmd, "--no-cache", "`apk add` without `--no-cache`"));
             }
         }
     }

@@ -189,6 +189,26 @@ impl<'a> Ctx<'a> {
         script.to_source(w.end.saturating_sub(1)) + 1
     }
 
+    /// A finding for a command that lacks `flag`, with the fix that inserts it right after the subcommand
+    /// (`apk add` → `apk add --no-cache`, `pip install` → `pip install --no-cache-dir`).
+    pub fn missing_flag(
+        &self,
+        rule: &'static str,
+        script: &Script,
+        cmd: &Command,
+        flag: &str,
+        message: &str,
+    ) -> Finding {
+        let mut f = finding(rule, self.command_span(script, cmd), message);
+        if let Some(sub) = cmd.subcommand() {
+            f.fix = Some(Fix {
+                edits: vec![Edit::insert(self.word_end(script, sub), format!(" {flag}"))],
+                files: vec![],
+            });
+        }
+        f
+    }
+
     /// Whether RUN `i` mounts a cache at a path starting with `target`.
     pub fn has_cache_mount(&self, i: usize, target: &str) -> bool {
         self.ins(i).effective().flags.iter().any(|f| {

@@ -1,7 +1,7 @@
 //! WH006: `pip install` without `--no-cache-dir`.
 
 use super::mirror::is_pip;
-use super::{Ctx, Edit, Finding, Fix, Rule, Severity, finding};
+use super::{Ctx, Finding, Rule, Severity};
 use crate::ast::Keyword;
 
 pub const NO_CACHE_DIR: Rule = Rule {
@@ -36,18 +36,13 @@ fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
                 let is_pip_install =
                     cmd.name().is_some_and(is_pip) && cmd.subcommand().is_some_and(|s| s.value == "install");
                 if is_pip_install && !cmd.has_arg("--no-cache-dir") && !script.text.contains("PIP_NO_CACHE_DIR") {
-                    let mut f = finding(
+                    out.push(ctx.missing_flag(
                         NO_CACHE_DIR.id,
-                        ctx.command_span(script, cmd),
+                        script,
+                        cmd,
+                        "--no-cache-dir",
                         "`pip install` without `--no-cache-dir`",
-                    );
-                    if let Some(sub) = cmd.subcommand() {
-                        f.fix = Some(Fix {
-                            edits: vec![Edit::insert(ctx.word_end(script, sub), " --no-cache-dir")],
-                            files: vec![],
-                        });
-                    }
-                    out.push(f);
+                    ));
                 }
             }
         }
