@@ -123,7 +123,7 @@ impl MirrorStore {
                     digest: m.digest,
                     media_type: m.media_type,
                     body: m.body,
-                    tag,
+                    tags: tag.into_iter().collect(),
                     referrer: None,
                 },
             )

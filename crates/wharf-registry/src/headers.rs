@@ -7,6 +7,7 @@ pub const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-uploa
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 pub const API_VERSION_VALUE: HeaderValue = HeaderValue::from_static("registry/2.0");
 pub const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+pub const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
 pub const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 
 /// The value of an upload's `Range` header: `0-<last byte>`, or `0-0` when nothing has arrived (as CNCF

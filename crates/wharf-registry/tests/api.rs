@@ -688,3 +688,43 @@ async fn large_blobs_stream_whole_and_in_ranges_across_windows() {
         assert!(r.bytes().await.unwrap() == data[a..=b], "range {a}-{b}");
     }
 }
+
+#[tokio::test]
+async fn push_by_digest_with_tag_parameters() {
+    let s = Server::start().await;
+    let config = b"{}".to_vec();
+    s.post_blob("tp", &blob_digest(&config), config.clone()).await;
+    let body = image_manifest(media::OCI_MANIFEST, &config, &[], None);
+    let d = blob_digest(&body);
+    let r = s
+        .client
+        .put(s.url(&format!("/v2/tp/manifests/{d}?tag=v1&tag=latest")))
+        .header("Content-Type", media::OCI_MANIFEST)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let tags: Vec<&str> = r
+        .headers()
+        .get_all("oci-tag")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["v1", "latest"]);
+    for t in ["v1", "latest"] {
+        assert_eq!(
+            s.get(&format!("/v2/tp/manifests/{t}")).await.headers()["docker-content-digest"],
+            d.as_str()
+        );
+    }
+    let r = s
+        .client
+        .put(s.url(&format!("/v2/tp/manifests/{d}?tag=bad%2Ftag")))
+        .header("Content-Type", media::OCI_MANIFEST)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, "TAG_INVALID");
+}

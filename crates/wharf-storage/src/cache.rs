@@ -169,18 +169,20 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
     }
 
     async fn put_manifest(&self, repo: &str, m: NewManifest) -> Result<()> {
-        let tag = m.tag.clone();
+        let tags = m.tags.clone();
         let stored = StoredManifest {
             digest: m.digest.clone(),
             media_type: m.media_type.clone(),
             body: m.body.clone(),
         };
-        if tag.is_some() {
+        if !tags.is_empty() {
             self.bump();
         }
         let result = self.inner.put_manifest(repo, m).await;
-        if let Some(t) = tag {
-            self.tags.invalidate(&(repo.to_owned(), t));
+        if !tags.is_empty() {
+            for t in tags {
+                self.tags.invalidate(&(repo.to_owned(), t));
+            }
             self.bump();
         }
         result?;

@@ -287,7 +287,7 @@ impl RegistryStore for FsStore {
                 })?;
                 Self::link(&layout, &layout.referrer(&repo, subject, &m.digest), &json)?;
             }
-            if let Some(tag) = &m.tag {
+            for tag in &m.tags {
                 Self::link(&layout, &layout.tag(&repo, tag), m.digest.to_string().as_bytes())?;
             }
             Ok(())

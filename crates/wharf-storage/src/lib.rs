@@ -78,8 +78,8 @@ pub struct NewManifest {
     pub digest: Digest,
     pub media_type: String,
     pub body: Bytes,
-    /// The tag to point at it, if it was pushed by tag.
-    pub tag: Option<String>,
+    /// Tags to point at it: the one it was pushed by, or those of `?tag=` parameters on a push by digest.
+    pub tags: Vec<String>,
     /// Its `subject` and its own descriptor for the subject's referrers list.
     pub referrer: Option<(Digest, Descriptor)>,
 }

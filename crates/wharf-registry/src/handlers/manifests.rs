@@ -12,7 +12,7 @@ use wharf_storage::{NewManifest, Reference};
 use super::parse_digest;
 use crate::App;
 use crate::error::{ApiError, ApiResult};
-use crate::headers::{DOCKER_CONTENT_DIGEST, OCI_SUBJECT, get_str, value};
+use crate::headers::{DOCKER_CONTENT_DIGEST, OCI_SUBJECT, OCI_TAG, get_str, value};
 
 /// A reference is a digest if it has a `:` (tags cannot), else a tag.
 fn parse_reference(reference: &str) -> Result<Reference, ApiError> {
@@ -71,6 +71,15 @@ pub async fn get(app: &App, name: &str, reference: &str, headers: &HeaderMap) ->
 
 pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiResult {
     let reference = parse_reference(reference)?;
+    // Distribution-spec `?tag=` on a push by digest: tag it in the same request (several allowed).
+    let tag_params: Vec<String> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    if let Some(bad) = tag_params.iter().find(|t| !is_valid_tag(t)) {
+        return Err(ApiError::new(ErrorCode::TagInvalid, format!("invalid tag {bad:?}")));
+    }
+    let tag_params_given = matches!(reference, Reference::Digest(_)) && !tag_params.is_empty();
     let content_type = get_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
     let limit = app.config.max_manifest_bytes;
     let too_large = || {
@@ -105,9 +114,9 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
     let view = ManifestView::parse(&body, content_type.as_deref()).map_err(invalid)?;
     check_references(app, name, &view).await?;
 
-    let tag = match reference {
-        Reference::Tag(t) => Some(t),
-        Reference::Digest(_) => None,
+    let tags = match reference {
+        Reference::Tag(t) => vec![t],
+        Reference::Digest(_) => tag_params,
     };
     let referrer = view.subject.as_ref().map(|s| {
         (
@@ -123,7 +132,7 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
                 digest: digest.clone(),
                 media_type: view.media_type.clone(),
                 body,
-                tag,
+                tags: tags.clone(),
                 referrer,
             },
         )
@@ -139,6 +148,11 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
     }
     let mut resp = StatusCode::CREATED.into_response();
     resp.headers_mut().extend(headers);
+    if tag_params_given {
+        for t in &tags {
+            resp.headers_mut().append(OCI_TAG, value(t));
+        }
+    }
     Ok(resp)
 }
 
