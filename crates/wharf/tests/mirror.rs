@@ -24,6 +24,14 @@ fn mirror(dir: &std::path::Path, args: &[&str]) -> Wharf {
     Wharf::start_with(&dir.join("mirror"), args, Some(&dir.join("mirror.log")))
 }
 
+/// A mirror whose default upstream is `origin`, with `toml` as its config file.
+fn mirror_of_origin_with_config(dir: &std::path::Path, origin: &Wharf, toml: &str) -> Wharf {
+    let cfg = dir.join("m.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let up = format!("http://{}", origin.addr);
+    mirror(dir, &["--config", cfg.to_str().unwrap(), "--upstream", &up])
+}
+
 /// Requests the origin served for `path` with `method`, from its log.
 fn origin_hits(origin: &Wharf, method: &str, path: &str) -> usize {
     let needle = format!("method={method} path={path} ");
@@ -148,17 +156,7 @@ async fn outage_serves_cached_and_fails_uncached_clearly() {
     let img = push_image(&c, &o, "library/app", "v1", 3, &[5000]).await;
     push_image(&c, &o, "library/app", "v2", 4, &[6000]).await;
     // TTL 0: every tag request revalidates, so the outage is hit.
-    let cfg = dir.path().join("m.toml");
-    std::fs::write(&cfg, "[mirror]\ntag_ttl_secs = 0\ntimeout_secs = 2\n").unwrap();
-    let m = mirror(
-        dir.path(),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--upstream",
-            &format!("http://{}", o.addr),
-        ],
-    );
+    let m = mirror_of_origin_with_config(dir.path(), &o, "[mirror]\ntag_ttl_secs = 0\ntimeout_secs = 2\n");
     pull(&c, &m, "library/app", "v1", "", &img).await;
 
     o.child.kill().unwrap();
@@ -192,17 +190,7 @@ async fn tags_are_revalidated_and_pushes_refused() {
     let c = client();
     let o = origin(dir.path());
     let first = push_image(&c, &o, "library/app", "v1", 5, &[100]).await;
-    let cfg = dir.path().join("m.toml");
-    std::fs::write(&cfg, "[mirror]\ntag_ttl_secs = 0\n").unwrap();
-    let m = mirror(
-        dir.path(),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--upstream",
-            &format!("http://{}", o.addr),
-        ],
-    );
+    let m = mirror_of_origin_with_config(dir.path(), &o, "[mirror]\ntag_ttl_secs = 0\n");
     pull(&c, &m, "library/app", "v1", "", &first).await;
     let moved = push_image(&c, &o, "library/app", "v1", 6, &[200]).await;
     pull(&c, &m, "library/app", "v1", "", &moved).await;
@@ -353,17 +341,7 @@ async fn cache_size_limit_evicts_least_recently_used() {
     let o = origin(dir.path());
     let a = push_image(&c, &o, "library/a", "v1", 10, &[3 * MIB]).await;
     let b = push_image(&c, &o, "library/b", "v1", 11, &[3 * MIB]).await;
-    let cfg = dir.path().join("m.toml");
-    std::fs::write(&cfg, format!("[mirror]\nmax_cache_bytes = {}\n", 5 * MIB)).unwrap();
-    let m = mirror(
-        dir.path(),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--upstream",
-            &format!("http://{}", o.addr),
-        ],
-    );
+    let m = mirror_of_origin_with_config(dir.path(), &o, &format!("[mirror]\nmax_cache_bytes = {}\n", 5 * MIB));
     pull(&c, &m, "library/a", "v1", "", &a).await;
     pull(&c, &m, "library/b", "v1", "", &b).await;
     // a's layer was least recently used and the cache holds 5 MiB: it is gone from disk, b's is there.
