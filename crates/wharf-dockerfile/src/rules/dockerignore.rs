@@ -80,19 +80,24 @@ fn check_missing(ctx: &Ctx, out: &mut Vec<Finding>) {
             leak_list(cx)
         ),
     );
-    let mut contents = String::from("# Written by `wharf fix`: keep the build context small and the cache stable.\n");
-    for n in &names {
-        contents.push_str(n);
+    let header = String::from("# Written by `wharf fix`: keep the build context small and the cache stable.\n");
+    f.fix = Some(ignore_file_fix(cx, header, &names));
+    out.push(f);
+}
+
+/// The fix that writes `.dockerignore` as `contents` followed by one pattern per line.
+fn ignore_file_fix(cx: &crate::context::ContextInfo, mut contents: String, patterns: &[impl AsRef<str>]) -> Fix {
+    for p in patterns {
+        contents.push_str(p.as_ref());
         contents.push('\n');
     }
-    f.fix = Some(Fix {
+    Fix {
         edits: vec![],
         files: vec![FileWrite {
             path: cx.ignore_path(),
             contents,
         }],
-    });
-    out.push(f);
+    }
 }
 
 fn leak_list(cx: &crate::context::ContextInfo) -> String {
@@ -138,17 +143,7 @@ fn check_leaky(ctx: &Ctx, out: &mut Vec<Finding>) {
     if !contents.is_empty() && !contents.ends_with('\n') {
         contents.push('\n');
     }
-    for n in &add {
-        contents.push_str(n);
-        contents.push('\n');
-    }
-    f.fix = Some(Fix {
-        edits: vec![],
-        files: vec![FileWrite {
-            path: cx.ignore_path(),
-            contents,
-        }],
-    });
+    f.fix = Some(ignore_file_fix(cx, contents, &add));
     out.push(f);
 }
 
