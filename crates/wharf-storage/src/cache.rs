@@ -55,6 +55,7 @@ impl<S: RegistryStore> CachedStore<S> {
             manifests: Cache::builder()
                 .max_capacity(config.manifest_bytes)
                 .weigher(|_, m: &Arc<StoredManifest>| u32::try_from(m.body.len()).unwrap_or(u32::MAX))
+                .support_invalidation_closures()
                 .build(),
             tags: Cache::builder()
                 .max_capacity(config.blob_descriptors)
@@ -121,7 +122,9 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
         let d = digest.clone();
         // Only fails if closures were not enabled at build time, which `new` does.
         let _ = self.repo_blobs.invalidate_entries_if(move |k, _| k.1 == d);
-        self.manifests.invalidate_all();
+        // A manifest's bytes are a blob too: drop only the entries of that digest, not the whole cache.
+        let d = digest.clone();
+        let _ = self.manifests.invalidate_entries_if(move |k, _| k.1 == d);
         self.bump();
         removed
     }
@@ -242,5 +245,46 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
 
     async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>> {
         self.inner.referrers(repo, subject).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::FsStore;
+
+    fn manifest(n: u8) -> NewManifest {
+        let body = Bytes::from(format!("{{\"schemaVersion\":2,\"n\":{n}}}"));
+        NewManifest {
+            digest: Digest::sha256_of(&body),
+            media_type: wharf_oci::media::OCI_MANIFEST.into(),
+            body,
+            tags: vec![format!("t{n}")],
+            referrer: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn removing_a_blob_drops_only_its_cached_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CachedStore::new(FsStore::open(dir.path()).unwrap(), CacheConfig::default());
+        let (a, b) = (manifest(1), manifest(2));
+        let (da, db) = (a.digest.clone(), b.digest.clone());
+        store.put_manifest("r", a).await.unwrap();
+        store.put_manifest("r", b).await.unwrap();
+        assert!(
+            store
+                .get_manifest("r", &Reference::Digest(da.clone()))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(store.remove_blob(&da).await.unwrap());
+        assert!(store.get_manifest("r", &Reference::Digest(da)).await.unwrap().is_none());
+        // b stays cached: even with its bytes gone from disk, the cache still answers.
+        std::fs::remove_file(store.inner().layout().blob(&db)).unwrap();
+        assert!(store.get_manifest("r", &Reference::Digest(db)).await.unwrap().is_some());
     }
 }
