@@ -6,7 +6,7 @@
 //! source to the destination through [`Verifying`], which hashes on the fly and withholds the last chunk of a
 //! blob whose digest or size is wrong. Manifests are copied byte-exact, so every digest is preserved.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,8 +16,10 @@ use serde::Serialize;
 use wharf_oci::manifest::{Descriptor, ManifestView};
 use wharf_oci::media;
 
+use crate::compress::{Compression, compress, is_uncompressed_layer};
+use crate::store::MountHints;
 use crate::verify::Verifying;
-use crate::{Error, ImageDestination, ImageSource, Manifest, Platform};
+use crate::{BlobStream, Error, ImageDestination, ImageSource, Manifest, MountOrigin, Platform};
 
 /// Transfers of one blob before giving up on temporary errors (connection drops, 5xx, 429). Resuming from the
 /// last acknowledged byte with a chunked upload is the next step (issue 4); today the blob restarts.
@@ -34,6 +36,31 @@ pub struct CopyOptions {
     pub platform: Option<Platform>,
     /// Blobs in flight at once.
     pub jobs: usize,
+    /// How uncompressed layers (from docker archives and the Docker engine) are compressed for destinations that
+    /// store compressed layers. Compressed layers are never recompressed: their digests are preserved.
+    pub compression: Compression,
+    /// Threads compressing one layer.
+    pub workers: usize,
+    /// Told about every blob as it moves (progress bars).
+    pub progress: Option<Arc<dyn Progress>>,
+    /// Where blobs were seen in registries, to mount instead of upload (kept in the content store).
+    pub hints: Option<MountHints>,
+}
+
+/// Observer of a copy, blob by blob (the CLI draws progress bars with it).
+pub trait Progress: Send + Sync {
+    /// A blob starts moving; `size` is its size at the source.
+    fn start(&self, digest: &wharf_oci::Digest, size: u64);
+    /// `bytes` more of it have passed.
+    fn advance(&self, digest: &wharf_oci::Digest, bytes: u64);
+    /// It is done: `how` is "copied", "compressed", "skipped" or "mounted".
+    fn finish(&self, digest: &wharf_oci::Digest, how: &'static str);
+}
+
+impl std::fmt::Debug for dyn Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 impl Default for CopyOptions {
@@ -42,6 +69,10 @@ impl Default for CopyOptions {
             all: false,
             platform: None,
             jobs: 4,
+            compression: Compression::default(),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            progress: None,
+            hints: None,
         }
     }
 }
@@ -59,12 +90,15 @@ pub struct CopyReport {
     pub bytes_moved: u64,
     pub bytes_skipped: u64,
     pub bytes_mounted: u64,
+    /// Layers compressed on the way (their digests at the destination differ from the source's).
+    pub layers_compressed: usize,
 }
 
-enum Outcome {
+pub(crate) enum Outcome {
     Skipped,
     Mounted,
     Copied,
+    Compressed,
 }
 
 /// Copies the image `src` names to `dst` (see the module documentation for the order of work). On error, blobs
@@ -73,43 +107,190 @@ enum Outcome {
 pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &CopyOptions) -> Result<CopyReport, Error> {
     let top = resolve_top(src, opts).await?;
     let (manifests, blobs) = collect(src, top).await?;
+    for m in manifests.iter().filter(|m| !media::is_index(&m.media_type)) {
+        dst.prepare(m).await?;
+    }
+    let convert: HashSet<_> = if dst.compresses_layers() {
+        let mut set = HashSet::new();
+        for m in manifests.iter().filter(|m| !media::is_index(&m.media_type)) {
+            set.extend(
+                parse(m)?
+                    .layers
+                    .into_iter()
+                    .filter(|l| is_uncompressed_layer(&l.media_type))
+                    .map(|l| l.digest),
+            );
+        }
+        set
+    } else {
+        HashSet::new()
+    };
 
     let moved = Arc::new(AtomicU64::new(0));
-    let outcomes: Vec<(Outcome, u64)> = futures_util::stream::iter(blobs.iter())
+    let outcomes: Vec<(Outcome, Descriptor, u64)> = futures_util::stream::iter(blobs.iter())
         .map(|desc| {
             let moved = moved.clone();
-            async move { copy_blob(src, dst, desc, moved).await.map(|o| (o, desc.size)) }
+            let convert = convert.contains(&desc.digest);
+            async move {
+                if let Some(p) = &opts.progress {
+                    p.start(&desc.digest, desc.size);
+                }
+                let result = copy_blob(src, dst, desc, convert, opts, moved).await;
+                if let (Some(p), Ok((o, _))) = (&opts.progress, &result) {
+                    p.finish(&desc.digest, o.name());
+                }
+                if let (Some(h), Ok((_, stored))) = (&opts.hints, &result) {
+                    remember(h, src, dst, desc, stored).await;
+                }
+                result.map(|(o, stored)| (o, stored, desc.size))
+            }
         })
         .buffer_unordered(opts.jobs.max(1))
         .try_collect()
         .await?;
 
-    // Children before parents: `manifests` lists parents first.
-    for (i, m) in manifests.iter().enumerate().rev() {
-        dst.put_manifest(m, i == 0).await?;
-    }
+    let replaced = compressed_layers(outcomes.iter().map(|(o, stored, _)| (o, stored)));
+    let top = put_manifests(dst, &manifests, &replaced).await?;
 
     let mut report = CopyReport {
-        digest: manifests[0].digest.to_string(),
-        media_type: manifests[0].media_type.clone(),
+        digest: top.digest.to_string(),
+        media_type: top.media_type.clone(),
         manifests: manifests.len(),
         bytes_moved: moved.load(Ordering::Relaxed),
         ..CopyReport::default()
     };
-    for (outcome, size) in outcomes {
-        match outcome {
-            Outcome::Skipped => {
-                report.blobs_skipped += 1;
-                report.bytes_skipped += size;
-            }
-            Outcome::Mounted => {
-                report.blobs_mounted += 1;
-                report.bytes_mounted += size;
-            }
-            Outcome::Copied => report.blobs_copied += 1,
-        }
+    for (outcome, _, size) in outcomes {
+        report.count(outcome, size);
     }
     Ok(report)
+}
+
+impl Outcome {
+    fn name(&self) -> &'static str {
+        match self {
+            Outcome::Skipped => "skipped",
+            Outcome::Mounted => "mounted",
+            Outcome::Copied => "copied",
+            Outcome::Compressed => "compressed",
+        }
+    }
+}
+
+impl CopyReport {
+    pub(crate) fn count(&mut self, outcome: Outcome, size: u64) {
+        match outcome {
+            Outcome::Skipped => {
+                self.blobs_skipped += 1;
+                self.bytes_skipped += size;
+            }
+            Outcome::Mounted => {
+                self.blobs_mounted += 1;
+                self.bytes_mounted += size;
+            }
+            Outcome::Copied => self.blobs_copied += 1,
+            Outcome::Compressed => {
+                self.blobs_copied += 1;
+                self.layers_compressed += 1;
+            }
+        }
+    }
+}
+
+/// Source digest → compressed descriptor, for the layers compressed on the way.
+pub(crate) fn compressed_layers<'a>(
+    outcomes: impl Iterator<Item = (&'a Outcome, &'a Descriptor)>,
+) -> HashMap<wharf_oci::Digest, Descriptor> {
+    outcomes
+        .filter(|(o, _)| matches!(o, Outcome::Compressed))
+        .filter_map(|(_, stored)| {
+            let source = stored.annotations.as_ref()?.get(SOURCE_DIGEST)?.parse().ok()?;
+            Some((source, stored.clone()))
+        })
+        .collect()
+}
+
+/// A transient annotation on the descriptor `copy_blob` returns for a compressed layer: the source digest it
+/// replaces. Removed before the descriptor goes into a manifest.
+const SOURCE_DIGEST: &str = "wharf.internal.source-digest";
+
+/// Writes the manifests children first (`manifests` lists parents first, the named one at 0), rewriting the ones
+/// whose layers were compressed on the way, and the indexes above them. Returns the manifest written under the
+/// destination's name.
+pub(crate) async fn put_manifests(
+    dst: &dyn ImageDestination,
+    manifests: &[Manifest],
+    replaced: &HashMap<wharf_oci::Digest, Descriptor>,
+) -> Result<Manifest, Error> {
+    let mut rewritten: HashMap<wharf_oci::Digest, Manifest> = HashMap::new();
+    let mut top = None;
+    for (i, m) in manifests.iter().enumerate().rev() {
+        let new = rewrite(m, replaced, &rewritten)?;
+        dst.put_manifest(&new, i == 0).await?;
+        if i == 0 {
+            top = Some(new.clone());
+        }
+        if new.digest != m.digest {
+            rewritten.insert(m.digest.clone(), new);
+        }
+    }
+    top.ok_or_else(|| Error::BadOption("no manifest to write".into()))
+}
+
+/// `m` with compressed layers (image manifests) or rewritten children (indexes) in place of the originals.
+fn rewrite(
+    m: &Manifest,
+    layers: &HashMap<wharf_oci::Digest, Descriptor>,
+    children: &HashMap<wharf_oci::Digest, Manifest>,
+) -> Result<Manifest, Error> {
+    if layers.is_empty() && children.is_empty() {
+        return Ok(m.clone());
+    }
+    let bad = |reason: String| Error::Manifest {
+        what: m.digest.to_string(),
+        reason,
+    };
+    let mut json: serde_json::Value = serde_json::from_slice(&m.bytes).map_err(|e| bad(e.to_string()))?;
+    let mut changed = false;
+    let field = if media::is_index(&m.media_type) {
+        "manifests"
+    } else {
+        "layers"
+    };
+    if let Some(list) = json.get_mut(field).and_then(|v| v.as_array_mut()) {
+        for entry in list {
+            let Some(digest) = entry
+                .get("digest")
+                .and_then(|d| d.as_str())
+                .and_then(|d| d.parse::<wharf_oci::Digest>().ok())
+            else {
+                continue;
+            };
+            let (new_digest, new_size, new_type) = if let Some(l) = layers.get(&digest) {
+                (l.digest.to_string(), l.size, Some(l.media_type.clone()))
+            } else if let Some(c) = children.get(&digest) {
+                (c.digest.to_string(), c.bytes.len() as u64, None)
+            } else {
+                continue;
+            };
+            if let Some(obj) = entry.as_object_mut() {
+                obj.insert("digest".into(), new_digest.into());
+                obj.insert("size".into(), new_size.into());
+                if let Some(t) = new_type {
+                    obj.insert("mediaType".into(), t.into());
+                }
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return Ok(m.clone());
+    }
+    let bytes = serde_json::to_vec(&json).map_err(|e| bad(e.to_string()))?;
+    Ok(Manifest {
+        digest: wharf_oci::Digest::sha256_of(&bytes),
+        bytes: bytes.into(),
+        media_type: m.media_type.clone(),
+    })
 }
 
 /// The manifest to copy under the destination's name: the source's, or one platform's image of an index.
@@ -178,29 +359,51 @@ async fn copy_blob(
     src: &dyn ImageSource,
     dst: &dyn ImageDestination,
     desc: &Descriptor,
+    convert: bool,
+    opts: &CopyOptions,
     moved: Arc<AtomicU64>,
-) -> Result<Outcome, Error> {
-    if dst.has_blob(desc).await? {
-        tracing::debug!(digest = %desc.digest, "blob already at the destination");
-        return Ok(Outcome::Skipped);
+) -> Result<(Outcome, Descriptor), Error> {
+    if !convert {
+        if dst.has_blob(desc).await? {
+            tracing::debug!(digest = %desc.digest, "blob already at the destination");
+            return Ok((Outcome::Skipped, desc.clone()));
+        }
+        if let Some(origin) = src.mount_origin()
+            && dst.try_mount(desc, &origin).await?
+        {
+            tracing::debug!(digest = %desc.digest, from = %origin.repository, "blob mounted");
+            return Ok((Outcome::Mounted, desc.clone()));
+        }
     }
-    if let Some(origin) = src.mount_origin()
-        && dst.try_mount(desc, &origin).await?
+    if !convert
+        && let (Some(hints), Some(target)) = (&opts.hints, dst.mount_target())
+        && let Some(repository) = hints.lookup(&target.registry, &desc.digest).await
+        && repository != target.repository
     {
-        tracing::debug!(digest = %desc.digest, from = %origin.repository, "blob mounted");
-        return Ok(Outcome::Mounted);
+        let origin = MountOrigin {
+            registry: target.registry,
+            repository,
+        };
+        if dst.try_mount(desc, &origin).await? {
+            tracing::debug!(digest = %desc.digest, from = %origin.repository, "blob mounted (local record)");
+            return Ok((Outcome::Mounted, desc.clone()));
+        }
     }
     let mut attempt = 1;
     loop {
         let result = async {
             let stream = src.get_blob(desc).await?;
-            let verified = Verifying::new(stream, desc.digest.clone(), desc.size, src.describe(), moved.clone());
-            dst.put_blob(desc, verified.boxed()).await
+            send_blob(dst, desc, stream, &src.describe(), convert, opts, moved.clone()).await
         }
         .await;
         match result {
-            Ok(()) => break,
-            // A streamed body cannot be replayed by the HTTP client; the blob is started again from the source.
+            Ok(stored) => {
+                tracing::debug!(digest = %desc.digest, size = desc.size, "blob copied");
+                let outcome = if convert { Outcome::Compressed } else { Outcome::Copied };
+                return Ok((outcome, stored));
+            }
+            // A streamed body cannot be replayed; chunks already resume inside the registry destination, so what
+            // reaches here (a source that failed, a session the registry dropped) starts the blob again.
             Err(e) if e.is_temporary() && attempt < BLOB_ATTEMPTS => {
                 tracing::warn!(digest = %desc.digest, error = %e, attempt, "blob transfer failed; starting it again");
                 tokio::time::sleep(Duration::from_millis(500) * attempt).await;
@@ -209,6 +412,57 @@ async fn copy_blob(
             Err(e) => return Err(e),
         }
     }
-    tracing::debug!(digest = %desc.digest, size = desc.size, "blob copied");
-    Ok(Outcome::Copied)
+}
+
+/// Records where the blob now is (and where it came from) for later mounts.
+async fn remember(
+    hints: &MountHints,
+    src: &dyn ImageSource,
+    dst: &dyn ImageDestination,
+    desc: &Descriptor,
+    stored: &Descriptor,
+) {
+    if let Some(o) = src.mount_origin() {
+        hints.record(&o.registry, &o.repository, &desc.digest).await;
+    }
+    if let Some(t) = dst.mount_target() {
+        hints.record(&t.registry, &t.repository, &stored.digest).await;
+    }
+}
+
+/// Sends one blob's source stream to the destination, verified against `desc`: as it is, or (`convert`)
+/// compressed on the way, in which case the returned descriptor is the compressed blob's, carrying the source
+/// digest in a transient annotation ([`SOURCE_DIGEST`]).
+pub(crate) async fn send_blob(
+    dst: &dyn ImageDestination,
+    desc: &Descriptor,
+    stream: BlobStream,
+    from: &str,
+    convert: bool,
+    opts: &CopyOptions,
+    moved: Arc<AtomicU64>,
+) -> Result<Descriptor, Error> {
+    let stream = match &opts.progress {
+        Some(p) => {
+            let (p, digest) = (p.clone(), desc.digest.clone());
+            stream.inspect_ok(move |b| p.advance(&digest, b.len() as u64)).boxed()
+        }
+        None => stream,
+    };
+    let verified = Verifying::new(stream, desc.digest.clone(), desc.size, from.to_owned(), moved).boxed();
+    if !convert {
+        dst.put_blob(desc, verified).await?;
+        return Ok(desc.clone());
+    }
+    let (compressed, _) = compress(verified, opts.compression, opts.workers);
+    let (digest, size) = dst.put_new_blob(compressed).await?;
+    tracing::debug!(diff_id = %desc.digest, %digest, size, "layer compressed");
+    let mut stored = desc.clone();
+    stored.media_type = opts.compression.layer_media_type(&desc.media_type);
+    stored.digest = digest;
+    stored.size = size;
+    let mut annotations = desc.annotations.clone().unwrap_or_default();
+    annotations.insert(SOURCE_DIGEST.to_owned(), desc.digest.to_string());
+    stored.annotations = Some(annotations);
+    Ok(stored)
 }

@@ -9,6 +9,8 @@ pub enum Error {
     BadName { input: String, reason: String },
     #[error("transport {0:?} is not supported yet (supported: docker://REF, oci:PATH[:TAG], or a bare REF)")]
     UnsupportedTransport(String),
+    #[error("{0}")]
+    BadOption(String),
     #[error("invalid platform {0:?}: expected os/arch[/variant], e.g. linux/arm64/v8")]
     BadPlatform(String),
     /// The cause is folded into the message (not exposed as `source`) so the line is complete on its own and an
@@ -51,8 +53,29 @@ pub enum Error {
     NoPlatform { wanted: String, available: String },
     #[error("OCI layout {path}: {reason}")]
     Layout { path: String, reason: String },
+    /// A layer that could not be applied onto a root filesystem; the cause names the entry and what failed.
+    #[error("unpacking layer {layer}: {cause}")]
+    Unpack {
+        layer: String,
+        cause: crate::rootfs::ApplyError,
+    },
+    #[error("Docker engine at {host}: {reason}")]
+    Engine { host: String, reason: String },
+    #[error("docker archive {path}: {reason}")]
+    Archive { path: String, reason: String },
     #[error("{context}: {cause}")]
     Io { context: String, cause: std::io::Error },
+    #[error("Docker config {path}: {reason}")]
+    DockerConfig { path: String, reason: String },
+    #[error("cannot locate the Docker config: neither DOCKER_CONFIG nor HOME is set")]
+    NoDockerConfig,
+    #[error("credential helper docker-credential-{helper} ({action} for {server}): {reason}")]
+    CredentialHelper {
+        helper: String,
+        action: String,
+        server: String,
+        reason: String,
+    },
 }
 
 impl Error {

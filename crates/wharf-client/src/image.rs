@@ -53,6 +53,11 @@ pub trait ImageDestination: Send + Sync {
     /// Whether the destination already holds this blob (then it is skipped).
     async fn has_blob(&self, desc: &Descriptor) -> Result<bool, Error>;
 
+    /// The registry repository this destination writes to, when it is one (for mount hints).
+    fn mount_target(&self) -> Option<MountOrigin> {
+        None
+    }
+
     /// Asks the destination to take the blob from `origin` without its bytes. `Ok(false)`: not possible here.
     async fn try_mount(&self, _desc: &Descriptor, _origin: &MountOrigin) -> Result<bool, Error> {
         Ok(false)
@@ -61,6 +66,28 @@ pub trait ImageDestination: Send + Sync {
     /// Stores a blob from `stream`. The stream yields exactly `desc.size` verified bytes or ends with an error;
     /// on an error nothing may become visible under `desc.digest`.
     async fn put_blob(&self, desc: &Descriptor, stream: BlobStream) -> Result<(), Error>;
+
+    /// Whether uncompressed layers should be compressed on the way here (registries and OCI layouts: yes; the
+    /// Docker engine, docker archives and unpacked root filesystems take layers as they come).
+    fn compresses_layers(&self) -> bool {
+        false
+    }
+
+    /// Stores a blob whose digest is known only once its last byte is produced (a layer compressed on the way).
+    /// The destination hashes the stream; returns the digest and size it stored the blob under. Only called when
+    /// [`ImageDestination::compresses_layers`] is true.
+    async fn put_new_blob(&self, _stream: BlobStream) -> Result<(Digest, u64), Error> {
+        Err(Error::BadOption(format!(
+            "{} cannot take a blob of unknown digest",
+            self.describe()
+        )))
+    }
+
+    /// Announces an image manifest before its blobs arrive, when the source knows it up front, so a destination
+    /// that applies layers in order (rootfs) can start as soon as the first layer streams in.
+    async fn prepare(&self, _manifest: &Manifest) -> Result<(), Error> {
+        Ok(())
+    }
 
     /// Stores a manifest once every blob it references is in place. `top_level` is the manifest the destination
     /// name (its tag) points at; children of an index are stored by digest only.

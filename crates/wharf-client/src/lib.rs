@@ -16,6 +16,8 @@ Transports today: [`registry`] (the distribution API, anonymous/bearer/basic aut
 image layout directory).
 */
 
+pub mod archive;
+pub mod compress;
 pub mod copy;
 mod error;
 mod image;
@@ -23,12 +25,14 @@ pub mod layout;
 pub mod platform;
 pub mod reference;
 pub mod registry;
+pub mod rootfs;
+pub mod store;
 pub mod transport;
 mod verify;
 
-pub use copy::{CopyOptions, CopyReport, copy};
+pub use copy::{CopyOptions, CopyReport, Progress, copy};
 pub use error::Error;
 pub use image::{BlobStream, ImageDestination, ImageSource, Manifest, MountOrigin};
 pub use platform::Platform;
 pub use reference::Reference;
-pub use transport::{ImageName, TransportOptions, parse_image_name};
+pub use transport::{ImageName, TransportOptions, parse_image_name, transfer};

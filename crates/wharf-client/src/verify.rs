@@ -112,6 +112,45 @@ impl Stream for Verifying {
     }
 }
 
+/// The digest and size of a stream whose digest is not known in advance, set when the stream ends.
+pub(crate) type HashSlot = Arc<std::sync::Mutex<Option<(Digest, u64)>>>;
+
+/// Passes a stream through, hashing it with sha256; the slot is filled when (and only when) it ends cleanly.
+pub(crate) fn hashing(inner: BlobStream) -> (BlobStream, HashSlot) {
+    use futures_util::StreamExt;
+    let slot: HashSlot = Arc::default();
+    let out = slot.clone();
+    let state = (inner, Some(DigestHasher::new(wharf_oci::Algorithm::Sha256)), 0u64, slot);
+    let stream = futures_util::stream::unfold(state, |(mut inner, mut hasher, mut n, slot)| async move {
+        match inner.next().await {
+            Some(Ok(b)) => {
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&b);
+                }
+                n += b.len() as u64;
+                Some((Ok(b), (inner, hasher, n, slot)))
+            }
+            Some(Err(e)) => Some((Err(e), (inner, None, n, slot))),
+            None => {
+                if let Some(h) = hasher.take() {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((h.finish(), n));
+                }
+                None
+            }
+        }
+    })
+    .boxed();
+    (stream, out)
+}
+
+/// What a [`hashing`] stream computed, or an error when it did not end cleanly.
+pub(crate) fn hashed(slot: &HashSlot, what: &str) -> Result<(Digest, u64), Error> {
+    slot.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .ok_or_else(|| Error::BadOption(format!("{what}: the stream ended before its last byte")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,7 +93,8 @@ async fn run(src: &str, dst: &str, creds: Option<&str>) -> Result<CopyReport, Er
         credentials: creds.and_then(Credentials::parse),
     };
     let s = parse_image_name(src)?.open_source(&t).await?;
-    let d = parse_image_name(dst)?.open_destination(&t).await?;
+    let store = wharf_client::store::ContentStore::at(std::env::temp_dir().join("wharf-test-unused-store"));
+    let d = parse_image_name(dst)?.open_destination(&t, &store).await?;
     copy(s.as_ref(), d.as_ref(), &CopyOptions::default()).await
 }
 

@@ -11,7 +11,8 @@ use wharf_oci::Digest;
 async fn run(src: &str, dst: &str) -> Result<wharf_client::CopyReport, Error> {
     let t = TransportOptions::default();
     let s = parse_image_name(src)?.open_source(&t).await?;
-    let d = parse_image_name(dst)?.open_destination(&t).await?;
+    let store = wharf_client::store::ContentStore::at(std::env::temp_dir().join("wharf-test-unused-store"));
+    let d = parse_image_name(dst)?.open_destination(&t, &store).await?;
     copy(s.as_ref(), d.as_ref(), &CopyOptions::default()).await
 }
 

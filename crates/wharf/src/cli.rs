@@ -30,6 +30,11 @@ pub enum Command {
     Push(crate::copy::PushArgs),
     /// Pull an image from a registry (= copy docker://REF DST).
     Pull(crate::copy::PullArgs),
+    /// Log in to a registry: check the credentials, then save them where docker keeps them (config.json or its
+    /// credential helper).
+    Login(crate::login::LoginArgs),
+    /// Log out of a registry: remove its saved credentials.
+    Logout(crate::login::LogoutArgs),
 }
 
 #[derive(Debug, Args)]

@@ -1,18 +1,21 @@
 //! `wharf copy SRC DST`, `wharf push SRC REF` and `wharf pull REF DST`: thin wrappers over `wharf_client::copy`.
-//! Image names use skopeo's syntax (`docker://REF`, `oci:PATH[:TAG]`, a bare REF is `docker://REF`).
+//! Image names use skopeo's syntax (`docker://REF` or a bare REF, `oci:PATH[:TAG]`, `docker-archive:PATH[:REF]`,
+//! `docker-daemon:REF`, `rootfs:PATH` as a destination).
 
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use wharf_client::registry::Credentials;
-use wharf_client::{CopyOptions, CopyReport, ImageName, Platform, TransportOptions, parse_image_name};
+use wharf_client::compress::{Algorithm, Compression};
+use wharf_client::registry::{Credentials, lookup_credentials};
+use wharf_client::store::{ContentStore, MountHints};
+use wharf_client::{CopyOptions, CopyReport, ImageName, Platform, TransportOptions, parse_image_name, transfer};
 
 #[derive(Debug, Args)]
 pub struct CopyArgs {
-    /// Source image: docker://REF, oci:PATH[:TAG], or a bare REF.
+    /// Source image: docker://REF (or a bare REF), oci:PATH[:TAG], docker-archive:PATH[:REF], docker-daemon:REF.
     pub src: String,
-    /// Destination image, same syntax.
+    /// Destination image: the same, or rootfs:PATH (the image unpacked into a directory).
     pub dst: String,
     #[command(flatten)]
     pub options: TransferOptions,
@@ -20,7 +23,7 @@ pub struct CopyArgs {
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// Source image: oci:PATH[:TAG] or docker://REF.
+    /// Source image: docker-daemon:REF, docker-archive:PATH[:REF], oci:PATH[:TAG] or docker://REF.
     pub src: String,
     /// Registry reference to push to (HOST[:PORT]/NAME[:TAG]).
     pub reference: String,
@@ -32,7 +35,7 @@ pub struct PushArgs {
 pub struct PullArgs {
     /// Registry reference to pull (e.g. alpine:3.20, 127.0.0.1:5000/team/app:v1).
     pub reference: String,
-    /// Destination image: oci:PATH[:TAG] or docker://REF.
+    /// Destination: docker-daemon:REF, rootfs:PATH, oci:PATH[:TAG], docker-archive:PATH[:REF] or docker://REF.
     pub dst: String,
     #[command(flatten)]
     pub options: TransferOptions,
@@ -46,9 +49,20 @@ pub struct TransferOptions {
     /// The image to take from a multi-arch index [default: this host's, e.g. linux/amd64].
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
-    /// Blobs transferred at once.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub jobs: u16,
+    /// Blobs transferred at once [default: twice the cores, at least 6].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: Option<u16>,
+    /// How uncompressed layers (docker-daemon:, docker-archive:) are compressed for a registry or an OCI layout.
+    /// Compressed layers are always passed through untouched.
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd"])]
+    pub compression: String,
+    /// Compression level [default: 6 for gzip, as docker; 3 for zstd].
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<i32>,
+    /// The local content store, where pulled blobs are kept for the Docker engine, archives and rootfs
+    /// [default: ~/.cache/wharf/content].
+    #[arg(long, value_name = "DIR", env = "WHARF_STORE")]
+    pub store: Option<std::path::PathBuf>,
     /// Allow plain HTTP to registries that are not on localhost/127.0.0.0/8/::1.
     #[arg(long)]
     pub insecure: bool,
@@ -67,17 +81,17 @@ pub struct TransferOptions {
 }
 
 pub fn run_copy(args: CopyArgs) -> anyhow::Result<()> {
-    transfer(&args.src, &args.dst, &args.options)
+    run_transfer(&args.src, &args.dst, &args.options)
 }
 
 pub fn run_push(args: PushArgs) -> anyhow::Result<()> {
     let dst = registry_name(&args.reference);
-    transfer(&args.src, &dst, &args.options)
+    run_transfer(&args.src, &dst, &args.options)
 }
 
 pub fn run_pull(args: PullArgs) -> anyhow::Result<()> {
     let src = registry_name(&args.reference);
-    transfer(&src, &args.dst, &args.options)
+    run_transfer(&src, &args.dst, &args.options)
 }
 
 /// `push`/`pull` take a registry reference; `docker://` in front is accepted too.
@@ -89,40 +103,62 @@ fn registry_name(reference: &str) -> String {
     }
 }
 
-fn credentials(flag: &Option<String>, which: &str) -> anyhow::Result<Option<Credentials>> {
-    flag.as_deref()
-        .map(|c| Credentials::parse(c).with_context(|| format!("--{which}-creds must be USER:PASSWORD")))
-        .transpose()
+/// `--src-creds`/`--dest-creds`, else what `docker login` (or `wharf login`) stored for that registry.
+fn credentials(flag: &Option<String>, which: &str, name: &ImageName) -> anyhow::Result<Option<Credentials>> {
+    if let Some(c) = flag.as_deref() {
+        return Credentials::parse(c)
+            .with_context(|| format!("--{which}-creds must be USER:PASSWORD"))
+            .map(Some);
+    }
+    match name {
+        ImageName::Docker(r) => Ok(lookup_credentials(&r.registry)?),
+        _ => Ok(None),
+    }
 }
 
-fn transfer(src: &str, dst: &str, o: &TransferOptions) -> anyhow::Result<()> {
+fn run_transfer(src: &str, dst: &str, o: &TransferOptions) -> anyhow::Result<()> {
     init_logging();
     let src_name = parse_image_name(src)?;
     let dst_name = parse_image_name(dst)?;
     let platform = o.platform.as_deref().map(str::parse::<Platform>).transpose()?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let compression = Compression::new(o.compression.parse::<Algorithm>()?, o.compression_level)?;
     let options = CopyOptions {
         all: o.all,
         platform,
-        jobs: o.jobs.into(),
+        jobs: o.jobs.map_or((2 * cores).max(6), usize::from),
+        compression,
+        workers: cores,
+        progress: if o.quiet || o.json {
+            None
+        } else {
+            crate::progress::Bars::for_terminal()
+        },
+        hints: None,
     };
     let src_transport = TransportOptions {
         insecure: o.insecure,
-        credentials: credentials(&o.src_creds, "src")?,
+        credentials: credentials(&o.src_creds, "src", &src_name)?,
     };
     let dst_transport = TransportOptions {
         insecure: o.insecure,
-        credentials: credentials(&o.dest_creds, "dest")?,
+        credentials: credentials(&o.dest_creds, "dest", &dst_name)?,
+    };
+    let store = ContentStore::at(match &o.store {
+        Some(p) => p.clone(),
+        None => ContentStore::default_location()?,
+    });
+    let options = CopyOptions {
+        hints: Some(MountHints::new(&store)),
+        ..options
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let started = Instant::now();
-    let report = runtime.block_on(async {
-        let source = src_name.open_source(&src_transport).await?;
-        let destination = dst_name.open_destination(&dst_transport).await?;
-        wharf_client::copy(source.as_ref(), destination.as_ref(), &options).await
-    });
+    let report = runtime
+        .block_on(async { transfer(&src_name, &dst_name, &src_transport, &dst_transport, &options, &store).await });
     let report = report.with_context(|| format!("copy {src_name} → {dst_name} failed"))?;
     let secs = started.elapsed().as_secs_f64();
     if o.json {
@@ -146,7 +182,7 @@ fn json_summary(report: &CopyReport, src: &ImageName, dst: &ImageName, secs: f64
 fn summary(r: &CopyReport, secs: f64) -> String {
     let rate = if secs > 0.0 { r.bytes_moved as f64 / secs } else { 0.0 };
     format!(
-        "copied {} ({} manifest{}): {} moved in {} blob{} ({}/s), {} skipped ({}), {} mounted ({}), {:.2} s",
+        "copied {} ({} manifest{}): {} moved in {} blob{} ({}/s){}, {} skipped ({}), {} mounted ({}), {:.2} s",
         r.digest,
         r.manifests,
         plural(r.manifests),
@@ -154,6 +190,15 @@ fn summary(r: &CopyReport, secs: f64) -> String {
         r.blobs_copied,
         plural(r.blobs_copied),
         human(rate),
+        if r.layers_compressed > 0 {
+            format!(
+                ", {} layer{} compressed",
+                r.layers_compressed,
+                plural(r.layers_compressed)
+            )
+        } else {
+            String::new()
+        },
         r.blobs_skipped,
         human(r.bytes_skipped as f64),
         r.blobs_mounted,

@@ -5,6 +5,8 @@ mod config;
 mod copy;
 mod fix;
 mod lint;
+mod login;
+mod progress;
 mod serve;
 
 use std::process::ExitCode;
@@ -20,6 +22,8 @@ fn main() -> ExitCode {
         cli::Command::Copy(args) => copy::run_copy(args),
         cli::Command::Push(args) => copy::run_push(args),
         cli::Command::Pull(args) => copy::run_pull(args),
+        cli::Command::Login(args) => login::run_login(args),
+        cli::Command::Logout(args) => login::run_logout(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,8 +19,12 @@ const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+
 
 /// Runs `wharf ARGS...`; returns (success, stdout, stderr).
 fn wharf(args: &[&str]) -> (bool, String, String) {
+    // Never the developer's content store or Docker credentials.
+    let private = std::env::temp_dir().join(format!("wharf-copy-tests-{}", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
         .args(args)
+        .env("WHARF_STORE", private.join("store"))
+        .env("DOCKER_CONFIG", private.join("docker"))
         .output()
         .expect("run wharf");
     (
@@ -306,7 +310,11 @@ async fn multi_arch_index_with_all_and_with_platform() {
         &format!("{}/single:arm", reg.addr),
     ]);
     assert_eq!(r["digest"], arm.digest.as_str());
-    assert_eq!((n(&r, "manifests"), n(&r, "blobs_copied")), (1, 2));
+    // The blobs were seen in `multi` by the first copy: mounted from there (the local record), not sent.
+    assert_eq!(
+        (n(&r, "manifests"), n(&r, "blobs_mounted"), n(&r, "bytes_moved")),
+        (1, 2, 0)
+    );
     let (status, body) = get(&c, &reg.url("/v2/single/manifests/arm"), OCI_MANIFEST).await;
     assert_eq!((status, body), (200, arm.bytes.clone()));
     for d in &amd.blobs {
@@ -459,7 +467,7 @@ async fn bad_references_and_missing_images_fail_with_one_clear_line() {
         (&["pull", "Bad/Name", &out], "invalid repository name"),
         (&["pull", "app:bad tag", &out], "invalid tag"),
         (&["pull", "app@sha256:123", &out], "bad digest"),
-        (&["copy", "docker-archive:/x.tar", &out], "not supported yet"),
+        (&["copy", "oci-archive:/x.tar", &out], "not supported yet"),
         (&["copy", "ftp://host/x", &out], "unknown transport"),
         (&["copy", "--platform", "linux", "alpine", &out], "invalid platform"),
         (&["copy", "oci:/nonexistent/layout:v1", &out], "no index.json"),
@@ -623,4 +631,85 @@ async fn unavailable_registry_and_cut_connections_are_retried() {
         std::fs::read(dst.blob_path(layer)).unwrap(),
         std::fs::read(src.blob_path(layer)).unwrap()
     );
+}
+
+#[tokio::test]
+async fn a_cut_chunked_upload_resumes_from_the_registry_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("reg.log");
+    let reg = Wharf::start_with(&tmp.path().join("reg"), &["--log", "wharf_registry=debug"], Some(&log));
+    let src = Layout::new(tmp.path().join("src"));
+    // 40 MiB: three PATCH chunks of at most 16 MiB.
+    let img = src.image(51, "amd64", &[40 * common::MIB]);
+    src.tag(&[("v1", OCI_MANIFEST, &img)]);
+    let layer = &img.blobs[1];
+    let layer_len = std::fs::metadata(src.blob_path(layer)).unwrap().len();
+
+    // Cut the connection 24 MiB into the upload: in the middle of the second chunk.
+    let faults = Faults {
+        cut_up_after: Some(24 * common::MIB as u64),
+        ..Faults::default()
+    };
+    let (relay, counts) = faulty_relay(reg.addr.clone(), faults).await;
+    let r = report_async(vec!["push".into(), src.arg("v1"), format!("{relay}/resume/app:v1")]).await;
+    assert_eq!(r["digest"], img.digest.as_str());
+    assert_eq!(counts.cuts.load(Ordering::SeqCst), 1, "the upload was cut");
+    // Resumed, not restarted: at most one chunk (16 MiB) is sent twice.
+    let up = counts.up.load(Ordering::SeqCst);
+    assert!(
+        up < layer_len + 17 * common::MIB as u64,
+        "{up} bytes went up for a {layer_len}-byte layer: the blob was sent again from the start"
+    );
+    let status_queries = reg
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("method=GET path=/v2/resume/app/blobs/uploads/"))
+        .count();
+    assert_eq!(status_queries, 1, "one upload status query to find the offset");
+    let c = common::client();
+    let (status, body) = get(&c, &reg.url(&format!("/v2/resume/app/blobs/{layer}")), "*/*").await;
+    assert_eq!(status, 200);
+    assert!(
+        body == std::fs::read(src.blob_path(layer)).unwrap(),
+        "the stored blob differs"
+    );
+}
+
+#[tokio::test]
+async fn blobs_seen_in_one_repository_are_mounted_into_another_from_any_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Wharf::start(&tmp.path().join("reg"));
+    let src = Layout::new(tmp.path().join("src"));
+    let img = src.image(52, "amd64", &[2 * common::MIB, 4096]);
+    src.tag(&[("v1", OCI_MANIFEST, &img)]);
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+
+    let r = report(&[
+        "push",
+        "--store",
+        store,
+        &src.arg("v1"),
+        &format!("{}/team/a:v1", reg.addr),
+    ]);
+    assert_eq!(n(&r, "blobs_copied"), 3);
+    // An OCI layout is no registry repository, yet the local record says where the blobs are: mounted, not sent.
+    let r = report(&[
+        "push",
+        "--store",
+        store,
+        &src.arg("v1"),
+        &format!("{}/team/b:v1", reg.addr),
+    ]);
+    assert_eq!((n(&r, "blobs_mounted"), n(&r, "bytes_moved")), (3, 0), "{r}");
+    // Without the record (another store) the blobs are sent.
+    let other = tmp.path().join("other-store");
+    let r = report(&[
+        "push",
+        "--store",
+        other.to_str().unwrap(),
+        &src.arg("v1"),
+        &format!("{}/team/c:v1", reg.addr),
+    ]);
+    assert_eq!((n(&r, "blobs_mounted"), n(&r, "blobs_copied")), (0, 3), "{r}");
 }

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, OnceCell};
+use wharf_oci::Digest;
 use wharf_oci::manifest::Descriptor;
 
 use super::{INDEX_FILE, Index, LAYOUT_FILE, Layout, REF_NAME};
@@ -143,6 +144,39 @@ impl ImageDestination for LayoutDestination {
         tokio::fs::rename(&tmp.0, &path)
             .await
             .map_err(|e| Error::io(format!("renaming into {}", path.display()), e))
+    }
+
+    fn compresses_layers(&self) -> bool {
+        true
+    }
+
+    async fn put_new_blob(&self, stream: BlobStream) -> Result<(Digest, u64), Error> {
+        // Written under blobs/sha256/ as a temporary name, renamed to the digest computed on the way.
+        let probe = Descriptor {
+            media_type: String::new(),
+            digest: Digest::sha256_of(b""),
+            size: 0,
+            artifact_type: None,
+            annotations: None,
+            urls: None,
+            platform: None,
+        };
+        self.blob_dir(&probe).await?;
+        let tmp = TempFile(temp_sibling(&self.layout.blob(&probe.digest)));
+        let (stream, slot) = crate::verify::hashing(stream);
+        let ctx = || format!("writing a compressed layer to {}", tmp.0.display());
+        let mut file = tokio::fs::File::create(&tmp.0).await.map_err(|e| Error::io(ctx(), e))?;
+        let mut stream = stream;
+        while let Some(chunk) = stream.next().await {
+            file.write_all(&chunk?).await.map_err(|e| Error::io(ctx(), e))?;
+        }
+        file.sync_all().await.map_err(|e| Error::io(ctx(), e))?;
+        let (digest, size) = crate::verify::hashed(&slot, "compressed layer")?;
+        let path = self.layout.blob(&digest);
+        tokio::fs::rename(&tmp.0, &path)
+            .await
+            .map_err(|e| Error::io(format!("renaming into {}", path.display()), e))?;
+        Ok((digest, size))
     }
 
     async fn put_manifest(&self, manifest: &Manifest, top_level: bool) -> Result<(), Error> {

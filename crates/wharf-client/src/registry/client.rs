@@ -197,6 +197,41 @@ impl RegistryClient {
         }
     }
 
+    /// Sends a request once (plus one more time after answering a 401 challenge): for uploads whose failures the
+    /// caller resumes itself from the registry's upload status, where a blind replay at the same offset is wrong.
+    pub(crate) async fn send_once(
+        &self,
+        op: &Op<'_>,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, Error> {
+        let mut authed = false;
+        loop {
+            let req = self
+                .request(method.clone(), url)
+                .headers(headers.clone())
+                .body(body.clone());
+            let used = self.tokens.get(&op.scopes.join(" "));
+            let resp = self
+                .authorize(req, op.scopes)
+                .send()
+                .await
+                .map_err(|e| Error::Unreachable {
+                    what: op.what.to_owned(),
+                    registry: self.registry().to_owned(),
+                    cause: e,
+                })?;
+            if resp.status() == StatusCode::UNAUTHORIZED && !authed {
+                authed = true;
+                self.authenticate(op, &resp, used).await?;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
     /// Answers a 401: fetches a token for the operation's scopes, or switches to basic auth. `used` is the token
     /// the refused request carried; a different one cached meanwhile by a concurrent request is taken as is.
     pub(crate) async fn authenticate(&self, op: &Op<'_>, resp: &Response, used: Option<String>) -> Result<(), Error> {
@@ -220,19 +255,45 @@ impl RegistryClient {
         match challenge {
             Some(Challenge::Bearer { realm, service, .. }) => {
                 let mut url = reqwest::Url::parse(&realm).map_err(|e| fail(format!("bad realm {realm:?}: {e}")))?;
-                {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(s) = &service {
-                        q.append_pair("service", s);
+                let req = match self.credentials.as_ref().and_then(Credentials::identity_token) {
+                    // An identity token is an OAuth2 refresh token: POST a form to the realm (as Docker does).
+                    Some(refresh) => {
+                        let mut form = url.clone();
+                        form.set_query(None);
+                        {
+                            let mut q = form.query_pairs_mut();
+                            q.append_pair("grant_type", "refresh_token")
+                                .append_pair("refresh_token", refresh)
+                                .append_pair("client_id", "wharf");
+                            if let Some(s) = &service {
+                                q.append_pair("service", s);
+                            }
+                            if !op.scopes.is_empty() {
+                                q.append_pair("scope", &op.scopes.join(" "));
+                            }
+                        }
+                        self.http
+                            .post(url)
+                            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                            .body(form.query().unwrap_or_default().to_owned())
                     }
-                    for s in op.scopes {
-                        q.append_pair("scope", s);
+                    None => {
+                        {
+                            let mut q = url.query_pairs_mut();
+                            if let Some(s) = &service {
+                                q.append_pair("service", s);
+                            }
+                            for s in op.scopes {
+                                q.append_pair("scope", s);
+                            }
+                        }
+                        let req = self.http.get(url);
+                        match &self.credentials {
+                            Some(c) => req.basic_auth(&c.username, Some(&c.password)),
+                            None => req,
+                        }
                     }
-                }
-                let mut req = self.http.get(url);
-                if let Some(c) = &self.credentials {
-                    req = req.basic_auth(&c.username, Some(&c.password));
-                }
+                };
                 let resp = req
                     .send()
                     .await
@@ -258,6 +319,31 @@ impl RegistryClient {
                 "the registry asks for a username and password; none were given".into(),
             )),
             None => Err(fail("401 without a usable WWW-Authenticate challenge".into())),
+        }
+    }
+
+    /// Checks that the registry speaks the distribution API and accepts our credentials: `GET /v2/` through the
+    /// usual auth flow (anonymous, then the challenge's basic auth or a token from its realm, with no scope), as
+    /// `docker login` does.
+    pub async fn ping(&self) -> Result<(), Error> {
+        let op = Op {
+            what: "GET /v2/",
+            scopes: &[],
+        };
+        let url = format!("{}v2/", self.base);
+        let resp = self.send(&op, Method::GET, &url, HeaderMap::new(), None).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::UNAUTHORIZED => Err(Error::Auth {
+                what: op.what.to_owned(),
+                registry: self.registry().to_owned(),
+                reason: if self.credentials.is_some() {
+                    "the registry refused the credentials (HTTP 401)".into()
+                } else {
+                    "the registry requires credentials (HTTP 401)".into()
+                },
+            }),
+            _ => Err(self.status_error(op.what, resp).await),
         }
     }
 

@@ -1,0 +1,163 @@
+//! The Docker Engine API, as much as `docker-daemon:` needs: inspect an image, export it (`GET /images/get`, the
+//! `docker save` stream) and import one (`POST /images/load`). The daemon is found like the docker CLI finds it:
+//! `DOCKER_HOST` (`unix:///path` or `tcp://host:port`), else `/var/run/docker.sock`.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use wharf_oci::Digest;
+
+use crate::{BlobStream, Error};
+
+pub struct Engine {
+    http: reqwest::Client,
+    base: String,
+    /// `unix:///var/run/docker.sock`, for messages.
+    host: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageInspect {
+    /// The config digest (`sha256:...`).
+    pub id: String,
+    #[serde(default)]
+    pub repo_tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub root_f_s: Option<RootFs>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RootFs {
+    #[serde(default)]
+    pub layers: Vec<Digest>,
+}
+
+impl Engine {
+    pub fn from_env() -> Result<Engine, Error> {
+        let host = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+        // reqwest is built without a bundled crypto provider (see RegistryClient::new); a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")));
+        let (builder, base) = if let Some(path) = host.strip_prefix("unix://") {
+            (builder.unix_socket(path), "http://docker".to_owned())
+        } else if let Some(addr) = host.strip_prefix("tcp://") {
+            (builder, format!("http://{}", addr.trim_end_matches('/')))
+        } else {
+            return Err(Error::BadOption(format!(
+                "DOCKER_HOST={host:?}: only unix:// and tcp:// are supported"
+            )));
+        };
+        let http = builder.build().map_err(|e| Error::Engine {
+            host: host.clone(),
+            reason: format!("client setup: {e}"),
+        })?;
+        Ok(Engine { http, base, host })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn fail(&self, reason: String) -> Error {
+        Error::Engine {
+            host: self.host.clone(),
+            reason,
+        }
+    }
+
+    async fn check(&self, what: &str, resp: reqwest::Response) -> Result<reqwest::Response, Error> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| body.trim().chars().take(200).collect());
+        Err(self.fail(format!("{what}: HTTP {status}: {message}")))
+    }
+
+    fn unreachable(&self, what: &str, e: reqwest::Error) -> Error {
+        let mut inner: &dyn std::error::Error = &e;
+        while let Some(next) = inner.source() {
+            inner = next;
+        }
+        self.fail(format!("{what}: cannot reach the Docker engine: {inner}"))
+    }
+
+    /// `GET /images/{name}/json`.
+    pub async fn inspect(&self, name: &str) -> Result<ImageInspect, Error> {
+        let what = format!("inspecting image {name}");
+        let resp = self
+            .http
+            .get(format!("{}/images/{name}/json", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&what, e))?;
+        let resp = self.check(&what, resp).await?;
+        let body = resp.bytes().await.map_err(|e| self.unreachable(&what, e))?;
+        serde_json::from_slice(&body).map_err(|e| self.fail(format!("{what}: unexpected answer: {e}")))
+    }
+
+    /// `GET /images/get?names=NAME`: the image as a `docker save` tar stream.
+    pub async fn save(&self, name: &str) -> Result<BlobStream, Error> {
+        let what = format!("exporting image {name}");
+        let resp = self
+            .http
+            .get(format!(
+                "{}/images/get?names={}",
+                self.base,
+                form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+            ))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&what, e))?;
+        let resp = self.check(&what, resp).await?;
+        let host = self.host.clone();
+        Ok(resp
+            .bytes_stream()
+            .map(move |r| {
+                r.map_err(|e| Error::Engine {
+                    host: host.clone(),
+                    reason: format!("exporting image: {e}"),
+                })
+            })
+            .boxed())
+    }
+
+    /// `POST /images/load`: streams a `docker save` tar into the engine and waits for its verdict (the answer is
+    /// a stream of JSON messages; an `error` in any of them fails the load).
+    pub async fn load(&self, tar: BlobStream) -> Result<Vec<String>, Error> {
+        let what = "loading the image";
+        let resp = self
+            .http
+            .post(format!("{}/images/load?quiet=1", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            .body(reqwest::Body::wrap_stream(tar))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(what, e))?;
+        let resp = self.check(what, resp).await?;
+        let body = resp.bytes().await.map_err(|e| self.unreachable(what, e))?;
+        let mut loaded = Vec::new();
+        for msg in serde_json::Deserializer::from_slice(&body).into_iter::<serde_json::Value>() {
+            let msg = msg.map_err(|e| self.fail(format!("{what}: unexpected answer: {e}")))?;
+            if let Some(err) = msg.get("error").and_then(|e| e.as_str()) {
+                return Err(self.fail(format!("{what}: {err}")));
+            }
+            if let Some(stream) = msg.get("stream").and_then(|s| s.as_str()) {
+                loaded.push(stream.trim().to_owned());
+            }
+        }
+        Ok(loaded)
+    }
+}

@@ -1,0 +1,228 @@
+//! The local content store: blobs pulled for destinations that need them whole (the Docker engine, docker
+//! archives, unpacked root filesystems) are kept here by digest, so the next pull of an image that shares base
+//! layers downloads only what is new.
+//!
+//! Layout: `<root>/blobs/<alg>/<hex>` and `<root>/ingest/<uuid>` for blobs being written. A blob is renamed to its
+//! digest only after its whole stream arrived and verified (the streams handed to [`ContentStore::put`] are
+//! already verified by the copy engine), so a killed pull never leaves a blob that claims a digest it does not
+//! have. Files are not fsynced (this is a cache); whoever reads a blob back verifies it on the way (the copy
+//! engine verifies every source stream), so a blob torn by a power loss is detected, never used.
+//!
+//! Location: `$WHARF_STORE`, else `$XDG_CACHE_HOME/wharf/content`, else `~/.cache/wharf/content`.
+
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use wharf_oci::Digest;
+
+use crate::{BlobStream, Error};
+
+#[derive(Debug, Clone)]
+pub struct ContentStore {
+    root: PathBuf,
+}
+
+impl ContentStore {
+    pub fn at(root: impl Into<PathBuf>) -> ContentStore {
+        ContentStore { root: root.into() }
+    }
+
+    /// The store of this user (see the module documentation).
+    pub fn default_location() -> Result<PathBuf, Error> {
+        if let Some(p) = std::env::var_os("WHARF_STORE").filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(p));
+        }
+        if let Some(p) = std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(p).join("wharf/content"));
+        }
+        match std::env::var_os("HOME").filter(|p| !p.is_empty()) {
+            Some(h) => Ok(PathBuf::from(h).join(".cache/wharf/content")),
+            None => Err(Error::BadOption(
+                "no content store location: set WHARF_STORE or HOME".into(),
+            )),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(digest.hex())
+    }
+
+    /// Whether the blob is here with the expected size.
+    pub async fn has(&self, digest: &Digest, size: u64) -> bool {
+        matches!(tokio::fs::metadata(self.path(digest)).await, Ok(m) if m.len() == size)
+    }
+
+    /// Writes a verified stream under `digest`, returning its size. The stream must end with an error rather than
+    /// finish when its content is wrong (the copy engine's verification does that).
+    pub async fn put(&self, digest: &Digest, mut stream: BlobStream) -> Result<u64, Error> {
+        let ingest = self.root.join("ingest");
+        let final_path = self.path(digest);
+        let dir = final_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        for d in [&ingest, &dir] {
+            tokio::fs::create_dir_all(d)
+                .await
+                .map_err(|e| Error::io(format!("creating the content store {}", d.display()), e))?;
+        }
+        let tmp = Ingest(ingest.join(uuid::Uuid::new_v4().simple().to_string()));
+        let ctx = || format!("writing blob {digest} to the content store {}", self.root.display());
+        let mut file = tokio::fs::File::create(&tmp.0).await.map_err(|e| Error::io(ctx(), e))?;
+        let mut written = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            written += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(|e| Error::io(ctx(), e))?;
+        }
+        file.flush().await.map_err(|e| Error::io(ctx(), e))?;
+        drop(file);
+        tokio::fs::rename(&tmp.0, &final_path)
+            .await
+            .map_err(|e| Error::io(ctx(), e))?;
+        Ok(written)
+    }
+
+    /// Writes a stream whose digest is computed on the way (`slot` from [`crate::verify::hashing`] around the same
+    /// stream): into `ingest/`, renamed to the digest at the end.
+    pub(crate) async fn put_new(
+        &self,
+        mut stream: BlobStream,
+        slot: &crate::verify::HashSlot,
+    ) -> Result<(Digest, u64), Error> {
+        let ingest = self.root.join("ingest");
+        tokio::fs::create_dir_all(&ingest)
+            .await
+            .map_err(|e| Error::io(format!("creating the content store {}", ingest.display()), e))?;
+        let tmp = Ingest(ingest.join(uuid::Uuid::new_v4().simple().to_string()));
+        let ctx = || format!("writing a blob to the content store {}", self.root.display());
+        let mut file = tokio::fs::File::create(&tmp.0).await.map_err(|e| Error::io(ctx(), e))?;
+        while let Some(chunk) = stream.next().await {
+            file.write_all(&chunk?).await.map_err(|e| Error::io(ctx(), e))?;
+        }
+        file.flush().await.map_err(|e| Error::io(ctx(), e))?;
+        drop(file);
+        let (digest, size) = crate::verify::hashed(slot, "content store blob")?;
+        let final_path = self.path(&digest);
+        if let Some(dir) = final_path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| Error::io(ctx(), e))?;
+        }
+        tokio::fs::rename(&tmp.0, &final_path)
+            .await
+            .map_err(|e| Error::io(ctx(), e))?;
+        Ok((digest, size))
+    }
+
+    /// The blob's bytes as a stream (not verified here).
+    pub async fn open(&self, digest: &Digest) -> Result<BlobStream, Error> {
+        let path = self.path(digest);
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Error::io(format!("opening {} in the content store", digest), e))?;
+        let what = digest.to_string();
+        Ok(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+            .map(move |r| r.map_err(|e| Error::io(format!("reading {what} from the content store"), e)))
+            .boxed())
+    }
+}
+
+/// Where this machine has seen blobs in registries: `<root>/seen/<registry>/<hex>` holds a repository name. A push
+/// of a blob that some other repository of the destination registry already holds then mounts it instead of
+/// uploading it (`POST ?mount=&from=`), even from a source that is not that registry (an OCI layout, the Docker
+/// engine). A wrong hint costs one refused mount request; nothing depends on it being right.
+#[derive(Debug, Clone)]
+pub struct MountHints {
+    root: PathBuf,
+}
+
+impl MountHints {
+    pub fn new(store: &ContentStore) -> MountHints {
+        MountHints {
+            root: store.root.join("seen"),
+        }
+    }
+
+    fn path(&self, registry: &str, digest: &Digest) -> Option<PathBuf> {
+        // Registry names are host[:port]; anything else is not a name we record under.
+        if registry.is_empty() || registry.contains('/') || registry.starts_with('.') {
+            return None;
+        }
+        Some(self.root.join(registry.replace(':', "_")).join(digest.hex()))
+    }
+
+    /// Remembers that `registry/repository` holds the blob. Best effort: a failure is logged, never an error.
+    pub async fn record(&self, registry: &str, repository: &str, digest: &Digest) {
+        let Some(path) = self.path(registry, digest) else {
+            return;
+        };
+        let result = async {
+            if let Some(dir) = path.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            let tmp = path.with_extension(uuid::Uuid::new_v4().simple().to_string());
+            tokio::fs::write(&tmp, repository.as_bytes()).await?;
+            tokio::fs::rename(&tmp, &path).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cannot record a mount hint");
+        }
+    }
+
+    /// A repository of `registry` where the blob was seen.
+    pub async fn lookup(&self, registry: &str, digest: &Digest) -> Option<String> {
+        let path = self.path(registry, digest)?;
+        let repo = tokio::fs::read_to_string(path).await.ok()?;
+        wharf_oci::name::is_valid_repository(&repo).then_some(repo)
+    }
+}
+
+/// Removes a blob being written when the write is abandoned or failed.
+struct Ingest(PathBuf);
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn put_has_open_and_failed_writes_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::at(dir.path());
+        let d = Digest::sha256_of(b"hello");
+        assert!(!store.has(&d, 5).await);
+        let s = futures_util::stream::iter([Ok(Bytes::from_static(b"hel")), Ok(Bytes::from_static(b"lo"))]).boxed();
+        assert_eq!(store.put(&d, s).await.unwrap(), 5);
+        assert!(store.has(&d, 5).await && !store.has(&d, 4).await);
+        let back: Vec<u8> = store
+            .open(&d)
+            .await
+            .unwrap()
+            .map(|r| r.unwrap().to_vec())
+            .collect::<Vec<_>>()
+            .await
+            .concat();
+        assert_eq!(back, b"hello");
+
+        let bad = Digest::sha256_of(b"other");
+        let s =
+            futures_util::stream::iter([Ok(Bytes::from_static(b"oth")), Err(Error::BadOption("cut".into()))]).boxed();
+        assert!(store.put(&bad, s).await.is_err());
+        assert!(!store.path(&bad).exists());
+        assert_eq!(std::fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+}
