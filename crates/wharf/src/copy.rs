@@ -111,7 +111,12 @@ fn credentials(flag: &Option<String>, which: &str, name: &ImageName) -> anyhow::
             .map(Some);
     }
     match name {
-        ImageName::Docker(r) => Ok(lookup_credentials(&r.registry)?),
+        // A credential helper that cannot run (a config.json from another machine) must not stop an anonymous
+        // pull of a public image: warn and go on without credentials; a registry that needs them says so.
+        ImageName::Docker(r) => Ok(lookup_credentials(&r.registry).unwrap_or_else(|e| {
+            eprintln!("wharf: warning: no stored credentials for {}: {e}", r.registry);
+            None
+        })),
         _ => Ok(None),
     }
 }

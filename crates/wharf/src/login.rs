@@ -18,6 +18,7 @@ pub struct LoginArgs {
     /// Registry: HOST[:PORT] (a URL is accepted too).
     #[arg(default_value = "docker.io")]
     pub registry: String,
+    /// Username.
     #[arg(long, short)]
     pub username: String,
     /// Password or token. Visible to other users in the process list: prefer --password-stdin.

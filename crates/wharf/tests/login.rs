@@ -189,8 +189,15 @@ fn password_flag_and_fresh_config_dir() {
 
     let out = wharf(&docker, &["login", &addr, "-u", "user"], "", None);
     assert!(!out.ok && out.stderr.contains("--password-stdin"), "{}", out.stderr);
-    let out = wharf(&docker, &["login", "127.0.0.1:1", "-u", "user", "-p", "x"], "", None);
+    // An unreachable registry: one line that says so.
+    let out = wharf(
+        &docker,
+        &["login", "127.0.0.1:1", "-u", "user", "--password-stdin"],
+        "x",
+        None,
+    );
     assert!(!out.ok && out.stderr.trim_end().lines().count() == 1, "{}", out.stderr);
+    assert!(out.stderr.contains("cannot connect"), "{}", out.stderr);
 }
 
 /// `docker-credential-test` that records each call (`ACTION INPUT`) in `calls`.

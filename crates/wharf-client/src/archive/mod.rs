@@ -126,14 +126,7 @@ pub async fn copy_from_archive(
             (Some(l), _) => l.clone(),
             (None, Some(bytes)) => {
                 // A small layer was kept in memory: send it now.
-                let head = bytes.get(..4).unwrap_or(bytes);
-                let compressed = if head.starts_with(&[0x1f, 0x8b]) {
-                    Some(crate::compress::Algorithm::Gzip)
-                } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-                    Some(crate::compress::Algorithm::Zstd)
-                } else {
-                    None
-                };
+                let compressed = read::sniff(bytes);
                 let stream = futures_util::stream::iter([Ok(bytes.clone())]).boxed();
                 read::send_layer(&sink, stream, compressed).await?
             }

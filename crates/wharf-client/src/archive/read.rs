@@ -244,7 +244,7 @@ fn pump(entry: &mut impl Read, tx: &mpsc::Sender<Result<Bytes, Error>>) -> std::
     }
 }
 
-fn sniff(head: &[u8]) -> Option<crate::compress::Algorithm> {
+pub(crate) fn sniff(head: &[u8]) -> Option<crate::compress::Algorithm> {
     if head.starts_with(&[0x1f, 0x8b]) {
         Some(crate::compress::Algorithm::Gzip)
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
