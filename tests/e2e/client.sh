@@ -95,8 +95,14 @@ for reg in wharf distribution; do
     if [[ $reg == wharf ]]; then addr=$WHARF_ADDR; else addr=$DIST_ADDR; fi
     repo=$addr/e2e/app
 
-    # Push straight out of the engine: layers compressed on the way.
+    # Push straight out of the engine: layers compressed on the way. Read from the engine's layer
+    # store (the default here: root, overlay2) and through its export (docker save): the same
+    # bytes, so the same manifest digest.
     w push docker-daemon:e2e/app:v1 "$repo:gzip"
+    WHARF_DOCKER_STORE=0 w push docker-daemon:e2e/app:v1 "$repo:exported"
+    expect_eq "$reg: engine store and engine export give the same manifest" \
+        "$(http -I -H "Accept: $OCI_MANIFEST" "http://$addr/v2/e2e/app/manifests/exported" | digest_header)" \
+        "$(http -I -H "Accept: $OCI_MANIFEST" "http://$addr/v2/e2e/app/manifests/gzip" | digest_header)"
     w push --compression zstd docker-daemon:e2e/app:v1 "$repo:zstd"
     mt=$(http -H "Accept: $OCI_MANIFEST" "http://$addr/v2/e2e/app/manifests/zstd" |
         jq -r '[.layers[].mediaType] | unique | join(",")')

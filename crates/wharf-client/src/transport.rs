@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::archive::write::{SaveDestination, SaveTarget};
-use crate::archive::{ArchiveInput, copy_from_archive};
+use crate::archive::{ArchiveInput, copy_from_archive, copy_from_daemon};
 use crate::layout::{LayoutDestination, LayoutSource};
 use crate::registry::{Credentials, RegistryClient, RegistryDestination, RegistryOptions, RegistrySource};
 use crate::store::ContentStore;
@@ -194,10 +194,7 @@ pub async fn transfer(
             };
             copy_from_archive(&input, destination.as_ref(), opts, store).await
         }
-        ImageName::DockerDaemon(r) => {
-            let input = ArchiveInput::Daemon { reference: r.clone() };
-            copy_from_archive(&input, destination.as_ref(), opts, store).await
-        }
+        ImageName::DockerDaemon(r) => copy_from_daemon(r, destination.as_ref(), opts, store).await,
         _ => {
             let source = src.open_source(src_options).await?;
             copy(source.as_ref(), destination.as_ref(), opts).await

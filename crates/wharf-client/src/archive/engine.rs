@@ -94,6 +94,20 @@ impl Engine {
         self.fail(format!("{what}: cannot reach the Docker engine: {inner}"))
     }
 
+    /// `GET PATH`, decoded from JSON.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        let what = format!("GET {path}");
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&what, e))?;
+        let resp = self.check(&what, resp).await?;
+        let body = resp.bytes().await.map_err(|e| self.unreachable(&what, e))?;
+        serde_json::from_slice(&body).map_err(|e| self.fail(format!("{what}: unexpected answer: {e}")))
+    }
+
     /// `GET /images/{name}/json`.
     pub async fn inspect(&self, name: &str) -> Result<ImageInspect, Error> {
         let what = format!("inspecting image {name}");

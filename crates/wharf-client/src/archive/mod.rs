@@ -6,6 +6,7 @@
 //! the same. As destinations ([`write`]) both take blobs into the local content store and then write one
 //! `docker save` stream (to the file, or into `POST /images/load`).
 
+mod daemon_store;
 pub mod engine;
 mod read;
 pub mod write;
@@ -64,6 +65,32 @@ struct Config {
 struct RootFs {
     #[serde(default)]
     diff_ids: Vec<Digest>,
+}
+
+/// Copies an image of the local Docker engine to `dst`: from the engine's layer store when it can be read here
+/// ([`daemon_store`]), else from its `docker save` export. `WHARF_DOCKER_STORE=0` forces the export.
+pub async fn copy_from_daemon(
+    reference: &str,
+    dst: &dyn ImageDestination,
+    opts: &CopyOptions,
+    store: &ContentStore,
+) -> Result<CopyReport, Error> {
+    let direct = std::env::var("WHARF_DOCKER_STORE").map_or(true, |v| v != "0");
+    if direct {
+        let engine = engine::Engine::from_env()?;
+        if let Some(source) = daemon_store::open(&engine, reference).await {
+            match copy(&source, dst, opts).await {
+                Err(e @ (Error::DigestMismatch { .. } | Error::SizeMismatch { .. })) => {
+                    tracing::warn!(error = %e, "the engine's store did not reproduce a layer; exporting the image instead");
+                }
+                other => return other,
+            }
+        }
+    }
+    let input = ArchiveInput::Daemon {
+        reference: reference.to_owned(),
+    };
+    copy_from_archive(&input, dst, opts, store).await
 }
 
 /// Copies the image a `docker save` stream holds to `dst`.
@@ -181,7 +208,10 @@ pub async fn copy_from_archive(
     }
 }
 
-fn oci_manifest<'a>(config: &Descriptor, layers: impl Iterator<Item = &'a Descriptor>) -> Result<Manifest, Error> {
+pub(crate) fn oci_manifest<'a>(
+    config: &Descriptor,
+    layers: impl Iterator<Item = &'a Descriptor>,
+) -> Result<Manifest, Error> {
     let json = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": media::OCI_MANIFEST,

@@ -1,0 +1,316 @@
+//! The fast way out of a local Docker engine: its layers read straight from its layer store, the way `docker push`
+//! itself produces them, instead of through `GET /images/get`.
+//!
+//! The Docker engine of Debian 12 (20.10) answers `GET /images/get` only after it has copied the whole image into a
+//! temporary directory (7.3 s for a 1 GiB image on the 2-core machine this was measured on), so nothing can overlap
+//! with it. But every layer it stores has a *tar-split* record (`layerdb/sha256/<chain id>/tar-split.json.gz`): the
+//! exact bytes of every tar header and padding, and the names and sizes of the files in between, which live in the
+//! layer's directory (`overlay2/<cache id>/diff`). Replaying the record reproduces the layer tar byte for byte —
+//! this is how the engine itself builds the tar it pushes — so all layers can be read at once, straight into
+//! compression. The config is the engine's own copy (`imagedb/content/sha256/<id>`).
+//!
+//! Used only when the engine is on this machine and readable (root, or a rootless engine of this user), with the
+//! overlay2 or vfs driver; every check failing sends the copy to `GET /images/get` instead. The replayed bytes are
+//! verified like any source: a layer whose tar does not hash to its diff_id is never stored anywhere.
+
+use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use wharf_oci::manifest::Descriptor;
+use wharf_oci::{Digest, media};
+
+use super::engine::Engine;
+use crate::compress::ChannelWriter;
+use crate::{BlobStream, Error, ImageSource, Manifest};
+
+/// One entry of a tar-split record (vbatts/tar-split `storage.Entry`).
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(rename = "type")]
+    kind: u8,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    name_raw: Option<String>,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    payload: Option<String>,
+}
+
+const FILE: u8 = 1;
+const SEGMENT: u8 = 2;
+
+struct Layer {
+    diff_id: Digest,
+    size: u64,
+    tar_split: PathBuf,
+    dir: PathBuf,
+}
+
+/// An image of the local engine, read from its store.
+pub(crate) struct StoreSource {
+    reference: String,
+    manifest: Manifest,
+    config_digest: Digest,
+    config: Bytes,
+    layers: Vec<Layer>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Info {
+    docker_root_dir: String,
+    driver: String,
+}
+
+/// The image `name` as a source read from the engine's store, or `None` when that is not possible here (the reason
+/// is logged at debug level).
+pub(crate) async fn open(engine: &Engine, name: &str) -> Option<StoreSource> {
+    match try_open(engine, name).await {
+        Ok(s) => Some(s),
+        Err(reason) => {
+            tracing::debug!(%reason, "reading the Docker engine's store directly is not possible; exporting instead");
+            None
+        }
+    }
+}
+
+async fn try_open(engine: &Engine, name: &str) -> Result<StoreSource, String> {
+    let info: Info = engine.get_json("/info").await.map_err(|e| e.to_string())?;
+    let driver_dir = match info.driver.as_str() {
+        "overlay2" => "overlay2",
+        "vfs" => "vfs/dir",
+        other => return Err(format!("storage driver {other}")),
+    };
+    let root = PathBuf::from(&info.docker_root_dir);
+    let inspect = engine.inspect(name).await.map_err(|e| e.to_string())?;
+    let id: Digest = inspect.id.parse().map_err(|_| format!("image id {:?}", inspect.id))?;
+    let diff_ids = inspect.root_f_s.map(|r| r.layers).unwrap_or_default();
+    let image_dir = root.join("image").join(&info.driver);
+    let config = tokio::fs::read(image_dir.join("imagedb/content/sha256").join(id.hex()))
+        .await
+        .map_err(|e| format!("config: {e}"))?;
+    if Digest::sha256_of(&config) != id {
+        return Err("the stored config does not hash to the image id".into());
+    }
+    let mut layers = Vec::new();
+    let mut chain: Option<Digest> = None;
+    for diff_id in diff_ids {
+        let chain_id = match &chain {
+            None => diff_id.clone(),
+            Some(parent) => Digest::sha256_of(format!("{parent} {diff_id}").as_bytes()),
+        };
+        let layer_dir = image_dir.join("layerdb/sha256").join(chain_id.hex());
+        let cache_id = tokio::fs::read_to_string(layer_dir.join("cache-id"))
+            .await
+            .map_err(|e| format!("layer {diff_id}: cache-id: {e}"))?;
+        let cache_id = cache_id.trim();
+        if cache_id.is_empty() || cache_id.contains('/') || cache_id.starts_with('.') {
+            return Err(format!("layer {diff_id}: bad cache-id"));
+        }
+        let dir = match driver_dir {
+            "overlay2" => root.join("overlay2").join(cache_id).join("diff"),
+            _ => root.join(driver_dir).join(cache_id),
+        };
+        let tar_split = layer_dir.join("tar-split.json.gz");
+        if !tokio::fs::metadata(&dir).await.map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(format!("layer {diff_id}: no directory {}", dir.display()));
+        }
+        let ts = tar_split.clone();
+        let size = tokio::task::spawn_blocking(move || tar_size(&ts))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("layer {diff_id}: tar-split: {e}"))?;
+        layers.push(Layer {
+            diff_id: diff_id.clone(),
+            size,
+            tar_split,
+            dir,
+        });
+        chain = Some(chain_id);
+    }
+    let config_desc = super::read::descriptor(media::OCI_CONFIG, id.clone(), config.len() as u64);
+    let layer_descs: Vec<Descriptor> = layers
+        .iter()
+        .map(|l| super::read::descriptor(media::OCI_LAYER_TAR, l.diff_id.clone(), l.size))
+        .collect();
+    let manifest = super::oci_manifest(&config_desc, layer_descs.iter()).map_err(|e| e.to_string())?;
+    Ok(StoreSource {
+        reference: name.to_owned(),
+        manifest,
+        config_digest: id,
+        config: config.into(),
+        layers,
+    })
+}
+
+fn entries(tar_split: &Path) -> std::io::Result<impl Iterator<Item = std::io::Result<Entry>>> {
+    let file = std::fs::File::open(tar_split)?;
+    let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file)));
+    Ok(reader.lines().map(|line| {
+        let line = line?;
+        serde_json::from_str::<Entry>(&line).map_err(std::io::Error::other)
+    }))
+}
+
+fn payload(e: &Entry) -> std::io::Result<Vec<u8>> {
+    match &e.payload {
+        Some(p) => base64::engine::general_purpose::STANDARD
+            .decode(p)
+            .map_err(std::io::Error::other),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The size of the tar a record replays to.
+fn tar_size(tar_split: &Path) -> std::io::Result<u64> {
+    let mut size = 0;
+    for e in entries(tar_split)? {
+        let e = e?;
+        size += match e.kind {
+            SEGMENT => payload(&e)?.len() as u64,
+            FILE => e.size,
+            k => return Err(std::io::Error::other(format!("unknown entry type {k}"))),
+        };
+    }
+    Ok(size)
+}
+
+/// A file name of a record, confined to the layer directory.
+fn file_path(dir: &Path, e: &Entry) -> std::io::Result<PathBuf> {
+    let name = match (&e.name, &e.name_raw) {
+        (Some(n), _) => n.clone(),
+        (None, Some(raw)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .map_err(std::io::Error::other)?;
+            String::from_utf8(bytes).map_err(|_| std::io::Error::other("a file name that is not UTF-8"))?
+        }
+        (None, None) => return Err(std::io::Error::other("a file entry without a name")),
+    };
+    let mut path = dir.to_path_buf();
+    for part in Path::new(&name).components() {
+        match part {
+            std::path::Component::Normal(p) => path.push(p),
+            std::path::Component::CurDir | std::path::Component::RootDir => {}
+            _ => return Err(std::io::Error::other(format!("file name {name:?} leaves the layer"))),
+        }
+    }
+    Ok(path)
+}
+
+/// Replays a record into `out`: segments as they are, files from the layer directory.
+fn replay(layer_dir: &Path, tar_split: &Path, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    for e in entries(tar_split)? {
+        let e = e?;
+        match e.kind {
+            SEGMENT => out.write_all(&payload(&e)?)?,
+            FILE if e.size == 0 => {}
+            FILE => {
+                let path = file_path(layer_dir, &e)?;
+                let f = std::fs::File::open(&path)?;
+                let copied = std::io::copy(&mut f.take(e.size), out)?;
+                if copied != e.size {
+                    return Err(std::io::Error::other(format!(
+                        "{}: {copied} bytes, the layer record says {}",
+                        path.display(),
+                        e.size
+                    )));
+                }
+            }
+            k => return Err(std::io::Error::other(format!("unknown entry type {k}"))),
+        }
+    }
+    out.flush()
+}
+
+#[async_trait]
+impl ImageSource for StoreSource {
+    fn describe(&self) -> String {
+        format!("docker-daemon:{} (engine store)", self.reference)
+    }
+
+    async fn get_manifest(&self, child: Option<&Descriptor>) -> Result<Manifest, Error> {
+        match child {
+            None => Ok(self.manifest.clone()),
+            Some(d) => Err(Error::Manifest {
+                what: d.digest.to_string(),
+                reason: "not part of this image".into(),
+            }),
+        }
+    }
+
+    async fn get_blob(&self, desc: &Descriptor) -> Result<BlobStream, Error> {
+        if desc.digest == self.config_digest {
+            return Ok(futures_util::stream::iter([Ok(self.config.clone())]).boxed());
+        }
+        let layer = self
+            .layers
+            .iter()
+            .find(|l| l.diff_id == desc.digest)
+            .ok_or_else(|| Error::BadOption(format!("{} is not a layer of this image", desc.digest)))?;
+        let (dir, record) = (layer.dir.clone(), layer.tar_split.clone());
+        let (mut writer, stream) = ChannelWriter::pair();
+        let what = desc.digest.to_string();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = replay(&dir, &record, &mut writer) {
+                writer.fail(Error::io(format!("reading layer {what} from the engine's store"), e));
+            }
+        });
+        Ok(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_record_replays_to_the_exact_tar() {
+        // A real tar, and its record as tar-split writes it: headers as segments, contents as files.
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("diff");
+        std::fs::create_dir_all(layer.join("etc")).unwrap();
+        std::fs::write(layer.join("etc/motd"), b"hello\n").unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(6);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "etc/motd", &b"hello\n"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let enc = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let lines = [
+            format!(r#"{{"type":2,"payload":"{}","position":0}}"#, enc(&tar[..512])),
+            r#"{"type":1,"name":"etc/motd","size":6,"payload":"AAAAAAAAAAA=","position":1}"#.to_owned(),
+            format!(r#"{{"type":2,"payload":"{}","position":2}}"#, enc(&tar[518..])),
+        ];
+        let record = dir.path().join("tar-split.json.gz");
+        let mut gz =
+            flate2::write::GzEncoder::new(std::fs::File::create(&record).unwrap(), flate2::Compression::fast());
+        for l in &lines {
+            writeln!(gz, "{l}").unwrap();
+        }
+        gz.finish().unwrap();
+        assert_eq!(tar_size(&record).unwrap(), tar.len() as u64);
+        let mut out = Vec::new();
+        replay(&layer, &record, &mut out).unwrap();
+        assert!(out == tar, "replayed bytes differ");
+
+        // A name that climbs out of the layer is refused.
+        let bad = Entry {
+            kind: FILE,
+            name: Some("../../etc/shadow".into()),
+            name_raw: None,
+            size: 1,
+            payload: None,
+        };
+        assert!(file_path(&layer, &bad).is_err());
+    }
+}
