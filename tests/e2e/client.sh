@@ -140,6 +140,25 @@ expect_eq "docker-archive round trip keeps the image ID" "$(image_id e2e/loaded:
 w copy "docker-archive:$WORK/saved.tar:e2e/app:v1" "rootfs:$WORK/rootfs-archive"
 expect_same_tree "docker-archive to rootfs equals umoci unpack" "$WORK/bundle-wharf/rootfs" "$WORK/rootfs-archive"
 
+# Direct pairs without a registry in between: engine → layout → engine, engine → archive → engine,
+# archive → layout → archive, layout → rootfs.
+w copy docker-daemon:e2e/app:v1 "oci:$WORK/direct-layout:v1"
+w copy "oci:$WORK/direct-layout:v1" docker-daemon:e2e/from-layout:v1
+expect_eq "engine → OCI layout → engine keeps the image ID" "$(image_id e2e/from-layout:v1)" "$ORIG_ID"
+w copy docker-daemon:e2e/app:v1 "docker-archive:$WORK/direct.tar:e2e/direct:v1"
+"$DOCKER_CLI" rmi -f e2e/direct:v1 >/dev/null 2>&1 || true
+w copy "docker-archive:$WORK/direct.tar" docker-daemon:e2e/direct:v1
+expect_eq "engine → docker archive → engine keeps the image ID" "$(image_id e2e/direct:v1)" "$ORIG_ID"
+w copy "docker-archive:$WORK/saved.tar" "oci:$WORK/archive-layout:v1"
+w copy "oci:$WORK/archive-layout:v1" "docker-archive:$WORK/relayed.tar:e2e/relayed:v1"
+"$DOCKER_CLI" load -i "$WORK/relayed.tar" >/dev/null
+expect_eq "docker archive → OCI layout → docker archive keeps the image ID" "$(image_id e2e/relayed:v1)" "$ORIG_ID"
+w copy "oci:$WORK/direct-layout:v1" "rootfs:$WORK/rootfs-layout"
+expect_same_tree "OCI layout to rootfs equals umoci unpack" "$WORK/bundle-wharf/rootfs" "$WORK/rootfs-layout"
+umoci unpack --image "$WORK/direct-layout:v1" "$WORK/bundle-direct" >/dev/null
+expect_same_tree "umoci unpacks wharf's compressed layout like the registry copy" \
+    "$WORK/bundle-wharf/rootfs" "$WORK/bundle-direct/rootfs"
+
 # A second pull of the same image into the engine downloads nothing: the content store has it.
 "$DOCKER_CLI" rmi -f e2e/back-wharf:gzip >/dev/null
 WHARF_STORE="$WORK/store" "$WHARF" pull --json "$WHARF_ADDR/e2e/app:gzip" docker-daemon:e2e/again:v1 >"$WORK/again.json"

@@ -105,11 +105,15 @@ pub(crate) type DiffIdSlot = crate::verify::HashSlot;
 /// once it has ended, the slot holds the input's sha256 (the `diff_id`) and length.
 pub(crate) fn compress(input: BlobStream, c: Compression, workers: usize) -> (BlobStream, DiffIdSlot) {
     let (hashed, slot) = crate::verify::hashing(input);
-    let out = match c.algorithm {
-        Algorithm::Gzip => gzip_parallel(hashed, c.level, workers),
-        Algorithm::Zstd => zstd_threaded(hashed, c.level, workers),
-    };
-    (out, slot)
+    (compress_only(hashed, c, workers), slot)
+}
+
+/// [`compress`] for an input that is verified (hashed) already on its way here: one pass of sha256 less.
+pub(crate) fn compress_only(input: BlobStream, c: Compression, workers: usize) -> BlobStream {
+    match c.algorithm {
+        Algorithm::Gzip => gzip_parallel(input, c.level, workers),
+        Algorithm::Zstd => zstd_threaded(input, c.level, workers),
+    }
 }
 
 /// Re-cuts a stream into pieces of exactly `size` bytes (the last may be shorter).

@@ -16,7 +16,7 @@ use serde::Serialize;
 use wharf_oci::manifest::{Descriptor, ManifestView};
 use wharf_oci::media;
 
-use crate::compress::{Compression, compress, is_uncompressed_layer};
+use crate::compress::{Compression, compress_only, is_uncompressed_layer};
 use crate::store::MountHints;
 use crate::verify::Verifying;
 use crate::{BlobStream, Error, ImageDestination, ImageSource, Manifest, MountOrigin, Platform};
@@ -454,7 +454,8 @@ pub(crate) async fn send_blob(
         dst.put_blob(desc, verified).await?;
         return Ok(desc.clone());
     }
-    let (compressed, _) = compress(verified, opts.compression, opts.workers);
+    // `Verifying` checks the diff_id; no second hash of the uncompressed bytes.
+    let compressed = compress_only(verified, opts.compression, opts.workers);
     let (digest, size) = dst.put_new_blob(compressed).await?;
     tracing::debug!(diff_id = %desc.digest, %digest, size, "layer compressed");
     let mut stored = desc.clone();

@@ -456,6 +456,27 @@ async fn wrong_blob_bytes_are_detected_and_never_stored() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+
+    // The same wrong blob on its way to a rootfs: refused, and the content store holds nothing under its digest.
+    let store = tmp.path().join("store");
+    let (ok, _, stderr) = wharf(&[
+        "pull",
+        "--store",
+        store.to_str().unwrap(),
+        &format!("{}/good/app:v1", reg.addr),
+        &format!("rootfs:{}", tmp.path().join("rootfs").display()),
+    ]);
+    assert!(!ok, "a wrong blob was unpacked");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        !store.join("blobs/sha256").join(hex).exists(),
+        "the store took a wrong blob"
+    );
+    let ingest = store.join("ingest");
+    assert!(
+        !ingest.exists() || std::fs::read_dir(&ingest).unwrap().count() == 0,
+        "partial blobs left in the store"
+    );
 }
 
 #[tokio::test]

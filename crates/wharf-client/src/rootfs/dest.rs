@@ -31,7 +31,7 @@ const PIECE: usize = 1 << 20;
 /// Where a layer's compressed bytes come from.
 enum LayerSource {
     /// A decompressor thread's output.
-    Stream(std::sync::mpsc::Receiver<Result<Bytes, String>>),
+    Stream(std::sync::mpsc::Receiver<Piece>),
     /// The content store already has it.
     Store(PathBuf),
 }
@@ -239,8 +239,18 @@ fn parse(m: &Manifest) -> Result<ManifestView, Error> {
     })
 }
 
-/// The decompressor thread of one layer.
-fn decompress_into(input: impl Read, label: &str, out: std::sync::mpsc::SyncSender<Result<Bytes, String>>) {
+/// What a decompressor thread hands to the applier.
+enum Piece {
+    Data(Bytes),
+    /// The end of the layer, with the digest of everything decompressed (its diff_id).
+    End(Digest),
+    Failed(String),
+}
+
+/// The decompressor thread of one layer: decompresses and hashes (the diff_id), so that the applier's thread does
+/// nothing but file system work.
+fn decompress_into(input: impl Read, label: &str, out: std::sync::mpsc::SyncSender<Piece>) {
+    let mut hasher = DigestHasher::new(wharf_oci::Algorithm::Sha256);
     let result = (|| -> std::io::Result<()> {
         let mut reader = decompressing_reader(input)?;
         loop {
@@ -256,7 +266,8 @@ fn decompress_into(input: impl Read, label: &str, out: std::sync::mpsc::SyncSend
                 return Ok(());
             }
             buf.truncate(n);
-            if out.send(Ok(Bytes::from(buf))).is_err() {
+            hasher.update(&buf);
+            if out.send(Piece::Data(Bytes::from(buf))).is_err() {
                 return Ok(()); // the applier stopped; it reports why
             }
             if n < PIECE {
@@ -264,9 +275,11 @@ fn decompress_into(input: impl Read, label: &str, out: std::sync::mpsc::SyncSend
             }
         }
     })();
-    if let Err(e) = result {
-        let _ = out.send(Err(format!("layer {label}: {e}")));
-    }
+    let last = match result {
+        Ok(()) => Piece::End(hasher.finish()),
+        Err(e) => Piece::Failed(format!("layer {label}: {e}")),
+    };
+    let _ = out.send(last);
 }
 
 /// Applies the layers in order as their sources arrive; returns the digest of each uncompressed layer.
@@ -276,31 +289,33 @@ async fn apply_in_order(root: PathBuf, sources: Vec<oneshot::Receiver<LayerSourc
         let source = rx
             .await
             .map_err(|_| Error::BadOption(format!("layer {i} never arrived")))?;
+        let rx = match source {
+            LayerSource::Stream(rx) => rx,
+            LayerSource::Store(path) => {
+                // From the content store: the same decompressor thread, reading the file.
+                let f = std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+                let (tx, rx) = std::sync::mpsc::sync_channel(LAYER_BUFFER / PIECE);
+                let label = path.display().to_string();
+                tokio::task::spawn_blocking(move || decompress_into(f, &label, tx));
+                rx
+            }
+        };
         let root = root.clone();
         let diff_id = tokio::task::spawn_blocking(move || -> Result<Digest, Error> {
-            let opts = ApplyOptions::default();
-            let reader: Box<dyn Read> = match source {
-                LayerSource::Stream(rx) => Box::new(ChannelReader {
-                    rx,
-                    current: Bytes::new(),
-                }),
-                LayerSource::Store(path) => {
-                    let f =
-                        std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-                    decompressing_reader(f).map_err(|e| Error::io(format!("reading {}", path.display()), e))?
-                }
+            let mut reader = ChannelReader {
+                rx,
+                current: Bytes::new(),
+                end: None,
             };
-            let mut hashed = HashingReader {
-                inner: reader,
-                hasher: DigestHasher::new(wharf_oci::Algorithm::Sha256),
-            };
-            apply_layer(&root, &mut hashed, &opts).map_err(|cause| Error::Unpack {
+            apply_layer(&root, &mut reader, &ApplyOptions::default()).map_err(|cause| Error::Unpack {
                 layer: format!("{i}"),
                 cause,
             })?;
-            // apply_layer stops at the tar's end marker; what may follow (padding) is part of the diff_id.
-            std::io::copy(&mut hashed, &mut std::io::sink()).map_err(|e| Error::io("reading a layer", e))?;
-            Ok(hashed.hasher.finish())
+            // apply_layer reads to the end of the stream; the decompressor's last word is the diff_id.
+            std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| Error::io("reading a layer", e))?;
+            reader
+                .end
+                .ok_or_else(|| Error::BadOption(format!("layer {i}: the decompressor stopped early")))
         })
         .await
         .map_err(|e| Error::BadOption(format!("layer {i}: {e}")))??;
@@ -310,35 +325,27 @@ async fn apply_in_order(root: PathBuf, sources: Vec<oneshot::Receiver<LayerSourc
 }
 
 struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<Result<Bytes, String>>,
+    rx: std::sync::mpsc::Receiver<Piece>,
     current: Bytes,
+    end: Option<Digest>,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
+            if self.end.is_some() {
+                return Ok(0);
+            }
             match self.rx.recv() {
-                Ok(Ok(b)) => self.current = b,
-                Ok(Err(e)) => return Err(std::io::Error::other(e)),
+                Ok(Piece::Data(b)) => self.current = b,
+                Ok(Piece::End(d)) => self.end = Some(d),
+                Ok(Piece::Failed(e)) => return Err(std::io::Error::other(e)),
                 Err(_) => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current[..n]);
         let _ = self.current.split_to(n);
-        Ok(n)
-    }
-}
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: DigestHasher,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
         Ok(n)
     }
 }
