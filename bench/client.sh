@@ -755,8 +755,9 @@ report() {
         echo "  those times compete with it (see the per-step lines below)"
         echo
     fi
-    echo "floors (no comparison; the engine API calls every docker-daemon: transfer goes through):"
-    echo "  push from the engine: docker save (GET /images/get, what wharf reads) to /dev/null: $(best docker_save) s"
+    echo "floors (no comparison; the engine API calls a docker-daemon: transfer goes through):"
+    echo "  push from the engine: docker save (GET /images/get; wharf reads the engine's layer store instead when it"
+    echo "  can, and falls back to this export) to /dev/null: $(best docker_save) s"
     echo "  pull into the engine: docker load (POST /images/load) of the image's docker-save tar (uncompressed"
     echo "  layers, local file) into an empty daemon: $(best docker_load) s"
     echo
