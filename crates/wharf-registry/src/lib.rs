@@ -23,6 +23,7 @@ mod error;
 mod handlers;
 mod headers;
 mod namespaces;
+mod observe;
 mod pagination;
 mod range;
 
@@ -84,7 +85,10 @@ pub fn router(app: App) -> Router {
         .route("/v2/", any(dispatch::dispatch))
         .route("/v2/{*rest}", any(dispatch::dispatch))
         .route("/metrics", get(dispatch::metrics))
+        .route("/healthz", get(observe::healthz))
+        .route("/readyz", get(observe::readyz))
         .fallback(dispatch::not_found)
+        .layer(axum::middleware::from_fn(observe::record))
         .with_state(app)
 }
 

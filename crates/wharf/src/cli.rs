@@ -55,6 +55,12 @@ pub struct ServeArgs {
     /// upstream that answers Docker's `registry-mirrors` requests. Repeatable. Adds to the config file's upstreams.
     #[arg(long = "upstream", value_name = "[NAME=]URL")]
     pub upstreams: Vec<String>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key). SIGHUP reloads it.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Options shared by `lint` and `fix`.

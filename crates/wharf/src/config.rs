@@ -24,6 +24,10 @@ pub struct Server {
     pub listen: SocketAddr,
     /// Seconds that in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_grace_secs: u64,
+    /// PEM certificate chain for HTTPS; empty = plain HTTP. Read again on SIGHUP.
+    pub tls_cert: PathBuf,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -49,6 +53,8 @@ pub struct Limits {
 #[serde(default, deny_unknown_fields)]
 pub struct Log {
     pub level: String,
+    /// `text` (human) or `json` (one object per line, for log collectors).
+    pub format: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -128,6 +134,8 @@ impl Default for Server {
         Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             shutdown_grace_secs: 30,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
 }
@@ -160,7 +168,10 @@ impl Default for Limits {
 
 impl Default for Log {
     fn default() -> Self {
-        Log { level: "info".into() }
+        Log {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod lint;
 mod login;
 mod progress;
 mod serve;
+mod tls;
 
 use std::process::ExitCode;
 

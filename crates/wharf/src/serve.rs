@@ -29,6 +29,16 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(level) = &args.log {
         config.log.level = level.clone();
     }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.server.tls_cert = cert.clone();
+        config.server.tls_key = key.clone();
+    }
+    if config.server.tls_cert.as_os_str().is_empty() != config.server.tls_key.as_os_str().is_empty() {
+        anyhow::bail!("TLS needs both tls_cert and tls_key");
+    }
+    if !matches!(config.log.format.as_str(), "text" | "json") {
+        anyhow::bail!("log format {:?}: use \"text\" or \"json\"", config.log.format);
+    }
     for flag in &args.upstreams {
         config.mirror.upstreams.push(crate::config::Upstream::parse_flag(flag)?);
     }
@@ -44,23 +54,28 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn init_logging(level: &str) -> anyhow::Result<()> {
+fn init_logging(level: &str, format: &str) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v),
         _ => EnvFilter::try_new(level),
     }
     .with_context(|| format!("invalid log filter {level:?}"))?;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
+        .with_writer(std::io::stderr);
+    let result = if format == "json" {
+        builder.json().with_current_span(false).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = effective_config(&args)?;
-    init_logging(&config.log.level)?;
+    init_logging(&config.log.level, &config.log.format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -138,6 +153,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let root = &config.storage.root;
     let (store, namespaces) = build_store(&config)?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("wharf_http_request_duration_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ],
+        )
+        .context("metric buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let app = App::new(
@@ -152,18 +174,34 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
+    let tls = if config.server.tls_cert.as_os_str().is_empty() {
+        None
+    } else {
+        let (cert, key) = (config.server.tls_cert.clone(), config.server.tls_key.clone());
+        let tls = axum_server::tls_rustls::RustlsConfig::from_config(crate::tls::server_config(&cert, &key)?);
+        crate::tls::reload_on_sighup(tls.clone(), cert, key);
+        Some(tls)
+    };
     // Tests and scripts read this line to learn the port when --listen ends in :0.
-    println!("wharf serve: listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("wharf serve: listening on {scheme}://{addr}");
     tracing::info!(%addr, root = %root.display(), "registry started");
 
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = wharf_registry::serve(listener, app, async move {
+    let stop = async move {
         shutdown_signal().await;
         tracing::info!("shutting down: letting in-flight requests finish");
         let _ = stopping_tx.send(());
-    });
-    let server = async { server.await.context("server failed") };
+    };
+    let server = async {
+        match tls {
+            Some(tls) => crate::tls::serve(listener, wharf_registry::router(app), tls, stop, grace).await,
+            None => wharf_registry::serve(listener, app, stop)
+                .await
+                .context("server failed"),
+        }
+    };
     let deadline = async {
         if stopping_rx.await.is_ok() {
             tokio::time::sleep(grace).await;

@@ -209,3 +209,75 @@ async fn full_disk_fails_cleanly_and_stores_nothing() {
     assert_eq!(r.status(), 201);
     drop(w);
 }
+
+#[tokio::test]
+async fn health_readiness_and_request_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    let reg = Wharf::start(&root);
+    let c = common::client();
+    let get = |path: &str| {
+        let c = c.clone();
+        let url = reg.url(path);
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 200);
+    assert_eq!(get("/v2/").await.0, 200);
+    assert_eq!(get("/v2/nope/manifests/v1").await.0, 404);
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        r#"wharf_http_requests_total{route="base",method="GET",status="200"} 1"#,
+        r#"wharf_http_requests_total{route="manifests",method="GET",status="404"} 1"#,
+        r#"wharf_http_request_duration_seconds_bucket{route="manifests",method="GET",le="0.005"}"#,
+    ] {
+        assert!(text.contains(needle), "no {needle} in:\n{text}");
+    }
+
+    // Storage that cannot be read: not ready, still alive.
+    std::fs::rename(root.join("blobs"), tmp.path().join("moved")).unwrap();
+    std::fs::write(root.join("blobs"), b"not a directory").unwrap();
+    assert_eq!(get("/readyz").await.0, 503);
+    assert_eq!(get("/healthz").await.0, 200);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("wharf.toml");
+    std::fs::write(&config, "[log]\nformat = \"json\"\nlevel = \"info\"\n").unwrap();
+    let log = tmp.path().join("log");
+    let reg = Wharf::start_with(
+        &tmp.path().join("reg"),
+        &["--config", config.to_str().unwrap()],
+        Some(&log),
+    );
+    // The "registry started" line follows the listening line on stdout: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !reg.log_text().contains("registry started") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line: {:?}",
+            reg.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let text = reg.log_text();
+    let first = text.lines().next().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert!(v["fields"]["message"].as_str().is_some(), "{v}");
+
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[log]\nformat = \"xml\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["serve", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log format \"xml\""));
+}

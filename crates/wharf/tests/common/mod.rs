@@ -44,7 +44,7 @@ impl Wharf {
             .unwrap();
         let addr = line
             .trim()
-            .rsplit("http://")
+            .rsplit("://")
             .next()
             .filter(|a| !a.is_empty())
             .unwrap_or_else(|| panic!("wharf did not start; first line {line:?}"))

@@ -1,0 +1,127 @@
+//! What operators watch: `/healthz` (the process answers), `/readyz` (the storage answers too), and per-request
+//! Prometheus metrics recorded by [`record`], a middleware around every route:
+//!
+//! - `wharf_http_requests_total{route, method, status}`
+//! - `wharf_http_request_duration_seconds{route, method}` (histogram; buckets set by the exporter's owner)
+//! - `wharf_http_request_bytes_total{route}` and `wharf_http_response_bytes_total{route}` (from Content-Length;
+//!   streamed bodies without one are not counted)
+//!
+//! `route` is the resource the path names (`manifests`, `blobs`, `uploads`, `tags`, `referrers`, `catalog`, `base`,
+//! `other`), never the raw path, so the label set stays small whatever clients send.
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use wharf_oci::Digest;
+
+use crate::App;
+
+pub async fn healthz() -> Response {
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+/// Ready when the store answers a lookup (a blob that is never there: the answer is "no", not an error).
+pub async fn readyz(State(app): State<App>) -> Response {
+    match app.store.blob_size(&Digest::sha256_of(b"wharf readiness probe")).await {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("storage unavailable: {e}\n")).into_response()
+        }
+    }
+}
+
+/// The resource a request path names, as a metric label.
+fn route_label(path: &str) -> &'static str {
+    let Some(rest) = path.strip_prefix("/v2") else {
+        return "other";
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return "base";
+    }
+    if rest == "/_catalog" {
+        return "catalog";
+    }
+    // Resource keywords come after the repository name; search from the right as the router does.
+    for (needle, label) in [
+        ("/blobs/uploads", "uploads"),
+        ("/manifests/", "manifests"),
+        ("/blobs/", "blobs"),
+        ("/tags/list", "tags"),
+        ("/referrers/", "referrers"),
+    ] {
+        if rest.contains(needle) {
+            return label;
+        }
+    }
+    "other"
+}
+
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Records the request metrics (see the module documentation).
+pub async fn record(request: Request, next: Next) -> Response {
+    let route = route_label(request.uri().path());
+    let method = method_label(request.method());
+    let request_bytes = content_length(request.headers());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("wharf_http_requests_total", "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("wharf_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    if let Some(n) = request_bytes {
+        metrics::counter!("wharf_http_request_bytes_total", "route" => route).increment(n);
+    }
+    if let Some(n) = content_length(response.headers()) {
+        metrics::counter!("wharf_http_response_bytes_total", "route" => route).increment(n);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_label;
+
+    #[test]
+    fn labels() {
+        for (path, label) in [
+            ("/v2/", "base"),
+            ("/v2", "base"),
+            ("/v2/_catalog", "catalog"),
+            ("/v2/a/b/manifests/v1", "manifests"),
+            ("/v2/a/blobs/sha256:00", "blobs"),
+            ("/v2/a/blobs/uploads/", "uploads"),
+            ("/v2/a/blobs/uploads/123", "uploads"),
+            ("/v2/a/tags/list", "tags"),
+            ("/v2/a/referrers/sha256:00", "referrers"),
+            ("/metrics", "other"),
+        ] {
+            assert_eq!(route_label(path), label, "{path}");
+        }
+    }
+}

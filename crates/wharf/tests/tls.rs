@@ -1,0 +1,156 @@
+//! `wharf serve` over HTTPS: HTTP/2 by ALPN, and the certificate read again on SIGHUP.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Wharf;
+
+fn openssl(args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(status.success(), "openssl {args:?} failed");
+}
+
+/// A CA and a server certificate it signed for 127.0.0.1, made by the openssl CLI: (CA certificate, server
+/// certificate, server key).
+fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let p = |f: &str| dir.join(format!("{name}-{f}")).to_str().unwrap().to_owned();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj"];
+    let ca_subject = format!("/CN=wharf test CA {name}");
+    ca.extend([ca_subject.as_str(), "-keyout"]);
+    let (ca_key, ca_crt) = (p("ca.key"), p("ca.crt"));
+    ca.extend([ca_key.as_str(), "-out", ca_crt.as_str()]);
+    ca.extend(ec);
+    openssl(&ca);
+    let (key, csr, crt, ext) = (p("server.key"), p("server.csr"), p("server.crt"), p("ext.cnf"));
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    let mut req = vec![
+        "req",
+        "-new",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        key.as_str(),
+        "-out",
+        csr.as_str(),
+    ];
+    req.extend(ec);
+    openssl(&req);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_crt,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &crt,
+    ]);
+    // The chain the server presents: its certificate; clients trust the CA.
+    std::fs::copy(&ca_crt, dir.join(format!("{name}.ca"))).unwrap();
+    (PathBuf::from(crt), PathBuf::from(key))
+}
+
+/// A client that trusts only `ca`.
+fn client_trusting(ca: &Path) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pem = std::fs::read(ca).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+async fn status(c: &reqwest::Client, url: &str) -> Result<(u16, reqwest::Version), String> {
+    c.get(url)
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r.version()))
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test]
+async fn https_with_http2_and_a_certificate_reloaded_on_sighup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert_a, key_a) = self_signed(tmp.path(), "a");
+    let (cert_b, key_b) = self_signed(tmp.path(), "b");
+    let (cert, key) = (tmp.path().join("serving.crt"), tmp.path().join("serving.key"));
+    std::fs::copy(&cert_a, &cert).unwrap();
+    std::fs::copy(&key_a, &key).unwrap();
+    let reg = Wharf::start_with(
+        &tmp.path().join("reg"),
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        Some(&tmp.path().join("reg.log")),
+    );
+    let url = format!("https://{}/v2/", reg.addr);
+
+    let a = client_trusting(&tmp.path().join("a.ca"));
+    assert_eq!(
+        status(&a, &url).await,
+        Ok((200, reqwest::Version::HTTP_2)),
+        "HTTPS with HTTP/2"
+    );
+    let plain = common::client();
+    assert!(
+        plain.get(format!("http://{}/v2/", reg.addr)).send().await.is_err(),
+        "plain HTTP on the TLS port must not be served"
+    );
+
+    // A broken pair (B's certificate, A's key) on SIGHUP: refused, the old certificate stays.
+    std::fs::copy(&cert_b, &cert).unwrap();
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &reg.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    hup();
+    let b = client_trusting(&tmp.path().join("b.ca"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reg.log_text().contains("TLS reload failed") {
+        assert!(
+            Instant::now() < deadline,
+            "the bad pair was never refused: {}",
+            reg.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status(&a, &url).await.map(|s| s.0),
+        Ok(200),
+        "a bad pair replaced the good one"
+    );
+
+    // The whole new pair: new connections get certificate B.
+    std::fs::copy(&key_b, &key).unwrap();
+    hup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if status(&b, &url).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "certificate B never served after SIGHUP");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        status(&a, &url).await.is_err(),
+        "certificate A still served after the reload"
+    );
+}
