@@ -23,6 +23,7 @@ mod error;
 mod handlers;
 mod headers;
 mod namespaces;
+pub mod notify;
 mod observe;
 mod pagination;
 mod range;
@@ -61,6 +62,8 @@ pub struct App {
     pub config: Arc<RegistryConfig>,
     /// Renders the Prometheus text exposition served at `/metrics`, when metrics are on.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Webhook notifications on push and delete, when endpoints are configured.
+    pub notifier: Option<Arc<notify::Notifier>>,
 }
 
 impl App {
@@ -69,7 +72,13 @@ impl App {
             store,
             config: Arc::new(config),
             metrics: None,
+            notifier: None,
         }
+    }
+
+    pub fn with_notifier(mut self, notifier: Arc<notify::Notifier>) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     pub fn with_metrics(mut self, render: Arc<dyn Fn() -> String + Send + Sync>) -> Self {

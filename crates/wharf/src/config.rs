@@ -16,6 +16,35 @@ pub struct Config {
     pub limits: Limits,
     pub log: Log,
     pub mirror: Mirror,
+    pub notifications: Notifications,
+}
+
+/// Webhooks on push and delete (see `wharf_registry::notify`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Notifications {
+    pub endpoints: Vec<NotifyEndpoint>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyEndpoint {
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default = "default_notify_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default = "default_notify_attempts")]
+    pub attempts: u32,
+}
+
+fn default_notify_timeout() -> u64 {
+    5
+}
+
+fn default_notify_attempts() -> u32 {
+    8
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

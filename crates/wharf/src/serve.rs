@@ -170,6 +170,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
     )
     .with_metrics(Arc::new(move || prometheus.render()));
+    let app = if config.notifications.endpoints.is_empty() {
+        app
+    } else {
+        let endpoints = config
+            .notifications
+            .endpoints
+            .iter()
+            .map(|e| wharf_registry::notify::Endpoint {
+                name: e.name.clone(),
+                url: e.url.clone(),
+                headers: e.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                timeout: Duration::from_secs(e.timeout_secs.max(1)),
+                attempts: e.attempts.max(1),
+            })
+            .collect();
+        app.with_notifier(wharf_registry::notify::Notifier::start(endpoints))
+    };
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -125,6 +125,7 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
         )
     });
     let subject = view.subject.as_ref().map(|s| s.digest.to_string());
+    let size = body.len() as u64;
     app.store
         .put_manifest(
             name,
@@ -138,6 +139,22 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
         )
         .await?;
 
+    if let Some(n) = &app.notifier {
+        let target = |tag: Option<String>| crate::notify::Target {
+            media_type: Some(view.media_type.clone()),
+            digest: digest.to_string(),
+            size: Some(size),
+            length: Some(size),
+            repository: name.to_owned(),
+            tag,
+        };
+        if tags.is_empty() {
+            n.emit("push", target(None));
+        }
+        for t in &tags {
+            n.emit("push", target(Some(t.clone())));
+        }
+    }
     let digest_str = digest.to_string();
     let mut headers = vec![
         (header::LOCATION, value(&format!("/v2/{name}/manifests/{digest_str}"))),
@@ -188,10 +205,28 @@ async fn check_references(app: &App, name: &str, view: &ManifestView) -> Result<
 }
 
 pub async fn delete(app: &App, name: &str, reference: &str) -> ApiResult {
-    let removed = match parse_reference(reference)? {
-        Reference::Digest(d) => app.store.delete_manifest(name, &d).await?,
-        Reference::Tag(t) => app.store.delete_tag(name, &t).await?,
+    let parsed = parse_reference(reference)?;
+    let removed = match &parsed {
+        Reference::Digest(d) => app.store.delete_manifest(name, d).await?,
+        Reference::Tag(t) => app.store.delete_tag(name, t).await?,
     };
+    if removed && let Some(n) = &app.notifier {
+        let (digest, tag) = match parsed {
+            Reference::Digest(d) => (d.to_string(), None),
+            Reference::Tag(t) => (String::new(), Some(t)),
+        };
+        n.emit(
+            "delete",
+            crate::notify::Target {
+                media_type: None,
+                digest,
+                size: None,
+                length: None,
+                repository: name.to_owned(),
+                tag,
+            },
+        );
+    }
     if removed {
         Ok(StatusCode::ACCEPTED.into_response())
     } else {
