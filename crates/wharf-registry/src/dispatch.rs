@@ -79,7 +79,11 @@ async fn effective_path(
     Ok(Some(format!("/v2/{new_name}{}", &path[4 + name.len()..])))
 }
 
-async fn route(app: App, req: Request) -> ApiResult {
+async fn route(app: App, mut req: Request) -> ApiResult {
+    // Before the namespace rewrite: access is decided on the name the client used (the name its token names).
+    if let Some(auth) = app.auth.clone() {
+        auth.check(&mut req).await?;
+    }
     let original = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let method = req.method().clone();

@@ -18,6 +18,7 @@ axum::serve(listener, app).await
 ```
 */
 
+pub mod auth;
 mod dispatch;
 mod error;
 mod handlers;
@@ -64,6 +65,8 @@ pub struct App {
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// Webhook notifications on push and delete, when endpoints are configured.
     pub notifier: Option<Arc<notify::Notifier>>,
+    /// Authentication and access rules; `None` = an open registry (see [`auth`]).
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 impl App {
@@ -73,6 +76,7 @@ impl App {
             config: Arc::new(config),
             metrics: None,
             notifier: None,
+            auth: None,
         }
     }
 
@@ -85,6 +89,12 @@ impl App {
         self.metrics = Some(render);
         self
     }
+
+    /// Turns on authentication (and `/auth/token` when wharf issues the tokens).
+    pub fn with_auth(mut self, auth: auth::Auth) -> Self {
+        self.auth = Some(Arc::new(auth));
+        self
+    }
 }
 
 /// The registry's router: `/v2` and everything below it.
@@ -94,6 +104,7 @@ pub fn router(app: App) -> Router {
         .route("/v2/", any(dispatch::dispatch))
         .route("/v2/{*rest}", any(dispatch::dispatch))
         .route("/metrics", get(dispatch::metrics))
+        .route("/auth/token", get(auth::endpoint::token).post(auth::endpoint::token))
         .route("/healthz", get(observe::healthz))
         .route("/readyz", get(observe::readyz))
         .fallback(dispatch::not_found)

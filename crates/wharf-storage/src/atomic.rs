@@ -88,3 +88,32 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Vec<String>> {
     names.sort();
     Ok(names)
 }
+
+/// Sets a file's modification time to the filesystem's "now" (`utimensat` with `UTIME_NOW`, the same clock that
+/// stamps new files). False if the file does not exist. Garbage collection reads this time: see `gc.rs`.
+pub(crate) fn touch(path: &Path) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| StorageError::io(path, io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+    ];
+    // SAFETY: `c` is a NUL-terminated path and `times` two valid timespecs, both alive for the call.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(false)
+    } else {
+        Err(StorageError::io(path, e))
+    }
+}

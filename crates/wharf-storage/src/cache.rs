@@ -2,8 +2,12 @@
 //! `blobdescriptor: inmemory`, and more). Content addressed by digest is immutable, so it is cached until evicted;
 //! tags and links are invalidated by the writes that change them. Misses are not cached.
 //!
-//! A read that misses fills the cache only if no invalidating write (tag move, delete, unlink) ran while it read
-//! the backend, checked with a write epoch; otherwise a slow read could put back what a write just removed.
+//! A read that misses fills the cache only if no invalidating write (tag move, delete, unlink, garbage collection)
+//! ran while it read the backend, checked with a write epoch before and again after the insert (an insert that
+//! raced with an invalidation takes itself back); otherwise a slow read could put back what a write just removed.
+//!
+//! Garbage collection deletes through the filesystem store directly and tells the cache what went with
+//! [`CachedStore::forget_blobs`], [`CachedStore::forget_links`] and [`CachedStore::forget_manifest`] (see `gc.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,11 +74,63 @@ impl<S: RegistryStore> CachedStore<S> {
     }
 
     fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.epoch.load(Ordering::SeqCst)
     }
 
     fn bump(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Inserts what a read found if no invalidation ran since `epoch`; if one ran while inserting, takes the entry
+    /// back (it may be stale; a miss is always safe).
+    fn fill<K, V>(&self, cache: &Cache<K, V>, key: K, value: V, epoch: u64)
+    where
+        K: std::hash::Hash + Eq + Send + Sync + Clone + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        if epoch != self.epoch() {
+            return;
+        }
+        cache.insert(key.clone(), value);
+        if epoch != self.epoch() {
+            cache.invalidate(&key);
+        }
+    }
+
+    /// Forgets blobs deleted behind the cache's back (garbage collection): their descriptors, global and per
+    /// repository, and manifests with those digests.
+    pub fn forget_blobs(&self, digests: &[Digest]) {
+        if digests.is_empty() {
+            return;
+        }
+        self.bump();
+        for d in digests {
+            self.blobs.invalidate(d);
+        }
+        let set: Arc<std::collections::HashSet<Digest>> = Arc::new(digests.iter().cloned().collect());
+        let s = set.clone();
+        // Only fails if closures were not enabled at build time, which `new` does.
+        let _ = self.repo_blobs.invalidate_entries_if(move |k, _| s.contains(&k.1));
+        let _ = self.manifests.invalidate_entries_if(move |k, _| set.contains(&k.1));
+        self.bump();
+    }
+
+    /// Forgets `repo`'s links to `digests`, removed behind the cache's back.
+    pub fn forget_links(&self, repo: &str, digests: &[Digest]) {
+        self.bump();
+        for d in digests {
+            self.repo_blobs.invalidate(&(repo.to_owned(), d.clone()));
+        }
+        self.bump();
+    }
+
+    /// Forgets a manifest revision of `repo` removed behind the cache's back, and any tag cached as pointing at it.
+    pub fn forget_manifest(&self, repo: &str, digest: &Digest) {
+        self.bump();
+        self.manifests.invalidate(&(repo.to_owned(), digest.clone()));
+        let (r, d) = (repo.to_owned(), digest.clone());
+        let _ = self.tags.invalidate_entries_if(move |k, v| k.0 == r && *v == d);
+        self.bump();
     }
 
     fn remember_manifest(&self, repo: &str, m: &StoredManifest) {
@@ -89,9 +145,10 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
         if let Some(size) = self.blobs.get(digest) {
             return Ok(Some(size));
         }
+        let epoch = self.epoch();
         let size = self.inner.blob_size(digest).await?;
         if let Some(s) = size {
-            self.blobs.insert(digest.clone(), s);
+            self.fill(&self.blobs, digest.clone(), s, epoch);
         }
         Ok(size)
     }
@@ -103,10 +160,8 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
         }
         let epoch = self.epoch();
         let size = self.inner.repo_blob_size(repo, digest).await?;
-        if let Some(s) = size
-            && epoch == self.epoch()
-        {
-            self.repo_blobs.insert(key, s);
+        if let Some(s) = size {
+            self.fill(&self.repo_blobs, key, s, epoch);
         }
         Ok(size)
     }
@@ -205,13 +260,12 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
         }
         let epoch = self.epoch();
         let found = self.inner.get_manifest(repo, reference).await?;
-        if let Some(m) = &found
-            && epoch == self.epoch()
-        {
+        if let Some(m) = &found {
             if let Reference::Tag(t) = reference {
-                self.tags.insert((repo.to_owned(), t.clone()), m.digest.clone());
+                self.fill(&self.tags, (repo.to_owned(), t.clone()), m.digest.clone(), epoch);
             }
-            self.remember_manifest(repo, m);
+            let key = (repo.to_owned(), m.digest.clone());
+            self.fill(&self.manifests, key, Arc::new(m.clone()), epoch);
         }
         Ok(found)
     }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -12,7 +12,7 @@ use tokio_util::io::ReaderStream;
 use wharf_oci::Digest;
 use wharf_oci::manifest::{Descriptor, ManifestView};
 
-use crate::atomic::{blocking, list_dir, read_optional, remove_optional, write_atomic};
+use crate::atomic::{blocking, list_dir, read_optional, remove_optional, touch, write_atomic};
 use crate::fs_upload::SessionSlot;
 use crate::paths::Layout;
 use crate::{
@@ -29,6 +29,13 @@ pub struct FsStore {
     /// Upload sessions in use, each behind its own lock so chunks of one upload never interleave. Loaded from disk
     /// on first use, which is how sessions survive a restart.
     pub(crate) sessions: Mutex<HashMap<String, SessionSlot>>,
+    /// Held shared by every write that makes content reachable (blob commit, mount, manifest PUT) while it
+    /// refreshes the modification time of what it reuses, and exclusively by garbage collection while it re-checks
+    /// and deletes. See `gc.rs` for why this makes collection safe during pushes.
+    pub(crate) gc_lock: Arc<RwLock<()>>,
+    /// Manifest PUTs fail with [`StorageError::BlobUnknown`] when a blob they require is missing on disk (see
+    /// [`FsStore::verify_references`]).
+    verify_references: bool,
 }
 
 impl FsStore {
@@ -46,7 +53,24 @@ impl FsStore {
         Ok(FsStore {
             layout,
             sessions: Mutex::new(HashMap::new()),
+            gc_lock: Arc::new(RwLock::new(())),
+            verify_references: false,
         })
+    }
+
+    /// With `on`, a manifest PUT checks on disk, under the garbage-collection lock, that every blob it requires
+    /// (config, distributable layers, index children) is still there, and fails with
+    /// [`StorageError::BlobUnknown`] otherwise. The HTTP layer checks the same before (possibly from a cache); this
+    /// check is the one that cannot race with a collection deleting an old unreferenced blob. Off for stores that
+    /// hold manifests before their blobs on purpose (a pull-through cache).
+    pub fn verify_references(mut self, on: bool) -> Self {
+        self.verify_references = on;
+        self
+    }
+
+    /// The shared side of the garbage-collection lock, for a write that makes content reachable.
+    pub(crate) fn write_section(lock: &RwLock<()>) -> RwLockReadGuard<'_, ()> {
+        lock.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn layout(&self) -> &Layout {
@@ -61,13 +85,77 @@ impl FsStore {
         }
     }
 
-    /// Writes `data` as the blob `digest` unless it is already stored. The caller has verified the digest.
+    /// Writes `data` as the blob `digest` unless it is already stored, in which case its modification time is
+    /// refreshed (it is in use again: see `gc.rs`). The caller has verified the digest.
     pub(crate) fn write_blob_bytes(layout: &Layout, digest: &Digest, data: &[u8]) -> Result<()> {
         let path = layout.blob(digest);
-        if path.exists() {
+        if touch(&path)? {
             return Ok(());
         }
         write_atomic(&layout.tmp(), &path, data, true)
+    }
+
+    /// Refreshes the modification time of everything a manifest being stored in `repo` makes reachable, so that a
+    /// collection running now keeps it (see `gc.rs`): the blobs it names and, through index children and the
+    /// referrers of each manifest reached, their revisions and blobs in turn. With `verify`, fails if a blob or
+    /// child the manifest itself requires is gone. Called under the shared garbage-collection lock.
+    fn touch_references(layout: &Layout, repo: &str, m: &NewManifest, verify: bool) -> Result<()> {
+        let (media_type, body) = (m.media_type.as_str(), &m.body[..]);
+        let Ok(view) = ManifestView::parse(body, Some(media_type)) else {
+            return Ok(());
+        };
+        let required: Vec<&Digest> = view.required_blobs().map(|d| &d.digest).collect();
+        for d in view.config.iter().chain(&view.layers) {
+            if !touch(&layout.blob(&d.digest))? && verify && required.contains(&&d.digest) {
+                return Err(StorageError::BlobUnknown(d.digest.clone()));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = Vec::new();
+        for child in &view.manifests {
+            let blob = touch(&layout.blob(&child.digest))?;
+            let revision = layout.revision(repo, &child.digest);
+            if verify && !(blob && (revision.exists() || layout.layer_link(repo, &child.digest).exists())) {
+                return Err(StorageError::BlobUnknown(child.digest.clone()));
+            }
+            stack.push(child.digest.clone());
+        }
+        // What the children reach, and what the referrers of the manifest (being re-tagged, say) reach.
+        Self::push_referrers(layout, repo, &m.digest, &mut stack)?;
+        while let Some(d) = stack.pop() {
+            if !seen.insert(d.clone()) || !touch(&layout.revision(repo, &d))? {
+                continue;
+            }
+            let blob = layout.blob(&d);
+            touch(&blob)?;
+            let media_type = read_optional(&layout.revision(repo, &d))?.unwrap_or_default();
+            if let Some(body) = read_optional(&blob)?
+                && let Ok(v) = ManifestView::parse(&body, Some(&String::from_utf8_lossy(&media_type)))
+            {
+                for r in v.config.iter().chain(&v.layers) {
+                    touch(&layout.blob(&r.digest))?;
+                }
+                for c in &v.manifests {
+                    touch(&layout.blob(&c.digest))?;
+                    stack.push(c.digest.clone());
+                }
+            }
+            Self::push_referrers(layout, repo, &d, &mut stack)?;
+        }
+        Ok(())
+    }
+
+    /// Pushes the digests of the referrers of `subject` in `repo` onto `stack`.
+    fn push_referrers(layout: &Layout, repo: &str, subject: &Digest, stack: &mut Vec<Digest>) -> Result<()> {
+        let dir = layout.referrers(repo, subject);
+        for name in list_dir(&dir)? {
+            if let Some(raw) = read_optional(&dir.join(&name))?
+                && let Ok(d) = serde_json::from_slice::<Descriptor>(&raw)
+            {
+                stack.push(d.digest);
+            }
+        }
+        Ok(())
     }
 
     fn link(layout: &Layout, path: &Path, content: &[u8]) -> Result<()> {
@@ -91,7 +179,7 @@ impl FsStore {
         }
     }
 
-    fn walk_repositories(base: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+    pub(crate) fn walk_repositories(base: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
         for name in list_dir(base)? {
             if name.starts_with('_') || name.starts_with('.') {
                 continue;
@@ -241,7 +329,15 @@ impl RegistryStore for FsStore {
     async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<()> {
         let layout = self.layout.clone();
         let link = layout.layer_link(repo, digest);
-        blocking(move || Self::link(&layout, &link, b"")).await
+        let blob = layout.blob(digest);
+        let gc = self.gc_lock.clone();
+        blocking(move || {
+            // A mount reuses a blob: it counts as fresh again for garbage collection.
+            let _section = Self::write_section(&gc);
+            touch(&blob)?;
+            Self::link(&layout, &link, b"")
+        })
+        .await
     }
 
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
@@ -276,7 +372,11 @@ impl RegistryStore for FsStore {
     async fn put_manifest(&self, repo: &str, m: NewManifest) -> Result<()> {
         let layout = self.layout.clone();
         let repo = repo.to_owned();
+        let gc = self.gc_lock.clone();
+        let verify = self.verify_references;
         blocking(move || {
+            let _section = Self::write_section(&gc);
+            Self::touch_references(&layout, &repo, &m, verify)?;
             // Order matters for crash safety: bytes, then the revision, then what points at it.
             Self::write_blob_bytes(&layout, &m.digest, &m.body)?;
             Self::link(&layout, &layout.revision(&repo, &m.digest), m.media_type.as_bytes())?;

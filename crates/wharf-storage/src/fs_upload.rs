@@ -6,7 +6,9 @@
 //! fdatasynced and then the state is replaced atomically, so after a crash `data` is at least `offset` long and is
 //! truncated back to it: the session resumes exactly where the last acknowledged chunk ended.
 //!
-//! Commit renames `data` into `blobs/` only after the digest matches; a mismatch deletes the session.
+//! Commit renames `data` into `blobs/` only after the digest matches; a mismatch deletes the session. The blob's
+//! modification time is the commit's, also when the blob was already stored: garbage collection's grace period counts
+//! from there (see `gc.rs`). Sessions nobody touches for the upload TTL are removed by garbage collection.
 //! A sha512 upload is hashed with SHA-256 while it streams (the algorithm is only known at commit) and re-read once
 //! at commit; monolithic uploads that announce their digest up front are hashed with the right algorithm directly.
 
@@ -23,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use wharf_oci::{Algorithm, Digest, DigestHasher};
 
-use crate::atomic::{blocking, create_dir_all, fsync_dir, read_optional, write_atomic};
+use crate::atomic::{blocking, create_dir_all, fsync_dir, read_optional, touch, write_atomic};
 use crate::fs::FsStore;
 use crate::{ByteStream, Result, StorageError, UploadStatus};
 
@@ -162,6 +164,23 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (file, offset, len);
+}
+
+/// Makes the verified, fdatasynced file `data` the blob `digest` by rename, or, if the blob is already stored,
+/// refreshes its modification time (a re-push makes an old blob fresh again for garbage collection) and leaves
+/// `data` for the caller to delete. The published blob's modification time is "now" either way, not the time of
+/// the upload's last append. Runs under the shared garbage-collection lock (see `gc.rs`).
+fn publish(layout: &crate::paths::Layout, digest: &Digest, data: &Path) -> Result<()> {
+    let blob = layout.blob(digest);
+    if touch(&blob)? {
+        return Ok(());
+    }
+    let parent = blob.parent().unwrap_or(Path::new("."));
+    create_dir_all(parent)?;
+    touch(data)?;
+    // `data` was fdatasynced by the append that wrote it; the rename publishes it whole.
+    fs::rename(data, &blob).map_err(|e| StorageError::io(&blob, e))?;
+    fsync_dir(parent)
 }
 
 fn rehash(path: &Path, algorithm: Algorithm) -> Result<Digest> {
@@ -347,19 +366,14 @@ impl FsStore {
         let expected2 = expected.clone();
         let repo2 = repo.to_owned();
         let matched = computed == *expected;
+        let gc = self.gc_lock.clone();
         let result = blocking(move || {
             if !matched {
                 let _ = fs::remove_dir_all(&dir);
                 return Ok(());
             }
-            let blob = layout.blob(&expected2);
-            let parent = blob.parent().unwrap_or(Path::new("."));
-            create_dir_all(parent)?;
-            if !blob.exists() {
-                // `data` was fdatasynced by the append that wrote it; the rename publishes it whole.
-                fs::rename(&data, &blob).map_err(|e| StorageError::io(&blob, e))?;
-                fsync_dir(parent)?;
-            }
+            let _section = FsStore::write_section(&gc);
+            publish(&layout, &expected2, &data)?;
             let _ = fs::remove_dir_all(&dir);
             write_atomic(&layout.tmp(), &layout.layer_link(&repo2, &expected2), b"", true)
         })
@@ -391,21 +405,72 @@ impl FsStore {
     pub async fn import_verified(&self, repo: &str, digest: &Digest, file: &Path) -> Result<u64> {
         let layout = self.layout.clone();
         let (repo, digest, file) = (repo.to_owned(), digest.clone(), file.to_owned());
+        let gc = self.gc_lock.clone();
         blocking(move || {
             let size = fs::metadata(&file).map_err(|e| StorageError::io(&file, e))?.len();
-            let blob = layout.blob(&digest);
-            let parent = blob.parent().unwrap_or(Path::new("."));
-            create_dir_all(parent)?;
-            if blob.exists() {
-                let _ = fs::remove_file(&file);
-            } else {
-                fs::rename(&file, &blob).map_err(|e| StorageError::io(&blob, e))?;
-                fsync_dir(parent)?;
-            }
+            let _section = FsStore::write_section(&gc);
+            publish(&layout, &digest, &file)?;
+            let _ = fs::remove_file(&file);
             write_atomic(&layout.tmp(), &layout.layer_link(&repo, &digest), b"", true)?;
             Ok(size)
         })
         .await
+    }
+
+    /// Removes upload session `id` if nothing has touched it since `cutoff` (its directory, `data` and
+    /// `state.json`, which every append rewrites) and no request is using it now. Returns the session's repository
+    /// and the bytes it held, or `None` if it was kept (or is not a session). With `dry_run`, only reports.
+    /// Blocking.
+    pub(crate) fn expire_upload(&self, id: &str, cutoff: SystemTime, dry_run: bool) -> Result<Option<(String, u64)>> {
+        let Some(id) = canonical_id(id) else {
+            return Ok(None);
+        };
+        let slot = self.slot(&id);
+        let result = (|| {
+            // A request holding the session (an append streaming in) keeps it, however old its files look.
+            let Ok(mut guard) = slot.try_lock() else {
+                return Ok(None);
+            };
+            let dir = self.layout.upload_dir(&id);
+            let mut last = None::<SystemTime>;
+            let mut size = 0;
+            for path in [dir.clone(), dir.join("data"), dir.join("state.json")] {
+                match fs::metadata(&path) {
+                    Ok(m) => {
+                        let t = m.modified().map_err(|e| StorageError::io(&path, e))?;
+                        last = Some(last.map_or(t, |l| l.max(t)));
+                        if path.ends_with("data") {
+                            size = m.len();
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io(&path, e)),
+                }
+            }
+            if last.is_none_or(|t| t >= cutoff) {
+                return Ok(None);
+            }
+            let repo = read_optional(&dir.join("state.json"))?
+                .and_then(|raw| serde_json::from_slice::<SessionFile>(&raw).ok())
+                .map(|f| f.repo)
+                .unwrap_or_default();
+            if !dry_run {
+                *guard = None;
+                match fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(StorageError::io(&dir, e)),
+                }
+            }
+            Ok(Some((repo, size)))
+        })();
+        // Do not keep a slot in memory for a session nobody uses: drop it if only the map and we hold it (others
+        // get a clone only under the map's lock) and it holds no loaded session.
+        let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(&slot) == 2 && slot.try_lock().is_ok_and(|g| g.is_none()) {
+            map.remove(&id);
+        }
+        result
     }
 
     /// A one-shot upload whose digest is known up front: hashed with the right algorithm, committed at once.

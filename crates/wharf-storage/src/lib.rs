@@ -7,6 +7,8 @@ tags, referrers and resumable upload sessions, behind one trait, [`RegistryStore
   rename). Upload sessions are on disk with their hasher state, so they survive a restart.
 - [`CachedStore`] wraps any store with bounded in-memory caches (blob descriptors, manifests, tags) so repeated
   HEAD/GET requests do not touch the backend.
+- [`gc`] collects garbage in an [`FsStore`] while it serves: blobs no kept manifest references, past a grace
+  period, and stale upload sessions.
 
 Object stores (S3 and others, through OpenDAL) implement the same trait; the HTTP layer only sees the trait.
 */
@@ -16,6 +18,7 @@ mod cache;
 mod error;
 mod fs;
 mod fs_upload;
+pub mod gc;
 pub mod paths;
 
 use std::io;

@@ -11,6 +11,8 @@
 //!   uploads/<uuid>/data                                bytes received so far
 //!   uploads/<uuid>/state.json                          repository, offset and hasher state (see fs_upload.rs)
 //!   tmp/                                               staging for atomic writes of small files
+//!   tmp/gc-clock                                       touched as a garbage collection starts (see gc.rs)
+//!   gc.lock                                            flock: shared by each `wharf serve`, exclusive by `wharf gc`
 //! ```
 //!
 //! Repository components start with `[a-z0-9]`, so `_layers` and friends never collide with a nested repository.

@@ -20,6 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the OCI Distribution v1.1 registry.
     Serve(ServeArgs),
+    /// Delete blobs that no manifest references (after a grace period; with --delete-untagged, no tagged image) and
+    /// stale uploads from a registry's storage. `wharf serve` does the same online on a schedule ([gc] in its config).
+    Gc(crate::gc::GcArgs),
     /// Lint Dockerfiles: cache order, layers, package mirrors, .dockerignore, common mistakes.
     Lint(LintArgs),
     /// Apply the safe fixes of `wharf lint` to a Dockerfile (and its .dockerignore).

@@ -17,6 +17,105 @@ pub struct Config {
     pub log: Log,
     pub mirror: Mirror,
     pub notifications: Notifications,
+    pub gc: Gc,
+    pub auth: Auth,
+}
+
+// ---- [auth] (see wharf_registry::auth; built and validated by auth.rs at startup) ----
+
+/// Authentication and access rules. Off (`mode = "none"`) by default.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    pub mode: AuthMode,
+    /// htpasswd file (bcrypt only): the users of `htpasswd` mode, and of `token` mode when wharf issues tokens.
+    pub htpasswd: PathBuf,
+    /// Basic realm (htpasswd), or the token endpoint URL clients are sent to (token; empty = this server's
+    /// `/auth/token`, from the request's Host).
+    pub realm: String,
+    /// The token service name (`service` in challenges, `aud` in tokens); empty = "wharf".
+    pub service: String,
+    /// Subjects allowed to list `/v2/_catalog`.
+    pub catalog: Vec<String>,
+    /// Group name → user names, for `group:NAME` subjects.
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+    pub rules: Vec<AuthRule>,
+    pub token: AuthToken,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    None,
+    Htpasswd,
+    Token,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthRule {
+    pub subjects: Vec<String>,
+    pub repositories: Vec<String>,
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthToken {
+    /// The `iss` claim: written by wharf (empty = "wharf"), or required of an external issuer's tokens.
+    pub issuer: String,
+    /// PEM private key: wharf issues tokens at /auth/token, signed with it.
+    pub signing_key: PathBuf,
+    /// Optional PEM certificate (chain) of `signing_key`, sent in each token's `x5c` header.
+    pub certificate: PathBuf,
+    /// Lifetime of the tokens wharf issues, in seconds.
+    pub expiry_secs: u64,
+    /// PEM public key(s) or certificate(s) of an external issuer: wharf only checks its tokens.
+    pub trusted_keys: PathBuf,
+    /// Clock skew allowed on an external issuer's `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthToken {
+    fn default() -> Self {
+        AuthToken {
+            issuer: String::new(),
+            signing_key: PathBuf::new(),
+            certificate: PathBuf::new(),
+            expiry_secs: 300,
+            trusted_keys: PathBuf::new(),
+            leeway_secs: 10,
+        }
+    }
+}
+
+// ---- end of [auth] ----
+
+/// Garbage collection inside `wharf serve` (see `wharf_storage::gc`); `wharf gc` takes its defaults from here too.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gc {
+    /// Seconds between collections; 0 = never.
+    pub interval_secs: u64,
+    /// Unreferenced blobs younger than this are kept.
+    pub grace_period_secs: u64,
+    /// Upload sessions untouched for this long are removed.
+    pub upload_ttl_secs: u64,
+    /// Also delete manifests that no tag reaches.
+    pub delete_untagged: bool,
+}
+
+impl Default for Gc {
+    fn default() -> Self {
+        let d = wharf_storage::gc::GcOptions::default();
+        Gc {
+            interval_secs: 0,
+            grace_period_secs: d.grace_period.as_secs(),
+            upload_ttl_secs: d.upload_ttl.as_secs(),
+            delete_untagged: d.delete_untagged,
+        }
+    }
 }
 
 /// Webhooks on push and delete (see `wharf_registry::notify`).
@@ -255,6 +354,39 @@ mod tests {
         .unwrap();
         assert_eq!(c.mirror.tag_ttl_secs, 5);
         assert!(c.mirror.upstreams[0].default);
+    }
+
+    #[test]
+    fn auth_section() {
+        let c = Config::parse(
+            r#"
+[auth]
+mode = "token"
+htpasswd = "/etc/wharf/htpasswd"
+catalog = ["group:admins"]
+[auth.groups]
+admins = ["alice"]
+[[auth.rules]]
+subjects = ["alice", "group:admins"]
+repositories = ["team/*"]
+actions = ["pull", "push"]
+[auth.token]
+signing_key = "/etc/wharf/token.key"
+expiry_secs = 60
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.auth.mode, AuthMode::Token);
+        assert_eq!(c.auth.rules[0].repositories, ["team/*"]);
+        assert_eq!(c.auth.groups["admins"], ["alice"]);
+        assert_eq!((c.auth.token.expiry_secs, c.auth.token.leeway_secs), (60, 10));
+        let err = Config::parse("[auth]\nmode = \"ldap\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("htpasswd"), "{err:#}");
+        let err = Config::parse(
+            "[[auth.rules]]\nsubjects = [\"a\"]\nrepositories = [\"b\"]\nactions = [\"pull\"]\nextra = 1\n",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("extra"), "{err:#}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The `wharf` command line. One module per subcommand; `main` prints the error chain and exits non-zero.
 
+mod auth;
 mod cli;
 mod config;
 mod copy;
 mod fix;
+mod gc;
 mod lint;
 mod login;
 mod progress;
@@ -18,6 +20,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Serve(args) => serve::run(args),
+        cli::Command::Gc(args) => gc::run(args),
         cli::Command::Lint(args) => lint::run(args),
         cli::Command::Fix(args) => fix::run(args),
         cli::Command::Copy(args) => copy::run_copy(args),

@@ -83,20 +83,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
+/// What requests go to, the namespaces it mirrors, and the local store (for garbage collection).
+type Stores = (Arc<dyn RegistryStore>, Namespaces, Arc<CachedStore<FsStore>>);
+
 /// The store stack: the local filesystem store with its caches, wrapped by the mirror when upstreams are set.
-fn build_store(config: &Config) -> anyhow::Result<(Arc<dyn RegistryStore>, Namespaces)> {
+fn build_store(config: &Config) -> anyhow::Result<Stores> {
     let root = &config.storage.root;
     let fs = FsStore::open(root).with_context(|| format!("cannot open storage at {}", root.display()))?;
-    let local: Arc<dyn RegistryStore> = Arc::new(CachedStore::new(
-        fs,
+    let cached = Arc::new(CachedStore::new(
+        fs.verify_references(true),
         CacheConfig {
             blob_descriptors: config.cache.blob_descriptors,
             manifest_bytes: config.cache.manifest_bytes,
         },
     ));
+    let local: Arc<dyn RegistryStore> = cached.clone();
     let m = &config.mirror;
     if m.upstreams.is_empty() {
-        return Ok((local, Namespaces::default()));
+        return Ok((local, Namespaces::default(), cached));
     }
     let upstreams: Vec<UpstreamConfig> = m
         .upstreams
@@ -133,7 +137,7 @@ fn build_store(config: &Config) -> anyhow::Result<(Arc<dyn RegistryStore>, Names
     for u in &m.upstreams {
         tracing::info!(name = %u.name, url = %u.url, default = u.default, "mirroring upstream");
     }
-    Ok((Arc::new(mirror), namespaces))
+    Ok((Arc::new(mirror), namespaces, cached))
 }
 
 /// Hosts that also mean upstream `name` in containerd's `ns`: its URL's host[:port], and Docker Hub's other names.
@@ -151,7 +155,7 @@ fn aliases(name: &str, url: &str) -> Vec<String> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let root = &config.storage.root;
-    let (store, namespaces) = build_store(&config)?;
+    let (store, namespaces, local) = build_store(&config)?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full("wharf_http_request_duration_seconds".into()),
@@ -162,6 +166,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("metric buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    // Scheduled garbage collection ([gc]) on the same store instance, so its caches hear of every deletion.
+    let _gc = crate::gc::start_in_server(&config.gc, root, local)?;
     let app = App::new(
         store,
         RegistryConfig {
@@ -186,6 +192,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             })
             .collect();
         app.with_notifier(wharf_registry::notify::Notifier::start(endpoints))
+    };
+    // [auth]: authentication and access rules (off by default); a bad file or key stops the server here.
+    let app = match crate::auth::build(&config.auth, !config.server.tls_cert.as_os_str().is_empty())? {
+        Some(auth) => app.with_auth(auth),
+        None => app,
     };
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
