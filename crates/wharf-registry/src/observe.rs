@@ -16,6 +16,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use wharf_oci::Digest;
+use wharf_oci::route::{self, Route};
 
 use crate::App;
 
@@ -34,31 +35,19 @@ pub async fn readyz(State(app): State<App>) -> Response {
     }
 }
 
-/// The resource a request path names, as a metric label.
+/// The resource a request path names, as a metric label: the router's own grammar ([`route::parse`]), so the
+/// label is what the request was dispatched as.
 fn route_label(path: &str) -> &'static str {
-    let Some(rest) = path.strip_prefix("/v2") else {
-        return "other";
-    };
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() {
-        return "base";
+    match route::parse(path) {
+        Ok(Route::Base) => "base",
+        Ok(Route::Catalog) => "catalog",
+        Ok(Route::Tags { .. }) => "tags",
+        Ok(Route::Manifest { .. }) => "manifests",
+        Ok(Route::Blob { .. }) => "blobs",
+        Ok(Route::UploadStart { .. } | Route::Upload { .. }) => "uploads",
+        Ok(Route::Referrers { .. }) => "referrers",
+        Err(_) => "other",
     }
-    if rest == "/_catalog" {
-        return "catalog";
-    }
-    // Resource keywords come after the repository name; search from the right as the router does.
-    for (needle, label) in [
-        ("/blobs/uploads", "uploads"),
-        ("/manifests/", "manifests"),
-        ("/blobs/", "blobs"),
-        ("/tags/list", "tags"),
-        ("/referrers/", "referrers"),
-    ] {
-        if rest.contains(needle) {
-            return label;
-        }
-    }
-    "other"
 }
 
 fn method_label(m: &axum::http::Method) -> &'static str {
@@ -120,6 +109,7 @@ mod tests {
             ("/v2/a/tags/list", "tags"),
             ("/v2/a/referrers/sha256:00", "referrers"),
             ("/metrics", "other"),
+            ("/v2/a/b", "other"),
         ] {
             assert_eq!(route_label(path), label, "{path}");
         }
