@@ -139,7 +139,8 @@ pub(crate) fn blocks(input: BlobStream, size: usize) -> BlobStream {
                     }
                     buf.extend_from_slice(&b);
                 }
-                Some(Err(e)) => return Some((Err(e), (input, buf, true))),
+                // Nothing after an error: the buffered tail must not look like a clean end.
+                Some(Err(e)) => return Some((Err(e), (input, BytesMut::new(), true))),
                 None => ended = true,
             }
         }
@@ -289,15 +290,26 @@ fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Bytes, Error>>) -> BlobStream
 
 /// A reader that undoes gzip (any number of members) or zstd, recognised by magic bytes, or passes a plain tar
 /// through.
-pub fn decompressing_reader<'a, R: Read + 'a>(reader: R) -> Result<Box<dyn Read + 'a>, std::io::Error> {
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
-    let head = std::io::BufRead::fill_buf(&mut reader)?;
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(reader))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(reader)?)
+pub fn decompressing_reader<'a, R: Read + 'a>(mut reader: R) -> Result<Box<dyn Read + 'a>, std::io::Error> {
+    // The magic is read whole even when the source hands it over a byte at a time, then put back in front.
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    while n < magic.len() {
+        match reader.read(&mut magic[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let head = &magic[..n];
+    let is_gzip = head.starts_with(&[0x1f, 0x8b]);
+    let is_zstd = head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    let whole = std::io::BufReader::with_capacity(1 << 20, std::io::Cursor::new(magic[..n].to_vec()).chain(reader));
+    Ok(if is_gzip {
+        Box::new(flate2::bufread::MultiGzDecoder::new(whole))
+    } else if is_zstd {
+        Box::new(zstd::stream::read::Decoder::with_buffer(whole)?)
     } else {
-        Box::new(reader)
+        Box::new(whole)
     })
 }
 

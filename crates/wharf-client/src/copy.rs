@@ -4,7 +4,10 @@
 //! blob it references, move the blobs `jobs` at a time, then write manifests children first and the named one
 //! last. For each blob: `has_blob` (skip), else `try_mount` from the source's repository, else stream it from the
 //! source to the destination through [`Verifying`], which hashes on the fly and withholds the last chunk of a
-//! blob whose digest or size is wrong. Manifests are copied byte-exact, so every digest is preserved.
+//! blob whose digest or size is wrong. Manifests are copied byte-exact, so every digest is preserved — except one
+//! case: uncompressed layers from a source that is not a registry (the Docker engine, a docker archive, an OCI
+//! layout) going to a registry or layout are compressed on the way, and the manifests above them rewritten (the
+//! config, hence the image ID, is unchanged). Registry-to-registry copies never change a digest.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -36,8 +39,8 @@ pub struct CopyOptions {
     pub platform: Option<Platform>,
     /// Blobs in flight at once.
     pub jobs: usize,
-    /// How uncompressed layers (from docker archives and the Docker engine) are compressed for destinations that
-    /// store compressed layers. Compressed layers are never recompressed: their digests are preserved.
+    /// How uncompressed layers from a non-registry source (the Docker engine, docker archives, OCI layouts) are
+    /// compressed for destinations that store compressed layers. Compressed layers are never recompressed.
     pub compression: Compression,
     /// Threads compressing one layer.
     pub workers: usize,
@@ -110,7 +113,9 @@ pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &Copy
     for m in manifests.iter().filter(|m| !media::is_index(&m.media_type)) {
         dst.prepare(m).await?;
     }
-    let convert: HashSet<_> = if dst.compresses_layers() {
+    // Uncompressed layers are compressed for a registry or layout, as skopeo does, except when they come from a
+    // registry: a registry-to-registry copy keeps every digest (signatures and referrers point at them).
+    let convert: HashSet<_> = if dst.compresses_layers() && src.mount_origin().is_none() {
         let mut set = HashSet::new();
         for m in manifests.iter().filter(|m| !media::is_index(&m.media_type)) {
             set.extend(

@@ -83,6 +83,12 @@ pub trait ImageDestination: Send + Sync {
         )))
     }
 
+    /// Whether a copy that failed half-way may be tried again into this destination from another source (the
+    /// docker-daemon fallback). False for a destination that cannot take the same image twice (rootfs).
+    fn restartable(&self) -> bool {
+        true
+    }
+
     /// Announces an image manifest before its blobs arrive, when the source knows it up front, so a destination
     /// that applies layers in order (rootfs) can start as soon as the first layer streams in.
     async fn prepare(&self, _manifest: &Manifest) -> Result<(), Error> {

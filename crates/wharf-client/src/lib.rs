@@ -10,7 +10,8 @@ holds a blob, may mount it from a sibling repository, accepts a blob as a stream
 [`copy::copy`] does the rest: it resolves the manifest (one platform of an index, or the whole index with
 `all`), moves the blobs in parallel (HEAD first, then a cross-repository mount, else a stream from source to
 destination hashed on the fly and cut before its last byte when the digest does not match), and writes the
-manifests last, so a destination never references a blob it does not hold. Digests are preserved.
+manifests last, so a destination never references a blob it does not hold. Digests are preserved, except that
+uncompressed layers from a non-registry source are compressed for a registry or layout (see [`copy`]).
 
 Transports today: [`registry`] (the distribution API, anonymous/bearer/basic auth, retries) and [`layout`] (an OCI
 image layout directory).

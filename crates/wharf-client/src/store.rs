@@ -121,6 +121,18 @@ impl ContentStore {
         Ok((digest, size))
     }
 
+    /// A blocking reader of the blob that checks its digest at the end: a blob torn on disk (a power loss after the
+    /// rename) fails the read and is removed, so the next pull fetches it again instead of failing the same way.
+    pub(crate) fn open_verified(&self, digest: &Digest) -> std::io::Result<VerifiedReader> {
+        let path = self.path(digest);
+        Ok(VerifiedReader {
+            file: std::fs::File::open(&path)?,
+            hasher: Some(wharf_oci::DigestHasher::new(digest.algorithm())),
+            expected: digest.clone(),
+            path,
+        })
+    }
+
     /// The blob's bytes as a stream (not verified here).
     pub async fn open(&self, digest: &Digest) -> Result<BlobStream, Error> {
         let path = self.path(digest);
@@ -182,6 +194,39 @@ impl MountHints {
         let path = self.path(registry, digest)?;
         let repo = tokio::fs::read_to_string(path).await.ok()?;
         wharf_oci::name::is_valid_repository(&repo).then_some(repo)
+    }
+}
+
+pub(crate) struct VerifiedReader {
+    file: std::fs::File,
+    hasher: Option<wharf_oci::DigestHasher>,
+    expected: Digest,
+    path: PathBuf,
+}
+
+impl std::io::Read for VerifiedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        if n > 0 {
+            if let Some(h) = self.hasher.as_mut() {
+                h.update(&buf[..n]);
+            }
+        } else if !buf.is_empty()
+            && let Some(h) = self.hasher.take()
+        {
+            let computed = h.finish();
+            if computed != self.expected {
+                let _ = std::fs::remove_file(&self.path);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "blob {} in the content store hashes to {computed}; removed it, pull again",
+                        self.expected
+                    ),
+                ));
+            }
+        }
+        Ok(n)
     }
 }
 

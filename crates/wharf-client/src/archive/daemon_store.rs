@@ -184,13 +184,14 @@ fn tar_size(tar_split: &Path) -> std::io::Result<u64> {
 
 /// A file name of a record, confined to the layer directory.
 fn file_path(dir: &Path, e: &Entry) -> std::io::Result<PathBuf> {
-    let name = match (&e.name, &e.name_raw) {
-        (Some(n), _) => n.clone(),
+    use std::os::unix::ffi::OsStrExt;
+    let name: std::ffi::OsString = match (&e.name, &e.name_raw) {
+        (Some(n), _) => n.into(),
         (None, Some(raw)) => {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(raw)
                 .map_err(std::io::Error::other)?;
-            String::from_utf8(bytes).map_err(|_| std::io::Error::other("a file name that is not UTF-8"))?
+            std::ffi::OsStr::from_bytes(&bytes).to_owned()
         }
         (None, None) => return Err(std::io::Error::other("a file entry without a name")),
     };
@@ -207,6 +208,10 @@ fn file_path(dir: &Path, e: &Entry) -> std::io::Result<PathBuf> {
 
 /// Replays a record into `out`: segments as they are, files from the layer directory.
 fn replay(layer_dir: &Path, tar_split: &Path, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    // A name is joined to the layer directory without `..`; a symbolic link among its parents (a layer holding
+    // `a -> /` and `a/etc/shadow`) is caught by resolving it and demanding it stays inside the directory, and the
+    // file itself is opened without following a link.
+    let inside = layer_dir.canonicalize()?;
     for e in entries(tar_split)? {
         let e = e?;
         match e.kind {
@@ -214,7 +219,24 @@ fn replay(layer_dir: &Path, tar_split: &Path, out: &mut impl std::io::Write) -> 
             FILE if e.size == 0 => {}
             FILE => {
                 let path = file_path(layer_dir, &e)?;
-                let f = std::fs::File::open(&path)?;
+                let real = path.canonicalize()?;
+                if !real.starts_with(&inside) {
+                    return Err(std::io::Error::other(format!(
+                        "{} resolves outside the layer directory",
+                        path.display()
+                    )));
+                }
+                let f = std::os::unix::fs::OpenOptionsExt::custom_flags(
+                    std::fs::OpenOptions::new().read(true),
+                    libc::O_NOFOLLOW,
+                )
+                .open(&real)?;
+                if !f.metadata()?.is_file() {
+                    return Err(std::io::Error::other(format!(
+                        "{} is not a regular file",
+                        path.display()
+                    )));
+                }
                 let copied = std::io::copy(&mut f.take(e.size), out)?;
                 if copied != e.size {
                     return Err(std::io::Error::other(format!(
@@ -312,5 +334,18 @@ mod tests {
             payload: None,
         };
         assert!(file_path(&layer, &bad).is_err());
+
+        // A link among the parents that points out of the layer is refused, not followed.
+        std::os::unix::fs::symlink("/", layer.join("escape")).unwrap();
+        let lines = [r#"{"type":1,"name":"escape/etc/passwd","size":1,"payload":null,"position":0}"#];
+        let record = dir.path().join("escape.json.gz");
+        let mut gz =
+            flate2::write::GzEncoder::new(std::fs::File::create(&record).unwrap(), flate2::Compression::fast());
+        for l in &lines {
+            writeln!(gz, "{l}").unwrap();
+        }
+        gz.finish().unwrap();
+        let err = replay(&layer, &record, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("outside the layer"), "{err}");
     }
 }

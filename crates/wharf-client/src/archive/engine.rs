@@ -110,16 +110,7 @@ impl Engine {
 
     /// `GET /images/{name}/json`.
     pub async fn inspect(&self, name: &str) -> Result<ImageInspect, Error> {
-        let what = format!("inspecting image {name}");
-        let resp = self
-            .http
-            .get(format!("{}/images/{name}/json", self.base))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&what, e))?;
-        let resp = self.check(&what, resp).await?;
-        let body = resp.bytes().await.map_err(|e| self.unreachable(&what, e))?;
-        serde_json::from_slice(&body).map_err(|e| self.fail(format!("{what}: unexpected answer: {e}")))
+        self.get_json(&format!("/images/{name}/json")).await
     }
 
     /// `GET /images/get?names=NAME`: the image as a `docker save` tar stream.

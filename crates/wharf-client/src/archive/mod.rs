@@ -80,7 +80,9 @@ pub async fn copy_from_daemon(
         let engine = engine::Engine::from_env()?;
         if let Some(source) = daemon_store::open(&engine, reference).await {
             match copy(&source, dst, opts).await {
-                Err(e @ (Error::DigestMismatch { .. } | Error::SizeMismatch { .. })) => {
+                Err(e @ (Error::DigestMismatch { .. } | Error::SizeMismatch { .. } | Error::Io { .. }))
+                    if dst.restartable() =>
+                {
                     tracing::warn!(error = %e, "the engine's store did not reproduce a layer; exporting the image instead");
                 }
                 other => return other,

@@ -57,11 +57,9 @@ impl SaveDestination {
             let mut builder = tar::Builder::new(writer);
             let result = (|| -> std::io::Result<()> {
                 append_bytes(&mut builder, "manifest.json", &index)?;
-                let mut cfg = std::fs::File::open(store.path(&config.digest))?;
-                append_file(&mut builder, &config_name, &mut cfg, config.size)?;
+                append_file(&mut builder, &config_name, &store, &config.digest, config.size)?;
                 for ((digest, size), name) in layers.iter().zip(&layer_names) {
-                    let mut f = std::fs::File::open(store.path(digest))?;
-                    append_file(&mut builder, name, &mut f, *size)?;
+                    append_file(&mut builder, name, &store, digest, *size)?;
                 }
                 builder.finish()?;
                 Ok(())
@@ -92,15 +90,22 @@ fn append_bytes<W: Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8]) -> s
     b.append_data(&mut h, name, data)
 }
 
-fn append_file<W: Write>(b: &mut tar::Builder<W>, name: &str, f: &mut std::fs::File, size: u64) -> std::io::Result<()> {
-    let actual = f.metadata()?.len();
+/// Appends a content-store blob, verified as it is read (a torn blob fails the stream and leaves the store).
+fn append_file<W: Write>(
+    b: &mut tar::Builder<W>,
+    name: &str,
+    store: &ContentStore,
+    digest: &wharf_oci::Digest,
+    size: u64,
+) -> std::io::Result<()> {
+    let actual = std::fs::metadata(store.path(digest))?.len();
     if actual != size {
         return Err(std::io::Error::other(format!(
             "{name}: the content store holds {actual} bytes, expected {size}"
         )));
     }
     let mut h = header(size);
-    b.append_data(&mut h, name, f)
+    b.append_data(&mut h, name, store.open_verified(digest)?)
 }
 
 #[async_trait]

@@ -33,7 +33,7 @@ enum LayerSource {
     /// A decompressor thread's output.
     Stream(std::sync::mpsc::Receiver<Piece>),
     /// The content store already has it.
-    Store(PathBuf),
+    Store(Digest),
 }
 
 struct Plan {
@@ -87,7 +87,7 @@ impl RootfsDestination {
                 let _ = tx.send(s);
                 given = true;
                 // The same blob twice in one image: the second use reads the store copy.
-                source = Some(LayerSource::Store(self.store.path(digest)));
+                source = Some(LayerSource::Store(digest.clone()));
             }
         }
         given
@@ -95,6 +95,16 @@ impl RootfsDestination {
 
     fn is_layer(&self, digest: &Digest) -> bool {
         self.plan().as_ref().is_some_and(|p| p.layers.contains(digest))
+    }
+
+    /// Whether layer `digest` still waits for its bytes (a failed layer has handed its slot to the applier already).
+    fn awaits(&self, digest: &Digest) -> bool {
+        self.plan().as_ref().is_some_and(|p| {
+            p.layers
+                .iter()
+                .zip(&p.senders)
+                .any(|(d, tx)| d == digest && tx.is_some())
+        })
     }
 }
 
@@ -114,6 +124,10 @@ impl ImageDestination for RootfsDestination {
         format!("rootfs:{}", self.root.display())
     }
 
+    fn restartable(&self) -> bool {
+        false
+    }
+
     async fn prepare(&self, manifest: &Manifest) -> Result<(), Error> {
         let view = parse(manifest)?;
         let mut plan = self.plan();
@@ -131,8 +145,20 @@ impl ImageDestination for RootfsDestination {
                 (Some(tx), rx)
             })
             .unzip();
+        if let Some(foreign) = view
+            .layers
+            .iter()
+            .find(|l| wharf_oci::media::NON_DISTRIBUTABLE.contains(&l.media_type.as_str()))
+        {
+            return Err(Error::BadOption(format!(
+                "{}: layer {} is non-distributable ({}); wharf does not fetch such layers",
+                self.describe(),
+                foreign.digest,
+                foreign.media_type
+            )));
+        }
         let root = self.root.clone();
-        let applier = tokio::spawn(apply_in_order(root, receivers));
+        let applier = tokio::spawn(apply_in_order(root, self.store.clone(), receivers));
         *plan = Some(Plan {
             layers,
             senders,
@@ -146,7 +172,7 @@ impl ImageDestination for RootfsDestination {
             return Ok(false);
         }
         if self.is_layer(&desc.digest) {
-            self.give(&desc.digest, LayerSource::Store(self.store.path(&desc.digest)));
+            self.give(&desc.digest, LayerSource::Store(desc.digest.clone()));
         }
         Ok(true)
     }
@@ -154,6 +180,14 @@ impl ImageDestination for RootfsDestination {
     async fn put_blob(&self, desc: &Descriptor, stream: BlobStream) -> Result<(), Error> {
         if !self.is_layer(&desc.digest) {
             return self.store.put(&desc.digest, stream).await.map(|_| ());
+        }
+        if !self.awaits(&desc.digest) {
+            // A second attempt after a failed one: the applier has already failed on the first.
+            return Err(Error::BadOption(format!(
+                "{}: layer {} failed while being unpacked and cannot be sent again; pull into a new directory",
+                self.describe(),
+                desc.digest
+            )));
         }
         // Tee: the store gets every byte; the decompressor gets a copy as it passes.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
@@ -283,7 +317,11 @@ fn decompress_into(input: impl Read, label: &str, out: std::sync::mpsc::SyncSend
 }
 
 /// Applies the layers in order as their sources arrive; returns the digest of each uncompressed layer.
-async fn apply_in_order(root: PathBuf, sources: Vec<oneshot::Receiver<LayerSource>>) -> Result<Vec<Digest>, Error> {
+async fn apply_in_order(
+    root: PathBuf,
+    store: ContentStore,
+    sources: Vec<oneshot::Receiver<LayerSource>>,
+) -> Result<Vec<Digest>, Error> {
     let mut diff_ids = Vec::new();
     for (i, rx) in sources.into_iter().enumerate() {
         let source = rx
@@ -291,11 +329,13 @@ async fn apply_in_order(root: PathBuf, sources: Vec<oneshot::Receiver<LayerSourc
             .map_err(|_| Error::BadOption(format!("layer {i} never arrived")))?;
         let rx = match source {
             LayerSource::Stream(rx) => rx,
-            LayerSource::Store(path) => {
-                // From the content store: the same decompressor thread, reading the file.
-                let f = std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            LayerSource::Store(digest) => {
+                // From the content store, verified as it is read: the same decompressor thread.
+                let f = store
+                    .open_verified(&digest)
+                    .map_err(|e| Error::io(format!("opening {digest} in the content store"), e))?;
                 let (tx, rx) = std::sync::mpsc::sync_channel(LAYER_BUFFER / PIECE);
-                let label = path.display().to_string();
+                let label = digest.to_string();
                 tokio::task::spawn_blocking(move || decompress_into(f, &label, tx));
                 rx
             }
