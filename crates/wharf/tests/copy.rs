@@ -734,3 +734,88 @@ async fn blobs_seen_in_one_repository_are_mounted_into_another_from_any_source()
     ]);
     assert_eq!((n(&r, "blobs_mounted"), n(&r, "blobs_copied")), (0, 3), "{r}");
 }
+
+#[tokio::test]
+async fn a_sha512_layer_is_pushed_in_chunks_and_pulled_back_under_its_own_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Wharf::start(&tmp.path().join("reg"));
+    let src = Layout::new(tmp.path().join("src"));
+    // 20 MiB: more than one 16 MiB upload chunk, so the PATCH path carries it.
+    let layer = bytes(512, 20 * common::MIB);
+    let layer_digest = wharf_oci::Digest::of(wharf_oci::Algorithm::Sha512, &layer).to_string();
+    let hex = layer_digest.trim_start_matches("sha512:").to_owned();
+    std::fs::create_dir_all(src.root.join("blobs/sha512")).unwrap();
+    std::fs::write(src.root.join("blobs/sha512").join(&hex), &layer).unwrap();
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let config_digest = src.put(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer.len()}],
+    }))
+    .unwrap();
+    let img = Written {
+        digest: src.put(&manifest),
+        size: manifest.len(),
+        bytes: manifest,
+        blobs: vec![config_digest, layer_digest.clone()],
+    };
+    src.tag(&[("v1", OCI_MANIFEST, &img)]);
+
+    let r = report(&["push", &src.arg("v1"), &format!("{}/sha512/app:v1", reg.addr)]);
+    assert_eq!(r["digest"], img.digest.as_str());
+    let c = common::client();
+    let (status, body) = get(&c, &reg.url(&format!("/v2/sha512/app/blobs/{layer_digest}")), "*/*").await;
+    assert_eq!(status, 200);
+    assert!(body == layer, "the registry holds other bytes under {layer_digest}");
+
+    let dst = Layout {
+        root: tmp.path().join("dst"),
+    };
+    report(&["pull", &format!("{}/sha512/app:v1", reg.addr), &dst.arg("v1")]);
+    assert!(std::fs::read(dst.root.join("blobs/sha512").join(&hex)).unwrap() == layer);
+}
+
+#[tokio::test]
+async fn a_rootfs_pull_of_an_image_with_a_foreign_layer_fails_clearly_instead_of_waiting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Wharf::start(&tmp.path().join("reg"));
+    let src = Layout::new(tmp.path().join("src"));
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+    let config_digest = src.put(&config);
+    let foreign = "sha256:".to_owned() + &"ab".repeat(32);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "digest": foreign, "size": 1234, "urls": ["https://example.invalid/layer"]
+        }],
+    }))
+    .unwrap();
+    let img = Written {
+        digest: src.put(&manifest),
+        size: manifest.len(),
+        bytes: manifest,
+        blobs: vec![config_digest],
+    };
+    src.tag(&[("v1", OCI_MANIFEST, &img)]);
+    report(&["push", &src.arg("v1"), &format!("{}/foreign/app:v1", reg.addr)]);
+
+    // `timeout` turns the old hang into a failure of this test rather than of the whole run.
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_wharf"))
+        .args(["pull", "--store"])
+        .arg(tmp.path().join("store"))
+        .arg(format!("{}/foreign/app:v1", reg.addr))
+        .arg(format!("rootfs:{}", tmp.path().join("rootfs").display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(124), "the pull hung");
+    assert!(!out.status.success());
+    assert!(stderr.contains("non-distributable"), "{stderr}");
+}
