@@ -28,6 +28,7 @@ pub mod notify;
 mod observe;
 mod pagination;
 mod range;
+mod rfc3339;
 
 use std::sync::Arc;
 

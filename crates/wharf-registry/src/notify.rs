@@ -8,7 +8,7 @@
 //! (an endpoint down for long) drops the newest events, counted in `wharf_notifications_dropped_total`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -84,7 +84,7 @@ impl Notifier {
     pub fn emit(&self, action: &'static str, target: Target) {
         let event = Event {
             id: uuid::Uuid::new_v4().to_string(),
-            timestamp: rfc3339(SystemTime::now()),
+            timestamp: crate::rfc3339::millis(SystemTime::now()),
             action,
             target,
             source: Source {
@@ -146,48 +146,5 @@ async fn deliver(ep: Endpoint, mut rx: mpsc::Receiver<Event>) {
                 }
             }
         }
-    }
-}
-
-/// `2026-11-23T19:42:36.123Z`. Written here to avoid a date crate for one timestamp format: days since the epoch
-/// to a civil date with Howard Hinnant's `civil_from_days`.
-fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_462_956_123)),
-            "2026-11-23T19:42:36.123Z"
-        );
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00.000Z"
-        );
     }
 }

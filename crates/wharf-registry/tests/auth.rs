@@ -223,16 +223,21 @@ async fn htpasswd_matrix_users_by_repositories_by_actions() {
     assert_eq!(r.status(), 401);
 }
 
-#[tokio::test]
-async fn token_matrix_users_by_repositories_by_actions() {
-    let s = Server::start(Auth::token_issuer(
+/// A registry issuing its own tokens (service "wharf") that live `expiry_secs`, with the test users and rules.
+async fn token_server(expiry_secs: u64) -> Server {
+    Server::start(Auth::token_issuer(
         htpasswd(),
-        issuer(300),
+        issuer(expiry_secs),
         rules(),
         "wharf".into(),
         None,
     ))
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn token_matrix_users_by_repositories_by_actions() {
+    let s = token_server(300).await;
     let scopes: Vec<String> = REPOS
         .iter()
         .map(|r| format!("repository:{r}:pull,push,delete"))
@@ -283,14 +288,7 @@ async fn token_matrix_users_by_repositories_by_actions() {
 
 #[tokio::test]
 async fn base_endpoint_and_catalog() {
-    let s = Server::start(Auth::token_issuer(
-        htpasswd(),
-        issuer(300),
-        rules(),
-        "wharf".into(),
-        None,
-    ))
-    .await;
+    let s = token_server(300).await;
     let r = s.client.get(s.url("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let addr = s.base.trim_start_matches("http://");
@@ -364,14 +362,7 @@ async fn push_blob(s: &Server, repo: &str, data: &[u8], token: &str) -> String {
 
 #[tokio::test]
 async fn cross_repository_mount_needs_pull_on_the_source() {
-    let s = Server::start(Auth::token_issuer(
-        htpasswd(),
-        issuer(300),
-        rules(),
-        "wharf".into(),
-        None,
-    ))
-    .await;
+    let s = token_server(300).await;
     let admin = s.token(Some("admin"), &["repository:private/x:pull,push"]).await;
     let secret = push_blob(&s, "private/x", b"secret layer", &admin).await;
     let carol = s
@@ -437,7 +428,7 @@ async fn cross_repository_mount_needs_pull_on_the_source() {
 
 #[tokio::test]
 async fn expired_tokens_get_a_bearer_challenge_with_scope() {
-    let s = Server::start(Auth::token_issuer(htpasswd(), issuer(1), rules(), "wharf".into(), None)).await;
+    let s = token_server(1).await;
     let t = s.token(Some("alice"), &["repository:team/app:pull"]).await;
     let r = request(&s, "team/app", Act::Pull).bearer_auth(&t).send().await.unwrap();
     assert_eq!(r.status(), 404, "valid for now");
@@ -543,14 +534,7 @@ async fn external_issuer_tokens() {
 
 #[tokio::test]
 async fn token_endpoint() {
-    let s = Server::start(Auth::token_issuer(
-        htpasswd(),
-        issuer(300),
-        rules(),
-        "wharf".into(),
-        None,
-    ))
-    .await;
+    let s = token_server(300).await;
     let url = s.url("/auth/token");
     // Wrong password, unknown user: 401.
     for (u, p) in [("alice", "wrong"), ("nobody", "x")] {
