@@ -132,7 +132,8 @@ pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &Copy
     };
 
     let moved = Arc::new(AtomicU64::new(0));
-    let outcomes: Vec<(Outcome, Descriptor, u64)> = futures_util::stream::iter(blobs.iter())
+    // (what happened, the source's descriptor, the blob as stored at the destination)
+    let outcomes: Vec<(Outcome, &Descriptor, Descriptor)> = futures_util::stream::iter(blobs.iter())
         .map(|desc| {
             let moved = moved.clone();
             let convert = convert.contains(&desc.digest);
@@ -147,14 +148,19 @@ pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &Copy
                 if let (Some(h), Ok((_, stored))) = (&opts.hints, &result) {
                     remember(h, src, dst, desc, stored).await;
                 }
-                result.map(|(o, stored)| (o, stored, desc.size))
+                result.map(|(o, stored)| (o, desc, stored))
             }
         })
         .buffer_unordered(opts.jobs.max(1))
         .try_collect()
         .await?;
 
-    let replaced = compressed_layers(outcomes.iter().map(|(o, stored, _)| (o, stored)));
+    // Source digest → compressed descriptor, for the layers compressed on the way.
+    let replaced: HashMap<_, _> = outcomes
+        .iter()
+        .filter(|(o, _, _)| matches!(o, Outcome::Compressed))
+        .map(|(_, source, stored)| (source.digest.clone(), stored.clone()))
+        .collect();
     let top = put_manifests(dst, &manifests, &replaced).await?;
 
     let mut report = CopyReport {
@@ -164,8 +170,8 @@ pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &Copy
         bytes_moved: moved.load(Ordering::Relaxed),
         ..CopyReport::default()
     };
-    for (outcome, _, size) in outcomes {
-        report.count(outcome, size);
+    for (outcome, source, _) in outcomes {
+        report.count(outcome, source.size);
     }
     Ok(report)
 }
@@ -200,23 +206,6 @@ impl CopyReport {
         }
     }
 }
-
-/// Source digest → compressed descriptor, for the layers compressed on the way.
-pub(crate) fn compressed_layers<'a>(
-    outcomes: impl Iterator<Item = (&'a Outcome, &'a Descriptor)>,
-) -> HashMap<wharf_oci::Digest, Descriptor> {
-    outcomes
-        .filter(|(o, _)| matches!(o, Outcome::Compressed))
-        .filter_map(|(_, stored)| {
-            let source = stored.annotations.as_ref()?.get(SOURCE_DIGEST)?.parse().ok()?;
-            Some((source, stored.clone()))
-        })
-        .collect()
-}
-
-/// A transient annotation on the descriptor `copy_blob` returns for a compressed layer: the source digest it
-/// replaces. Removed before the descriptor goes into a manifest.
-const SOURCE_DIGEST: &str = "wharf.internal.source-digest";
 
 /// Writes the manifests children first (`manifests` lists parents first, the named one at 0), rewriting the ones
 /// whose layers were compressed on the way, and the indexes above them. Returns the manifest written under the
@@ -436,8 +425,7 @@ async fn remember(
 }
 
 /// Sends one blob's source stream to the destination, verified against `desc`: as it is, or (`convert`)
-/// compressed on the way, in which case the returned descriptor is the compressed blob's, carrying the source
-/// digest in a transient annotation ([`SOURCE_DIGEST`]).
+/// compressed on the way, in which case the returned descriptor is the compressed blob's.
 pub(crate) async fn send_blob(
     dst: &dyn ImageDestination,
     desc: &Descriptor,
@@ -467,8 +455,5 @@ pub(crate) async fn send_blob(
     stored.media_type = opts.compression.layer_media_type(&desc.media_type);
     stored.digest = digest;
     stored.size = size;
-    let mut annotations = desc.annotations.clone().unwrap_or_default();
-    annotations.insert(SOURCE_DIGEST.to_owned(), desc.digest.to_string());
-    stored.annotations = Some(annotations);
     Ok(stored)
 }
