@@ -128,6 +128,10 @@ fn run_transfer(src: &str, dst: &str, o: &TransferOptions) -> anyhow::Result<()>
     let platform = o.platform.as_deref().map(str::parse::<Platform>).transpose()?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let compression = Compression::new(o.compression.parse::<Algorithm>()?, o.compression_level)?;
+    let store = ContentStore::at(match &o.store {
+        Some(p) => p.clone(),
+        None => ContentStore::default_location()?,
+    });
     let options = CopyOptions {
         all: o.all,
         platform,
@@ -139,7 +143,7 @@ fn run_transfer(src: &str, dst: &str, o: &TransferOptions) -> anyhow::Result<()>
         } else {
             crate::progress::Bars::for_terminal()
         },
-        hints: None,
+        hints: Some(MountHints::new(&store)),
     };
     let src_transport = TransportOptions {
         insecure: o.insecure,
@@ -148,14 +152,6 @@ fn run_transfer(src: &str, dst: &str, o: &TransferOptions) -> anyhow::Result<()>
     let dst_transport = TransportOptions {
         insecure: o.insecure,
         credentials: credentials(&o.dest_creds, "dest", &dst_name)?,
-    };
-    let store = ContentStore::at(match &o.store {
-        Some(p) => p.clone(),
-        None => ContentStore::default_location()?,
-    });
-    let options = CopyOptions {
-        hints: Some(MountHints::new(&store)),
-        ..options
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
