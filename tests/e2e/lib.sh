@@ -12,6 +12,7 @@
 #   DOCKER_CLI  docker client (default: docker from PATH); used by the Docker section only
 #   DOCKERD     docker daemon (default: /usr/sbin/dockerd); used by the Docker section only
 #   E2E_KEEP=1  keep the scratch directory $WORK for inspection
+#   E2E_WHARF_CONFIG  a config file for the main wharf (start_wharf wharf), e.g. the S3 backend
 #
 # Sections (what each function needs and provides is in the comment above it):
 #   setup and teardown  e2e_init, stop_pid, stop_own_pid, (cleanup: the EXIT trap)
@@ -186,8 +187,11 @@ start_wharf() {
     # A WHARF_CONFIG from the caller's environment must not change what we test.
     # Request-level debug logs make a failing client's last requests visible in the log,
     # and are what mirror.sh counts the origin's blob GETs from.
+    local config=()
+    [[ "$name" == wharf && -n "${E2E_WHARF_CONFIG:-}" ]] && config=(--config "$E2E_WHARF_CONFIG")
     env -u WHARF_CONFIG -u WHARF_LISTEN -u WHARF_ROOT -u RUST_LOG NO_COLOR=1 \
-        "$WHARF" serve --listen 127.0.0.1:0 --root "$WORK/$name-root" --log info,wharf_registry=debug "$@" \
+        "$WHARF" serve --listen 127.0.0.1:0 --root "$WORK/$name-root" --log info,wharf_registry=debug \
+        "${config[@]}" "$@" \
         >"$WORK/$name.out" 2>"$WORK/$name.log" &
     WHARF_STARTED_PID=$!
     E2E_PIDS+=("$WHARF_STARTED_PID")

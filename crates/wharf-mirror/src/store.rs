@@ -400,6 +400,13 @@ impl RegistryStore for MirrorStore {
         }
     }
 
+    async fn blob_redirect(&self, repo: &str, digest: &Digest) -> Result<Option<String>> {
+        match self.route(repo) {
+            Some(_) => Ok(None),
+            None => self.local.blob_redirect(repo, digest).await,
+        }
+    }
+
     async fn remove_blob(&self, digest: &Digest) -> Result<bool> {
         self.local.remove_blob(digest).await
     }

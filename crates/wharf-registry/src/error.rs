@@ -86,7 +86,12 @@ impl From<StorageError> for ApiError {
             StorageError::Io { .. } if e.is_no_space() => {
                 ApiError::new(ErrorCode::Unknown, message).with_status(StatusCode::INSUFFICIENT_STORAGE)
             }
-            StorageError::Io { .. } | StorageError::Corrupt { .. } => ApiError::new(ErrorCode::Unknown, message),
+            StorageError::Unavailable { .. } => {
+                ApiError::new(ErrorCode::Unknown, message).with_status(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            StorageError::Io { .. } | StorageError::Corrupt { .. } | StorageError::Backend { .. } => {
+                ApiError::new(ErrorCode::Unknown, message)
+            }
         }
     }
 }

@@ -170,6 +170,10 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
         self.inner.open_blob(repo, digest).await
     }
 
+    async fn blob_redirect(&self, repo: &str, digest: &Digest) -> Result<Option<String>> {
+        self.inner.blob_redirect(repo, digest).await
+    }
+
     async fn remove_blob(&self, digest: &Digest) -> Result<bool> {
         self.bump();
         let removed = self.inner.remove_blob(digest).await;

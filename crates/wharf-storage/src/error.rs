@@ -23,6 +23,10 @@ pub enum StorageError {
     Upstream { upstream: String, reason: String },
     #[error("storage I/O error at {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("object storage could not {op}: {reason}")]
+    Backend { op: String, reason: String },
+    #[error("{service} is unavailable: {reason}")]
+    Unavailable { service: &'static str, reason: String },
     #[error("corrupt metadata at {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -32,6 +36,13 @@ impl StorageError {
         StorageError::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    pub(crate) fn backend(op: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        StorageError::Backend {
+            op: op.into(),
+            reason: e.to_string(),
         }
     }
 

@@ -10,7 +10,10 @@ tags, referrers and resumable upload sessions, behind one trait, [`RegistryStore
 - [`gc`] collects garbage in an [`FsStore`] while it serves: blobs no kept manifest references, past a grace
   period, and stale upload sessions.
 
-Object stores (S3 and others, through OpenDAL) implement the same trait; the HTTP layer only sees the trait.
+- [`object::ObjectStore`] keeps the same layout in a bucket (S3-compatible, Azure Blob, GCS, Aliyun OSS) through
+  OpenDAL, with upload sessions in the bucket or in Redis ([`redis_meta`]) so replicas can share them.
+
+The HTTP layer only sees the trait.
 */
 
 mod atomic;
@@ -19,7 +22,9 @@ mod error;
 mod fs;
 mod fs_upload;
 pub mod gc;
+pub mod object;
 pub mod paths;
+pub mod redis_meta;
 
 use std::io;
 use std::pin::Pin;
@@ -33,6 +38,7 @@ use wharf_oci::manifest::Descriptor;
 pub use cache::{CacheConfig, CachedStore};
 pub use error::StorageError;
 pub use fs::FsStore;
+pub use redis_meta::{RedisCache, RedisCacheConfig, RedisMeta, RedisOptions, RedisSessions};
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
@@ -98,6 +104,11 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// Opens a blob that `repo` links to, for reading; `None` if the repository has no such blob. The size is known
     /// before any byte is read, so the caller can answer `Range` requests.
     async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<Option<OpenBlob>>;
+    /// Where a GET of a blob `repo` links to may be redirected instead of streamed (a presigned object-store URL),
+    /// if this store offers one. Stores that serve bytes themselves answer `None`.
+    async fn blob_redirect(&self, _repo: &str, _digest: &Digest) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// Deletes a blob's bytes from the whole store (garbage collection, cache eviction). False if absent.
     async fn remove_blob(&self, digest: &Digest) -> Result<bool>;
     /// Makes an existing blob part of `repo` (a cross-repository mount).

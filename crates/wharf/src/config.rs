@@ -19,6 +19,27 @@ pub struct Config {
     pub notifications: Notifications,
     pub gc: Gc,
     pub auth: Auth,
+    pub redis: Redis,
+}
+
+/// A Redis shared by replicas: upload sessions of an object store, and the metadata cache with `[cache] kind =
+/// "redis"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://[user:password@]host:port/db`; empty = no Redis.
+    pub url: String,
+    /// Prefix of every key wharf writes, so replicas of different registries can share one Redis.
+    pub prefix: String,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Redis {
+            url: String::new(),
+            prefix: "wharf:".into(),
+        }
+    }
 }
 
 // ---- [auth] (see wharf_registry::auth; built and validated by auth.rs at startup) ----
@@ -161,12 +182,22 @@ pub struct Server {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Storage {
+    /// `fs`, or an object store: `s3`, `azblob`, `gcs`, `oss`.
+    pub backend: String,
     pub root: PathBuf,
+    /// Object stores: redirect blob GETs to presigned URLs valid this many seconds; 0 = stream through wharf.
+    pub redirect_secs: u64,
+    /// Object stores: bytes per part of a multipart write.
+    pub part_size: u64,
+    /// Object stores: options passed to OpenDAL as they are (bucket, endpoint, region, credentials, ...).
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Cache {
+    /// Where metadata caches live: `memory`, `redis` or `off`.
+    pub kind: String,
     pub blob_descriptors: u64,
     pub manifest_bytes: u64,
 }
@@ -271,7 +302,11 @@ impl Default for Server {
 impl Default for Storage {
     fn default() -> Self {
         Storage {
+            backend: "fs".into(),
             root: PathBuf::from("./wharf-data"),
+            redirect_secs: 0,
+            part_size: 16 << 20,
+            options: Default::default(),
         }
     }
 }
@@ -280,6 +315,7 @@ impl Default for Cache {
     fn default() -> Self {
         let d = wharf_storage::CacheConfig::default();
         Cache {
+            kind: "memory".into(),
             blob_descriptors: d.blob_descriptors,
             manifest_bytes: d.manifest_bytes,
         }

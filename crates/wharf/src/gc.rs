@@ -88,6 +88,12 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    if config.storage.backend != "fs" && args.root.is_none() {
+        anyhow::bail!(
+            "garbage collection covers the fs backend only, not {}; pass --root for a filesystem store",
+            config.storage.backend
+        );
+    }
     let root = args.root.clone().unwrap_or(config.storage.root.clone());
     let mut opts = options(&config.gc);
     opts.dry_run = args.dry_run;

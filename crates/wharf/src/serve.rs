@@ -83,24 +83,84 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
-/// What requests go to, the namespaces it mirrors, and the local store (for garbage collection).
-type Stores = (Arc<dyn RegistryStore>, Namespaces, Arc<CachedStore<FsStore>>);
+/// What requests go to, the namespaces it mirrors, and the filesystem store (for garbage collection), if that is
+/// the backend.
+type Stores = (Arc<dyn RegistryStore>, Namespaces, Option<Arc<CachedStore<FsStore>>>);
 
-/// The store stack: the local filesystem store with its caches, wrapped by the mirror when upstreams are set.
-fn build_store(config: &Config) -> anyhow::Result<Stores> {
-    let root = &config.storage.root;
-    let fs = FsStore::open(root).with_context(|| format!("cannot open storage at {}", root.display()))?;
-    let cached = Arc::new(CachedStore::new(
-        fs.verify_references(true),
-        CacheConfig {
-            blob_descriptors: config.cache.blob_descriptors,
-            manifest_bytes: config.cache.manifest_bytes,
+/// The local store: the filesystem or an object store, behind the configured metadata cache.
+async fn local_store(config: &Config) -> anyhow::Result<(Arc<dyn RegistryStore>, Option<Arc<CachedStore<FsStore>>>)> {
+    let s = &config.storage;
+    let c = &config.cache;
+    let sizes = match c.kind.as_str() {
+        "memory" => CacheConfig {
+            blob_descriptors: c.blob_descriptors,
+            manifest_bytes: c.manifest_bytes,
         },
-    ));
-    let local: Arc<dyn RegistryStore> = cached.clone();
+        // Zero-sized caches keep nothing, so garbage collection still has its hooks.
+        "off" | "redis" => CacheConfig {
+            blob_descriptors: 0,
+            manifest_bytes: 0,
+        },
+        other => anyhow::bail!("cache kind {other:?}: use \"memory\", \"redis\" or \"off\""),
+    };
+    let redis = if config.redis.url.is_empty() {
+        None
+    } else {
+        Some(
+            wharf_storage::redis_meta::RedisMeta::connect(&config.redis.url, &config.redis.prefix)
+                .await
+                .context("[redis] url")?,
+        )
+    };
+    if c.kind == "redis" && redis.is_none() {
+        anyhow::bail!("cache kind \"redis\" needs [redis] url");
+    }
+    if s.backend == "fs" {
+        if c.kind == "redis" {
+            anyhow::bail!(
+                "cache kind \"redis\" is for replicas sharing an object store; the fs backend caches in memory"
+            );
+        }
+        let root = &s.root;
+        let fs = FsStore::open(root).with_context(|| format!("cannot open storage at {}", root.display()))?;
+        let cached = Arc::new(CachedStore::new(fs.verify_references(true), sizes));
+        return Ok((cached.clone(), Some(cached)));
+    }
+    if config.gc.interval_secs > 0 {
+        anyhow::bail!(
+            "[gc] interval_secs: garbage collection covers the fs backend only; on {} use a bucket lifecycle rule for _uploads/ and leave interval_secs = 0",
+            s.backend
+        );
+    }
+    let object = wharf_storage::object::ObjectConfig {
+        service: s.backend.clone(),
+        options: s.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        redirect: (s.redirect_secs > 0).then(|| Duration::from_secs(s.redirect_secs)),
+        part_size: usize::try_from(s.part_size).context("part_size")?,
+        ..Default::default()
+    };
+    let op = wharf_storage::object::operator(&object).context("object storage")?;
+    let sessions: Arc<dyn wharf_storage::object::SessionStore> = match &redis {
+        Some(r) => Arc::new(wharf_storage::redis_meta::RedisSessions::new(r.clone())),
+        None => Arc::new(wharf_storage::object::BucketSessions::new(op.clone())),
+    };
+    let store = wharf_storage::object::ObjectStore::new(op, sessions, &object);
+    tracing::info!(backend = %s.backend, cache = %c.kind, redis = redis.is_some(), "object storage");
+    let local: Arc<dyn RegistryStore> = match (c.kind.as_str(), redis) {
+        ("memory", _) => Arc::new(CachedStore::new(store, sizes)),
+        ("redis", Some(r)) => Arc::new(wharf_storage::redis_meta::RedisCache::new(store, r, Default::default())),
+        _ => Arc::new(store),
+    };
+    Ok((local, None))
+}
+
+/// The store stack: the local store with its caches, wrapped by the mirror when upstreams are set.
+async fn build_store(config: &Config) -> anyhow::Result<Stores> {
+    let root = &config.storage.root;
+    let (local, fs) = local_store(config).await?;
     let m = &config.mirror;
     if m.upstreams.is_empty() {
-        return Ok((local, Namespaces::default(), cached));
+        return Ok((local, Namespaces::default(), fs));
     }
     let upstreams: Vec<UpstreamConfig> = m
         .upstreams
@@ -137,7 +197,7 @@ fn build_store(config: &Config) -> anyhow::Result<Stores> {
     for u in &m.upstreams {
         tracing::info!(name = %u.name, url = %u.url, default = u.default, "mirroring upstream");
     }
-    Ok((Arc::new(mirror), namespaces, cached))
+    Ok((Arc::new(mirror), namespaces, fs))
 }
 
 /// Hosts that also mean upstream `name` in containerd's `ns`: its URL's host[:port], and Docker Hub's other names.
@@ -155,7 +215,7 @@ fn aliases(name: &str, url: &str) -> Vec<String> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let root = &config.storage.root;
-    let (store, namespaces, local) = build_store(&config)?;
+    let (store, namespaces, local) = build_store(&config).await?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full("wharf_http_request_duration_seconds".into()),
@@ -167,7 +227,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     // Scheduled garbage collection ([gc]) on the same store instance, so its caches hear of every deletion.
-    let _gc = crate::gc::start_in_server(&config.gc, root, local)?;
+    let _gc = match local {
+        Some(fs) => Some(crate::gc::start_in_server(&config.gc, root, fs)?),
+        None => None,
+    };
     let app = App::new(
         store,
         RegistryConfig {

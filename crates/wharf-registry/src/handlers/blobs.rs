@@ -21,6 +21,14 @@ pub async fn get(app: &App, name: &str, digest: &str, headers: &HeaderMap, head:
             None,
         )
     } else {
+        // An object store may hand the bytes out itself (a presigned URL): the client follows a 307, as clients
+        // of CNCF distribution's S3 `redirect` do.
+        if let Some(url) = app.store.blob_redirect(name, &digest).await? {
+            let mut h = HeaderMap::new();
+            h.insert(header::LOCATION, value(&url));
+            h.insert(DOCKER_CONTENT_DIGEST, value(&digest.to_string()));
+            return Ok((StatusCode::TEMPORARY_REDIRECT, h).into_response());
+        }
         let blob = app.store.open_blob(name, &digest).await?.ok_or_else(unknown)?;
         (blob.size, Some(blob.source))
     };

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 
 use wharf_oci::Digest;
 
+pub mod services;
+
 pub const MIB: usize = 1 << 20;
 
 /// A `wharf serve` process on an ephemeral port.
