@@ -313,7 +313,7 @@ fn references(body: &[u8], media_type: &str) -> (Vec<Digest>, Vec<Digest>) {
     }
 }
 
-fn every_digest(v: &serde_json::Value, out: &mut Vec<Digest>) {
+pub(crate) fn every_digest(v: &serde_json::Value, out: &mut Vec<Digest>) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, v) in m {

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use wharf_storage::FsStore;
 use wharf_storage::gc::{GcOptions, GcReport, RootLock, collect, collect_cached};
-use wharf_storage::{CachedStore, FsStore};
 
 use crate::config::{self, Config};
+use crate::serve::Collectable;
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
@@ -88,12 +89,6 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    if config.storage.backend != "fs" && args.root.is_none() {
-        anyhow::bail!(
-            "garbage collection covers the fs backend only, not {}; pass --root for a filesystem store",
-            config.storage.backend
-        );
-    }
     let root = args.root.clone().unwrap_or(config.storage.root.clone());
     let mut opts = options(&config.gc);
     opts.dry_run = args.dry_run;
@@ -103,6 +98,9 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
     }
     if let Some(t) = args.upload_ttl {
         opts.upload_ttl = t;
+    }
+    if config.storage.backend != "fs" && args.root.is_none() {
+        return run_object(&config, &opts, args.json);
     }
     if !root.join("blobs").is_dir() || !root.join("repositories").is_dir() {
         anyhow::bail!(
@@ -127,6 +125,34 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
     let fs = FsStore::open(&root).with_context(|| format!("cannot open storage at {}", root.display()))?;
     let report = collect(&fs, &opts).with_context(|| format!("garbage collection of {} failed", root.display()))?;
     if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+/// `wharf gc` on an object store. The servers must hear of what goes and keep out of the way while it goes: that
+/// takes the shared Redis (the lock every replica's pushes take, and the cache they read), so without it only a dry
+/// run is allowed.
+fn run_object(config: &Config, opts: &GcOptions, json: bool) -> anyhow::Result<()> {
+    if !opts.dry_run && (config.redis.url.is_empty() || config.cache.kind == "memory") {
+        anyhow::bail!(
+            "on {} `wharf gc` deletes only with [redis] url set and [cache] kind = \"redis\" or \"off\": running \
+             servers would not see its lock or forget what it deletes; set [gc] interval_secs to collect inside a \
+             server, or use --dry-run",
+            config.storage.backend
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(async {
+        let (_, stack) = crate::serve::local_store(config).await?;
+        collect_once(&stack, opts).await
+    })?;
+    if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render(&report));
@@ -166,7 +192,7 @@ fn summary(r: &GcReport) -> String {
 /// root's lock.
 pub struct InServer {
     stop: Arc<AtomicBool>,
-    _lock: RootLock,
+    _lock: Option<RootLock>,
 }
 
 impl Drop for InServer {
@@ -178,15 +204,20 @@ impl Drop for InServer {
 /// Takes the root's shared lock (so `wharf gc` does not delete under this server's caches) and, if
 /// `interval_secs` is set, collects every interval on a blocking thread, through `store`, the instance that serves
 /// requests. Must run inside the tokio runtime.
-pub fn start_in_server(gc: &config::Gc, root: &Path, store: Arc<CachedStore<FsStore>>) -> anyhow::Result<InServer> {
-    let lock = RootLock::shared(root)
-        .with_context(|| format!("cannot lock {}", root.display()))?
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "`wharf gc` is collecting {}; start the server when it is done",
-                root.display()
-            )
-        })?;
+pub(crate) fn start_in_server(gc: &config::Gc, root: &Path, store: Collectable) -> anyhow::Result<InServer> {
+    let lock = match &store {
+        Collectable::Fs(_) => Some(
+            RootLock::shared(root)
+                .with_context(|| format!("cannot lock {}", root.display()))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "`wharf gc` is collecting {}; start the server when it is done",
+                        root.display()
+                    )
+                })?,
+        ),
+        Collectable::Object(_) => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     if gc.interval_secs > 0 {
         let mut opts = options(gc);
@@ -203,7 +234,21 @@ pub fn start_in_server(gc: &config::Gc, root: &Path, store: Arc<CachedStore<FsSt
     Ok(InServer { stop, _lock: lock })
 }
 
-async fn scheduled(store: Arc<CachedStore<FsStore>>, opts: GcOptions, interval: Duration, stop: Arc<AtomicBool>) {
+/// One collection of `store`, on a blocking thread for the filesystem.
+async fn collect_once(store: &Collectable, opts: &GcOptions) -> anyhow::Result<GcReport> {
+    match store {
+        Collectable::Fs(fs) => {
+            let (s, o) = (fs.clone(), opts.clone());
+            match tokio::task::spawn_blocking(move || collect_cached(&s, &o)).await {
+                Ok(r) => Ok(r?),
+                Err(e) => Err(anyhow::anyhow!("collection panicked: {e}")),
+            }
+        }
+        Collectable::Object(stack) => Ok(wharf_storage::object::gc::collect(stack.as_ref(), opts).await?),
+    }
+}
+
+async fn scheduled(store: Collectable, opts: GcOptions, interval: Duration, stop: Arc<AtomicBool>) {
     let mut tick = tokio::time::interval(interval);
     // A collection longer than the interval delays the next one instead of starting them back to back.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -213,11 +258,10 @@ async fn scheduled(store: Arc<CachedStore<FsStore>>, opts: GcOptions, interval: 
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let (s, o) = (store.clone(), opts.clone());
-        let result = tokio::task::spawn_blocking(move || collect_cached(&s, &o)).await;
+        let result = collect_once(&store, &opts).await;
         metrics::counter!("wharf_gc_runs_total").increment(1);
         match result {
-            Ok(Ok(r)) => {
+            Ok(r) => {
                 metrics::counter!("wharf_gc_blobs_deleted_total").increment(r.blobs.len() as u64);
                 metrics::counter!("wharf_gc_manifests_deleted_total").increment(r.manifests.len() as u64);
                 metrics::counter!("wharf_gc_uploads_deleted_total").increment(r.uploads.len() as u64);
@@ -242,13 +286,9 @@ async fn scheduled(store: Arc<CachedStore<FsStore>>, opts: GcOptions, interval: 
                     tracing::debug!(digest = %b.digest, size = b.size, "gc: deleted blob");
                 }
             }
-            Ok(Err(e)) => {
-                metrics::counter!("wharf_gc_errors_total").increment(1);
-                tracing::error!(error = %e, "gc: collection failed");
-            }
             Err(e) => {
                 metrics::counter!("wharf_gc_errors_total").increment(1);
-                tracing::error!(error = %e, "gc: collection panicked");
+                tracing::error!(error = %format!("{e:#}"), "gc: collection failed");
             }
         }
     }

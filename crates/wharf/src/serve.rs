@@ -83,12 +83,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
-/// What requests go to, the namespaces it mirrors, and the filesystem store (for garbage collection), if that is
-/// the backend.
-type Stores = (Arc<dyn RegistryStore>, Namespaces, Option<Arc<CachedStore<FsStore>>>);
+/// What requests go to, the namespaces it mirrors, and the local store stack again (for garbage collection).
+type Stores = (Arc<dyn RegistryStore>, Namespaces, Collectable);
+
+/// The local store stack as garbage collection sees it.
+pub(crate) enum Collectable {
+    Fs(Arc<CachedStore<FsStore>>),
+    Object(Arc<dyn wharf_storage::object::gc::Collectable>),
+}
 
 /// The local store: the filesystem or an object store, behind the configured metadata cache.
-async fn local_store(config: &Config) -> anyhow::Result<(Arc<dyn RegistryStore>, Option<Arc<CachedStore<FsStore>>>)> {
+pub(crate) async fn local_store(config: &Config) -> anyhow::Result<(Arc<dyn RegistryStore>, Collectable)> {
     let s = &config.storage;
     let c = &config.cache;
     let sizes = match c.kind.as_str() {
@@ -124,11 +129,17 @@ async fn local_store(config: &Config) -> anyhow::Result<(Arc<dyn RegistryStore>,
         let root = &s.root;
         let fs = FsStore::open(root).with_context(|| format!("cannot open storage at {}", root.display()))?;
         let cached = Arc::new(CachedStore::new(fs.verify_references(true), sizes));
-        return Ok((cached.clone(), Some(cached)));
+        return Ok((cached.clone(), Collectable::Fs(cached)));
     }
-    if config.gc.interval_secs > 0 {
+    if config.gc.delete_untagged {
         anyhow::bail!(
-            "[gc] interval_secs: garbage collection covers the fs backend only; on {} use a bucket lifecycle rule for _uploads/ and leave interval_secs = 0",
+            "[gc] delete_untagged: on {} every manifest revision is kept; leave it off",
+            s.backend
+        );
+    }
+    if config.gc.interval_secs > 0 && redis.is_none() {
+        tracing::warn!(
+            "garbage collection on {} without [redis]: safe for one server only; replicas must share a Redis",
             s.backend
         );
     }
@@ -144,14 +155,26 @@ async fn local_store(config: &Config) -> anyhow::Result<(Arc<dyn RegistryStore>,
         Some(r) => Arc::new(wharf_storage::redis_meta::RedisSessions::new(r.clone())),
         None => Arc::new(wharf_storage::object::BucketSessions::new(op.clone())),
     };
-    let store = wharf_storage::object::ObjectStore::new(op, sessions, &object);
+    let mut store = wharf_storage::object::ObjectStore::new(op, sessions, &object);
+    if let Some(r) = &redis {
+        // Replicas coordinate their writes with a collection any of them runs.
+        store = store.with_gc_lock(Arc::new(wharf_storage::redis_meta::RedisGcLock::new(r.clone())));
+    }
     tracing::info!(backend = %s.backend, cache = %c.kind, redis = redis.is_some(), "object storage");
-    let local: Arc<dyn RegistryStore> = match (c.kind.as_str(), redis) {
-        ("memory", _) => Arc::new(CachedStore::new(store, sizes)),
-        ("redis", Some(r)) => Arc::new(wharf_storage::redis_meta::RedisCache::new(store, r, Default::default())),
-        _ => Arc::new(store),
-    };
-    Ok((local, None))
+    Ok(match (c.kind.as_str(), redis) {
+        ("memory", _) => {
+            let s = Arc::new(CachedStore::new(store, sizes));
+            (s.clone(), Collectable::Object(s))
+        }
+        ("redis", Some(r)) => {
+            let s = Arc::new(wharf_storage::redis_meta::RedisCache::new(store, r, Default::default()));
+            (s.clone(), Collectable::Object(s))
+        }
+        _ => {
+            let s = Arc::new(store);
+            (s.clone(), Collectable::Object(s))
+        }
+    })
 }
 
 /// The store stack: the local store with its caches, wrapped by the mirror when upstreams are set.
@@ -227,10 +250,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     // Scheduled garbage collection ([gc]) on the same store instance, so its caches hear of every deletion.
-    let _gc = match local {
-        Some(fs) => Some(crate::gc::start_in_server(&config.gc, root, fs)?),
-        None => None,
-    };
+    let _gc = crate::gc::start_in_server(&config.gc, root, local)?;
     let app = App::new(
         store,
         RegistryConfig {

@@ -137,7 +137,16 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
                 referrer,
             },
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // The store's own check (made where no garbage collection can race it) found a blob gone.
+            wharf_storage::StorageError::BlobUnknown(d) => ApiError::new(
+                ErrorCode::ManifestBlobUnknown,
+                format!("{d} is referenced but not in {name}"),
+            )
+            .with_detail(serde_json::json!({ "digest": d.to_string() })),
+            other => other.into(),
+        })?;
 
     if let Some(n) = &app.notifier {
         let target = |tag: Option<String>| crate::notify::Target {

@@ -7,6 +7,8 @@
 //! mismatch or a broken body it is aborted. A process killed mid-write leaves at most an incomplete multipart
 //! upload, invisible to readers (an `AbortIncompleteMultipartUpload` lifecycle rule reclaims its space).
 
+pub mod gc;
+pub mod gc_lock;
 mod keys;
 pub mod session;
 mod sessions_bucket;
@@ -30,6 +32,7 @@ use crate::{
     BlobSource, ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StorageError, StoredManifest,
     UploadStatus,
 };
+pub use gc_lock::{GcLock, LocalGcLock};
 pub use session::{MemorySessions, SessionState, SessionStore};
 pub use sessions_bucket::BucketSessions;
 
@@ -67,6 +70,8 @@ pub const SERVICES: &[&str] = &["s3", "azblob", "gcs", "oss"];
 pub struct ObjectStore {
     op: Operator,
     sessions: Arc<dyn SessionStore>,
+    /// Write sections that reuse content, against garbage collection (see `gc.rs`).
+    gc: Arc<dyn GcLock>,
     redirect: Option<Duration>,
     part_size: usize,
     concurrency: usize,
@@ -122,6 +127,7 @@ impl ObjectStore {
         ObjectStore {
             op,
             sessions,
+            gc: Arc::new(LocalGcLock::default()),
             redirect: config.redirect,
             part_size: config.part_size.max(5 << 20),
             concurrency: config.concurrency.max(1),
@@ -130,8 +136,26 @@ impl ObjectStore {
         }
     }
 
+    /// Coordinates with garbage collection through `lock` (shared by replicas: `crate::redis_meta::RedisGcLock`)
+    /// instead of this process's own lock.
+    pub fn with_gc_lock(mut self, lock: Arc<dyn GcLock>) -> Self {
+        self.gc = lock;
+        self
+    }
+
     pub fn operator(&self) -> &Operator {
         &self.op
+    }
+
+    /// Fails with [`StorageError::BlobUnknown`] unless every blob in `digests` is stored. Called inside a write
+    /// section, where no collection can delete them any more.
+    async fn require(&self, digests: &[Digest]) -> Result<()> {
+        let keys: Vec<String> = digests.iter().map(keys::blob).collect();
+        let sizes = futures_util::future::try_join_all(keys.iter().map(|k| self.size_of(k))).await?;
+        match digests.iter().zip(sizes).find(|(_, s)| s.is_none()) {
+            Some((d, _)) => Err(StorageError::BlobUnknown(d.clone())),
+            None => Ok(()),
+        }
     }
 
     /// A whole small object; `None` if absent.
@@ -255,7 +279,11 @@ impl ObjectStore {
             .map_err(|e| StorageError::backend(format!("start writing {key}"), e))
     }
 
+    /// Links a stored blob into `repo` inside a write section: the blob may be an old one a collection would
+    /// otherwise take.
     async fn link(&self, repo: &str, digest: &Digest) -> Result<()> {
+        let _section = self.gc.enter(std::slice::from_ref(digest)).await?;
+        self.require(std::slice::from_ref(digest)).await?;
         self.put_small(&keys::layer_link(repo, digest), Bytes::new()).await?;
         self.catalog(repo).await
     }
@@ -403,6 +431,22 @@ impl RegistryStore for ObjectStore {
     }
 
     async fn put_manifest(&self, repo: &str, m: NewManifest) -> Result<()> {
+        // Inside a write section, the blobs the manifest requires are checked in the bucket: the HTTP layer checked
+        // too (perhaps from a cache), but only this check cannot race with a collection deleting an old blob.
+        let (mut reused, mut required) = (vec![m.digest.clone()], Vec::new());
+        if let Ok(view) = ManifestView::parse(&m.body, Some(&m.media_type)) {
+            required.extend(view.required_blobs().map(|d| d.digest.clone()));
+            required.extend(view.manifests.iter().map(|d| d.digest.clone()));
+            reused.extend(
+                view.config
+                    .iter()
+                    .chain(&view.layers)
+                    .chain(&view.manifests)
+                    .map(|d| d.digest.clone()),
+            );
+        }
+        let _section = self.gc.enter(&reused).await?;
+        self.require(&required).await?;
         // Order matters for crash safety: bytes, then the revision, then what points at it.
         let body = keys::blob(&m.digest);
         if self.size_of(&body).await?.is_none() {

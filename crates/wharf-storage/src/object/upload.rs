@@ -198,6 +198,8 @@ impl ObjectStore {
                 computed,
             });
         }
+        // A new blob is young, so no collection running now takes it; an existing one is reused in `link`'s write
+        // section, which also checks it is still there.
         let blob = keys::blob(expected);
         if self.size_of(&blob).await?.is_none() {
             self.assemble(&blob, &state.chunks).await?;
@@ -214,7 +216,7 @@ impl ObjectStore {
     }
 
     /// Forgets a session and deletes its objects. Leftovers (a failed delete) are only space: nothing reads them.
-    async fn discard(&self, id: &str) {
+    pub(super) async fn discard(&self, id: &str) {
         if let Err(e) = self.sessions.remove(id).await {
             tracing::warn!(upload = id, error = %e, "could not forget an upload session");
         }

@@ -53,6 +53,7 @@ evict (`allkeys-lru`): an evicted entry or scope is only a miss.
 */
 
 mod cache;
+mod gc_lock;
 mod sessions;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,6 +65,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::{Result, StorageError};
 
 pub use cache::{RedisCache, RedisCacheConfig};
+pub use gc_lock::RedisGcLock;
 pub use sessions::RedisSessions;
 
 /// How to reach Redis and how patiently.

@@ -1,0 +1,413 @@
+//! Online garbage collection of an [`ObjectStore`]: deletes blobs that no manifest references while the replicas go
+//! on serving pushes and pulls.
+//!
+//! **Mark**: every manifest revision of every repository is a root (deleting untagged manifests is for the
+//! filesystem store only, for now); each marks its own bytes and every digest it references (config, layers, index
+//! children). Referrers are revisions too, so signatures and SBOMs keep what they name.
+//! **Sweep**: blobs under `blobs/` that are not marked and whose object was last written before
+//! `start - grace` (the bucket's own timestamps), in batches; then `_layers` links to blobs that are gone; then
+//! upload sessions whose newest chunk is older than the upload TTL.
+//!
+//! **Why a push during a collection is never broken** (the filesystem store's argument, with a [`GcLock`] instead
+//! of a process lock and mtimes): every write that makes an *existing* blob reachable (a mount, a commit or
+//! monolithic upload of a blob already stored, a manifest PUT) runs in a write section, checks inside it that the
+//! blobs it needs are still in the bucket, and, while a run is under way, records them as reused. A run begins
+//! under the exclusive side, so every write section either ended before it (the mark lists what it wrote) or
+//! records what it reuses; each batch of deletions happens under the exclusive side and spares what was reused.
+//! A blob written after the run began is younger than `start - grace` and never a candidate. A write that needs a
+//! blob a batch already deleted finds it missing inside its section and fails (`BLOB_UNKNOWN`) instead of storing
+//! a manifest with a hole.
+//!
+//! Replicas share the lock and the reused set through Redis (`crate::redis_meta::RedisGcLock`), which also makes
+//! only one replica collect at a time; what a collection deletes is forgotten by the caches ([`Collectable`]).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use wharf_oci::Digest;
+use wharf_oci::manifest::ManifestView;
+
+use super::{ObjectStore, is_not_found, keys};
+use crate::gc::{GcOptions, GcReport, RemovedBlob, RemovedUpload, every_digest};
+use crate::{CachedStore, RegistryStore, Result, StorageError};
+
+/// Deletions per exclusive section.
+const BATCH: usize = 256;
+/// Added to the grace period: listing timestamps are truncated to seconds, and the bucket's clock may differ a little.
+const CLOCK_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A store stack whose bottom is an [`ObjectStore`], and the caches above it that must forget what goes.
+#[async_trait]
+pub trait Collectable: Send + Sync {
+    fn object_store(&self) -> &ObjectStore;
+    async fn forget_blobs(&self, digests: &[Digest]);
+    async fn forget_links(&self, repo: &str, digests: &[Digest]);
+}
+
+#[async_trait]
+impl Collectable for ObjectStore {
+    fn object_store(&self) -> &ObjectStore {
+        self
+    }
+    async fn forget_blobs(&self, _: &[Digest]) {}
+    async fn forget_links(&self, _: &str, _: &[Digest]) {}
+}
+
+#[async_trait]
+impl Collectable for CachedStore<ObjectStore> {
+    fn object_store(&self) -> &ObjectStore {
+        self.inner()
+    }
+    async fn forget_blobs(&self, digests: &[Digest]) {
+        CachedStore::forget_blobs(self, digests);
+    }
+    async fn forget_links(&self, repo: &str, digests: &[Digest]) {
+        CachedStore::forget_links(self, repo, digests);
+    }
+}
+
+#[async_trait]
+impl Collectable for crate::redis_meta::RedisCache<ObjectStore> {
+    fn object_store(&self) -> &ObjectStore {
+        self.inner()
+    }
+    async fn forget_blobs(&self, digests: &[Digest]) {
+        crate::redis_meta::RedisCache::forget_blobs(self, digests).await;
+    }
+    async fn forget_links(&self, repo: &str, digests: &[Digest]) {
+        crate::redis_meta::RedisCache::forget_links(self, repo, digests).await;
+    }
+}
+
+/// The digest a key under `blobs/` names.
+fn blob_digest(path: &str) -> Option<Digest> {
+    let mut parts = path.strip_prefix("blobs/")?.split('/');
+    let (alg, _fan, hex) = (parts.next()?, parts.next()?, parts.next()?);
+    format!("{alg}:{hex}").parse().ok()
+}
+
+fn stopped(opts: &GcOptions) -> bool {
+    opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+}
+
+/// Collects garbage in the object store under `stack`. Safe while any number of replicas serve it, when they share
+/// its [`GcLock`]. Returns an empty report with `interrupted` set if another run is under way.
+pub async fn collect(stack: &dyn Collectable, opts: &GcOptions) -> Result<GcReport> {
+    let store = stack.object_store();
+    if opts.delete_untagged {
+        return Err(StorageError::backend(
+            "delete untagged manifests",
+            "on object storage every manifest revision is kept; leave delete_untagged off",
+        ));
+    }
+    let began = Instant::now();
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        ..GcReport::default()
+    };
+    let run = {
+        let hold = store.gc.exclusive().await?;
+        match store.gc.begin(&hold).await? {
+            Some(run) => run,
+            None => {
+                tracing::info!("another garbage collection is under way; skipping this one");
+                report.interrupted = true;
+                return Ok(report);
+            }
+        }
+    };
+    let start = SystemTime::now();
+    let result = sweep(stack, opts, start, &mut report).await;
+    store.gc.end(run).await?;
+    result?;
+    report.blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
+    report.bytes_reclaimed =
+        report.blobs.iter().map(|b| b.size).sum::<u64>() + report.uploads.iter().map(|u| u.size).sum::<u64>();
+    report.duration_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(report)
+}
+
+async fn sweep(stack: &dyn Collectable, opts: &GcOptions, start: SystemTime, report: &mut GcReport) -> Result<()> {
+    let store = stack.object_store();
+    // Object stores list modification times in whole seconds (and their clock is not ours): a margin keeps a blob
+    // written just after `start` from looking older than it is.
+    let cutoff = start
+        .checked_sub(opts.grace_period + CLOCK_MARGIN)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let repos = store.repositories().await?;
+    let marked = mark(store, &repos).await?;
+    report.marked_blobs = marked.len();
+
+    // Candidates: unmarked blobs last written before the cutoff.
+    let entries = store
+        .op
+        .list_with("blobs/")
+        .recursive(true)
+        .await
+        .or_else(|e| if is_not_found(&e) { Ok(Vec::new()) } else { Err(e) })
+        .map_err(|e| StorageError::backend("list blobs", e))?;
+    let mut candidates = Vec::new();
+    for e in &entries {
+        let Some(d) = blob_digest(e.path()).filter(|d| !marked.contains(d)) else {
+            continue;
+        };
+        // Listings of some services carry no times (or sizes): ask the object then.
+        let (modified, size) = match e.metadata().last_modified() {
+            Some(m) => (Some(m), e.metadata().content_length()),
+            None => match store.op.stat(e.path()).await {
+                Ok(m) => (m.last_modified(), m.content_length()),
+                Err(err) if is_not_found(&err) => continue,
+                Err(err) => return Err(StorageError::backend(format!("stat {}", e.path()), err)),
+            },
+        };
+        // No time at all: kept (never delete what might be new).
+        if modified.is_some_and(|m| SystemTime::from(m) < cutoff) {
+            candidates.push(RemovedBlob { digest: d, size });
+        }
+    }
+
+    for batch in candidates.chunks(BATCH) {
+        if stopped(opts) {
+            report.interrupted = true;
+            return Ok(());
+        }
+        let hold = store.gc.exclusive().await?;
+        let reused = store.gc.reused(&hold).await?;
+        let mut gone = Vec::new();
+        for c in batch {
+            if reused.contains(&c.digest) {
+                report.spared += 1;
+                continue;
+            }
+            if !opts.dry_run {
+                store
+                    .op
+                    .delete(&keys::blob(&c.digest))
+                    .await
+                    .map_err(|e| StorageError::backend(format!("delete {}", keys::blob(&c.digest)), e))?;
+            }
+            gone.push(c.digest.clone());
+            report.blobs.push(c.clone());
+        }
+        if !opts.dry_run {
+            stack.forget_blobs(&gone).await;
+        }
+        drop(hold);
+    }
+
+    // Links to blobs that are gone (a push that brought a blob back in the meantime keeps its link).
+    let deleted: HashSet<&Digest> = report.blobs.iter().map(|b| &b.digest).collect();
+    for repo in &repos {
+        let mut stale = Vec::new();
+        for alg in ["sha256", "sha512"] {
+            let prefix = format!("repositories/{repo}/_layers/{alg}/");
+            for hex in store.list_names(&prefix).await? {
+                if let Ok(d) = format!("{alg}:{hex}").parse::<Digest>()
+                    && (deleted.contains(&d) || (!opts.dry_run && !marked.contains(&d)))
+                {
+                    stale.push(d);
+                }
+            }
+        }
+        if stale.is_empty() || opts.dry_run {
+            report.links += stale.iter().filter(|d| deleted.contains(d)).count();
+            continue;
+        }
+        let hold = store.gc.exclusive().await?;
+        let mut removed = Vec::new();
+        for d in stale {
+            if store.size_of(&keys::blob(&d)).await?.is_none() {
+                store.delete_key(&keys::layer_link(repo, &d)).await?;
+                removed.push(d);
+            }
+        }
+        report.links += removed.len();
+        stack.forget_links(repo, &removed).await;
+        drop(hold);
+    }
+
+    stale_uploads(store, opts, report).await
+}
+
+/// Every blob that some manifest revision of some repository names, and the revisions themselves.
+async fn mark(store: &ObjectStore, repos: &[String]) -> Result<HashSet<Digest>> {
+    let mut marked = HashSet::new();
+    for repo in repos {
+        for alg in ["sha256", "sha512"] {
+            let prefix = format!("repositories/{repo}/_manifests/revisions/{alg}/");
+            for hex in store.list_names(&prefix).await? {
+                let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
+                    continue;
+                };
+                let Some(body) = store.read_small(&keys::blob(&d)).await? else {
+                    continue;
+                };
+                match ManifestView::parse(&body, None) {
+                    Ok(v) => {
+                        let refs = v.config.iter().chain(&v.layers).chain(&v.manifests);
+                        marked.extend(refs.map(|r| r.digest.clone()));
+                    }
+                    Err(_) => {
+                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                            let mut all = Vec::new();
+                            every_digest(&v, &mut all);
+                            marked.extend(all);
+                        }
+                    }
+                }
+                marked.insert(d);
+            }
+        }
+    }
+    Ok(marked)
+}
+
+/// Upload sessions whose newest object is older than the upload TTL: their chunks and their state.
+async fn stale_uploads(store: &ObjectStore, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
+    let cutoff = SystemTime::now()
+        .checked_sub(opts.upload_ttl)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let entries = store
+        .op
+        .list_with(keys::UPLOADS)
+        .recursive(true)
+        .await
+        .or_else(|e| if is_not_found(&e) { Ok(Vec::new()) } else { Err(e) })
+        .map_err(|e| StorageError::backend("list upload sessions", e))?;
+    // id -> (newest write, bytes)
+    let mut sessions: BTreeMap<String, (SystemTime, u64)> = BTreeMap::new();
+    for e in &entries {
+        let Some(id) = e.path().strip_prefix(keys::UPLOADS).and_then(|r| r.split('/').next()) else {
+            continue;
+        };
+        if !e.metadata().is_file() {
+            continue;
+        }
+        let modified = e
+            .metadata()
+            .last_modified()
+            .map(SystemTime::from)
+            .unwrap_or(SystemTime::now());
+        let slot = sessions.entry(id.to_owned()).or_insert((SystemTime::UNIX_EPOCH, 0));
+        slot.0 = slot.0.max(modified);
+        slot.1 += e.metadata().content_length();
+    }
+    for (id, (newest, size)) in sessions {
+        if newest >= cutoff {
+            continue;
+        }
+        let repository = store
+            .sessions
+            .load(&id)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.repo)
+            .unwrap_or_default();
+        if !opts.dry_run {
+            store.discard(&id).await;
+        }
+        report.uploads.push(RemovedUpload { id, repository, size });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use crate::object::{BucketSessions, ObjectConfig};
+    use crate::{ByteStream, NewManifest};
+
+    fn body(data: &[u8]) -> ByteStream {
+        let b = Bytes::copy_from_slice(data);
+        Box::pin(futures_util::stream::once(async move { Ok(b) }))
+    }
+
+    #[tokio::test]
+    async fn the_mark_covers_index_children_and_timeless_objects_are_kept() {
+        let op = opendal::Operator::new(opendal::services::Memory::default()).unwrap();
+        let store = ObjectStore::new(op.clone(), Arc::new(BucketSessions::new(op)), &ObjectConfig::default());
+        let (layer, orphan) = (b"layer".as_slice(), b"orphan".as_slice());
+        let (ld, od) = (Digest::sha256_of(layer), Digest::sha256_of(orphan));
+        store.put_blob("r", &ld, body(layer)).await.unwrap();
+        store.put_blob("r", &od, body(orphan)).await.unwrap();
+        let config = br#"{"os":"linux"}"#;
+        let cd = Digest::sha256_of(config);
+        store.put_blob("r", &cd, body(config)).await.unwrap();
+        let m = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": layer.len()}]});
+        let mb = Bytes::from(serde_json::to_vec(&m).unwrap());
+        let md = Digest::sha256_of(&mb);
+        let mt = "application/vnd.oci.image.manifest.v1+json".to_owned();
+        let new = |d: &Digest, b: &Bytes, mt: &str, tags: Vec<String>| NewManifest {
+            digest: d.clone(),
+            media_type: mt.to_owned(),
+            body: b.clone(),
+            tags,
+            referrer: None,
+        };
+        store.put_manifest("r", new(&md, &mb, &mt, vec![])).await.unwrap();
+        let ix = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": mt, "digest": md, "size": mb.len()}]});
+        let ib = Bytes::from(serde_json::to_vec(&ix).unwrap());
+        let id = Digest::sha256_of(&ib);
+        store
+            .put_manifest(
+                "r",
+                new(&id, &ib, "application/vnd.oci.image.index.v1+json", vec!["v1".into()]),
+            )
+            .await
+            .unwrap();
+
+        // Young blobs are kept: everything was just written.
+        let r = collect(&store, &GcOptions::default()).await.unwrap();
+        assert!(r.blobs.is_empty(), "{r:?}");
+        assert_eq!(r.marked_blobs, 4, "config, layer, manifest and index");
+        // The memory service keeps no modification times: without one, nothing is ever taken, whatever the grace.
+        let opts = GcOptions {
+            grace_period: std::time::Duration::ZERO,
+            ..GcOptions::default()
+        };
+        let r = collect(&store, &opts).await.unwrap();
+        assert!(r.blobs.is_empty(), "{r:?}");
+        assert_eq!(store.blob_size(&od).await.unwrap(), Some(6));
+        // (Deletion itself is tested on S3, which has times: crates/wharf/tests/s3.rs.)
+    }
+
+    #[tokio::test]
+    async fn a_blob_reused_during_a_run_is_spared() {
+        let op = opendal::Operator::new(opendal::services::Memory::default()).unwrap();
+        let store = ObjectStore::new(op.clone(), Arc::new(BucketSessions::new(op)), &ObjectConfig::default());
+        let d = Digest::sha256_of(b"old");
+        store.put_blob("r", &d, body(b"old")).await.unwrap();
+        // A run has begun (the mark found nothing naming the blob) when a mount reuses it.
+        let hold = store.gc.exclusive().await.unwrap();
+        let run = store.gc.begin(&hold).await.unwrap().unwrap();
+        drop(hold);
+        store.link_blob("other", &d).await.unwrap();
+        let hold = store.gc.exclusive().await.unwrap();
+        assert!(store.gc.reused(&hold).await.unwrap().contains(&d));
+        drop(hold);
+        // A second run cannot start while this one is under way.
+        let hold = store.gc.exclusive().await.unwrap();
+        assert!(store.gc.begin(&hold).await.unwrap().is_none());
+        drop(hold);
+        store.gc.end(run).await.unwrap();
+    }
+
+    #[test]
+    fn blob_keys_parse_back_to_digests() {
+        let d = Digest::sha256_of(b"x");
+        assert_eq!(blob_digest(&keys::blob(&d)), Some(d));
+        assert_eq!(blob_digest("blobs/sha256/ab"), None);
+        assert_eq!(blob_digest("repositories/x"), None);
+    }
+}
