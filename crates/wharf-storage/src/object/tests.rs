@@ -225,8 +225,24 @@ fn manifest(config: &Digest, layer: &Digest, subject: Option<&Digest>) -> (Diges
 async fn manifests_tags_referrers_and_deletes() {
     let s = store();
     let (cfg, layer) = (Digest::sha256_of(b"{}"), Digest::sha256_of(b"l"));
+    // A manifest's blobs must be stored first: the store checks them.
     let (d, body) = manifest(&cfg, &layer, None);
     let mt = "application/vnd.oci.image.manifest.v1+json".to_owned();
+    let early = NewManifest {
+        digest: d.clone(),
+        media_type: mt.clone(),
+        body: body.clone(),
+        tags: vec![],
+        referrer: None,
+    };
+    assert!(matches!(
+        s.put_manifest("app", early).await,
+        Err(StorageError::BlobUnknown(_))
+    ));
+    s.put_blob("app", &cfg, stream(vec![Ok(b"{}".to_vec())])).await.unwrap();
+    s.put_blob("app", &layer, stream(vec![Ok(b"l".to_vec())]))
+        .await
+        .unwrap();
     s.put_manifest(
         "app",
         NewManifest {
