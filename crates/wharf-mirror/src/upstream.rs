@@ -35,6 +35,8 @@ pub enum UpstreamError {
     },
     #[error("invalid upstream URL {0:?}")]
     BadUrl(String),
+    #[error("{url}: {reason}")]
+    Protocol { url: String, reason: String },
 }
 
 impl UpstreamError {
@@ -299,12 +301,12 @@ impl Upstream {
         let resp = self.send(Method::HEAD, &path, repo, HeaderMap::new()).await?;
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => Ok(resp.content_length().or_else(|| {
-                resp.headers()
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-            })),
+            // The header, not `content_length()`: for a HEAD response reqwest reports the (empty) body's length.
+            s if s.is_success() => Ok(resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())),
             s => Err(self.status_error(&path, s)),
         }
     }
@@ -325,6 +327,41 @@ impl Upstream {
             s if s.is_success() => Ok(Some(resp)),
             s => Err(self.status_error(&path, s)),
         }
+    }
+
+    /// Fetches bytes `start..end` (end exclusive) of a blob: exactly that range, or an error (a server that ignores
+    /// `Range` and answers 200 is refused rather than read whole). `None` on 404.
+    pub async fn blob_range(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Bytes>, UpstreamError> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let mut h = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes={start}-{}", end.saturating_sub(1))) {
+            h.insert(header::RANGE, v);
+        }
+        let resp = self.send(Method::GET, &path, repo, h).await?;
+        let url = format!("{}{}", self.base, path);
+        match resp.status() {
+            StatusCode::NOT_FOUND => return Ok(None),
+            StatusCode::PARTIAL_CONTENT => {}
+            StatusCode::OK if start == 0 && resp.content_length() == Some(end) => {}
+            s => return Err(self.status_error(&path, s)),
+        }
+        let body = resp.bytes().await.map_err(|e| UpstreamError::Unreachable {
+            url: url.clone(),
+            source: e,
+        })?;
+        if body.len() as u64 != end - start {
+            return Err(UpstreamError::Protocol {
+                url,
+                reason: format!("asked for {} bytes, got {}", end - start, body.len()),
+            });
+        }
+        Ok(Some(body))
     }
 
     /// Lists tags upstream.

@@ -38,6 +38,10 @@ pub enum Command {
     Login(crate::login::LoginArgs),
     /// Log out of a registry: remove its saved credentials.
     Logout(crate::login::LogoutArgs),
+    /// Run a P2P node: a registry mirror for the local engine whose blobs come from peers and, once, the origin.
+    Node(crate::p2p::NodeArgs),
+    /// Run a P2P scheduler: tells nodes which peer has which piece.
+    Scheduler(crate::p2p::SchedulerArgs),
 }
 
 #[derive(Debug, Args)]

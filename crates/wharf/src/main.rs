@@ -8,6 +8,7 @@ mod fix;
 mod gc;
 mod lint;
 mod login;
+mod p2p;
 mod progress;
 mod serve;
 mod tls;
@@ -28,6 +29,8 @@ fn main() -> ExitCode {
         cli::Command::Pull(args) => copy::run_pull(args),
         cli::Command::Login(args) => login::run_login(args),
         cli::Command::Logout(args) => login::run_logout(args),
+        cli::Command::Node(args) => p2p::run_node(args),
+        cli::Command::Scheduler(args) => p2p::run_scheduler(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

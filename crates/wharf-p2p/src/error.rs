@@ -1,0 +1,24 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum P2pError {
+    #[error("invalid task id {0:?}")]
+    BadTask(String),
+    #[error("scheduler {url}: {reason}")]
+    Scheduler { url: String, reason: String },
+    #[error("peer {addr}: {reason}")]
+    Peer { addr: String, reason: String },
+    #[error("origin: {0}")]
+    Origin(String),
+    #[error("piece {piece} of {task} does not match its digest")]
+    BadPiece { task: String, piece: u32 },
+    #[error("{task}: the downloaded content hashes to {computed}, not its digest")]
+    BadContent { task: String, computed: String },
+    #[error("local storage at {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}

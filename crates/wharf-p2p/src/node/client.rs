@@ -1,0 +1,216 @@
+//! How a node talks to schedulers (owner of each task by rendezvous hashing, the next one when it fails) and
+//! fetches pieces from peers.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::P2pError;
+use crate::hrw;
+use crate::proto::{Announce, Report, ScheduleRequest, ScheduleResponse};
+
+pub struct Clients {
+    pub http: reqwest::Client,
+    schedulers: Vec<String>,
+    token: Option<String>,
+    /// Schedulers that failed recently, and until when they are skipped.
+    down: Mutex<Vec<(String, Instant)>>,
+}
+
+/// How long a failed scheduler is skipped before it is tried again.
+const SKIP_FOR: Duration = Duration::from_secs(5);
+
+impl Clients {
+    pub fn new(schedulers: Vec<String>, token: Option<String>) -> Result<Clients, P2pError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_max_idle_per_host(16)
+            .build()
+            .map_err(|e| P2pError::Config(format!("HTTP client: {e}")))?;
+        Ok(Clients {
+            http,
+            schedulers: schedulers
+                .into_iter()
+                .map(|s| s.trim_end_matches('/').to_owned())
+                .collect(),
+            token,
+            down: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn has_schedulers(&self) -> bool {
+        !self.schedulers.is_empty()
+    }
+
+    /// The schedulers for `task`, owner first, skipping ones that failed just now (unless all did).
+    fn candidates(&self, task: &str) -> Vec<String> {
+        let now = Instant::now();
+        let down: Vec<String> = self
+            .down
+            .lock()
+            .map(|mut d| {
+                d.retain(|(_, until)| *until > now);
+                d.iter().map(|(s, _)| s.clone()).collect()
+            })
+            .unwrap_or_default();
+        let order = hrw::order(&self.schedulers, task);
+        let up: Vec<String> = order
+            .iter()
+            .filter(|s| !down.contains(s))
+            .map(|s| (*s).clone())
+            .collect();
+        if up.is_empty() {
+            order.into_iter().cloned().collect()
+        } else {
+            up
+        }
+    }
+
+    fn mark_down(&self, url: &str) {
+        if let Ok(mut d) = self.down.lock() {
+            d.retain(|(s, _)| s != url);
+            d.push((url.to_owned(), Instant::now() + SKIP_FOR));
+        }
+    }
+
+    /// The scheduler currently owning `task` (what announcements go to).
+    pub fn owner(&self, task: &str) -> Option<String> {
+        self.candidates(task).into_iter().next()
+    }
+
+    async fn post<B: Serialize, R: DeserializeOwned>(&self, url: &str, body: &B) -> Result<Option<R>, P2pError> {
+        let json = serde_json::to_vec(body).map_err(|e| P2pError::Scheduler {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let mut req = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(json)
+            .timeout(Duration::from_secs(5));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| P2pError::Scheduler {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(P2pError::Scheduler {
+                url: url.to_owned(),
+                reason: format!("{status}: {text}"),
+            });
+        }
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let bytes = resp.bytes().await.map_err(|e| P2pError::Scheduler {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| P2pError::Scheduler {
+                url: url.to_owned(),
+                reason: format!("bad answer: {e}"),
+            })
+    }
+
+    /// Asks the task's scheduler (then the next ones) where to get pieces. `Err` when none answers: the caller
+    /// goes back to the origin.
+    pub async fn schedule(&self, task: &str, req: &ScheduleRequest) -> Result<(String, ScheduleResponse), P2pError> {
+        let mut last = None;
+        for s in self.candidates(task) {
+            let url = format!("{s}/v1/tasks/{task}/schedule");
+            match self.post::<_, ScheduleResponse>(&url, req).await {
+                Ok(Some(r)) => return Ok((s, r)),
+                Ok(None) => {
+                    last = Some(P2pError::Scheduler {
+                        url,
+                        reason: "empty answer".into(),
+                    })
+                }
+                Err(e) => {
+                    tracing::debug!(scheduler = %s, error = %e, "scheduler failed; trying the next");
+                    self.mark_down(&s);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| P2pError::Scheduler {
+            url: String::new(),
+            reason: "no scheduler configured".into(),
+        }))
+    }
+
+    /// Tells the task's scheduler what this node holds. Best effort: a failure is only logged.
+    pub async fn announce(&self, task: &str, a: &Announce) {
+        for s in self.candidates(task) {
+            let url = format!("{s}/v1/tasks/{task}/announce");
+            match self.post::<_, serde_json::Value>(&url, a).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(scheduler = %s, error = %e, "announce failed; trying the next");
+                    self.mark_down(&s);
+                }
+            }
+        }
+    }
+
+    pub async fn report(&self, task: &str, r: &Report) {
+        for s in self.candidates(task) {
+            let url = format!("{s}/v1/tasks/{task}/report");
+            if self.post::<_, serde_json::Value>(&url, r).await.is_ok() {
+                return;
+            }
+            self.mark_down(&s);
+        }
+    }
+
+    /// The shape of a task the swarm knows (when the origin cannot say: it is down).
+    pub async fn shape(&self, task: &str) -> Option<crate::proto::TaskShape> {
+        for s in self.candidates(task) {
+            let url = format!("{s}/v1/tasks/{task}");
+            let mut req = self.http.get(&url).timeout(Duration::from_secs(5));
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            let Ok(resp) = req.send().await else {
+                self.mark_down(&s);
+                continue;
+            };
+            if resp.status().is_success()
+                && let Ok(bytes) = resp.bytes().await
+                && let Ok(shape) = serde_json::from_slice(&bytes)
+            {
+                return Some(shape);
+            }
+        }
+        None
+    }
+
+    /// Fetches piece `n` of `task` from the peer at `addr`, within `timeout`.
+    pub async fn piece(&self, addr: &str, task: &str, n: u32, timeout: Duration) -> Result<Bytes, P2pError> {
+        let url = format!("{}/p2p/v1/tasks/{task}/pieces/{n}", addr.trim_end_matches('/'));
+        let mut req = self.http.get(&url).timeout(timeout);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let err = |reason: String| P2pError::Peer {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let resp = req.send().await.map_err(|e| err(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(err(format!("answered {}", resp.status())));
+        }
+        resp.bytes().await.map_err(|e| err(e.to_string()))
+    }
+}

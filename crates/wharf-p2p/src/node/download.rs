@@ -1,0 +1,333 @@
+//! The download of one task: ask the scheduler where each missing piece is, fetch up to `concurrency` pieces at
+//! once from peers (verified against the piece's SHA-256 before it is stored) or from the origin (whose digest this
+//! node then publishes), announce every piece stored, and verify the whole content at the end.
+//!
+//! Back to source is always possible: with no scheduler answering, every missing piece comes from the origin; a
+//! piece a peer fails to deliver (dead, slow, corrupt) is asked for again, and a piece that has only been "wait" for
+//! [`WAIT_LIMIT`] is fetched from the origin anyway. A peer that sent a corrupt piece is reported and not used again
+//! by this node. If the whole content does not match its digest, everything is fetched again from the origin alone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use super::Node;
+use super::task::{Phase, Task};
+use crate::P2pError;
+use crate::proto::{Report, ScheduleRequest, Source, TaskShape};
+
+/// A piece that has been "wait" this long is fetched from the origin regardless.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(10);
+/// Consecutive origin failures after which the download gives up.
+const ORIGIN_ATTEMPTS: u32 = 5;
+
+enum Fetched {
+    Ok {
+        n: u32,
+        data: Bytes,
+        from: Option<String>,
+    },
+    Failed {
+        n: u32,
+        from: Option<(String, String)>,
+        error: P2pError,
+        corrupt: bool,
+    },
+}
+
+/// Runs the download of `task` to its end (the task's phase says how it ended).
+pub async fn run(node: Arc<Node>, task: Arc<Task>) {
+    let _guard = task.reader();
+    metrics::gauge!("wharf_p2p_active_tasks").increment(1.0);
+    let result = download(&node, &task, false).await;
+    let result = match result {
+        Err(P2pError::BadContent { .. }) => {
+            tracing::warn!(task = %task.id, "content failed its digest; fetching it again from the origin alone");
+            task.reset();
+            download(&node, &task, true).await
+        }
+        other => other,
+    };
+    metrics::gauge!("wharf_p2p_active_tasks").decrement(1.0);
+    match result {
+        Ok(()) => {
+            task.finish(Phase::Done);
+            node.announce(&task, vec![], vec![], true).await;
+            node.finished(&task);
+        }
+        Err(e) => {
+            tracing::warn!(task = %task.id, error = %e, "download failed");
+            task.finish(Phase::Failed(e.to_string()));
+            node.forget(&task).await;
+        }
+    }
+}
+
+async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Result<(), P2pError> {
+    let shape = TaskShape {
+        size: task.size,
+        piece_len: task.piece_len,
+    };
+    let mut in_flight: HashSet<u32> = HashSet::new();
+    let mut waiting_since: HashMap<u32, Instant> = HashMap::new();
+    let mut excluded: HashSet<String> = HashSet::new();
+    let mut jobs: JoinSet<Fetched> = JoinSet::new();
+    let mut origin_failures = 0u32;
+    let mut back_to_source_logged = false;
+    let limit = node.config.concurrency.max(1);
+    loop {
+        let missing: Vec<u32> = task.missing().into_iter().filter(|n| !in_flight.contains(n)).collect();
+        if missing.is_empty() && in_flight.is_empty() {
+            break;
+        }
+        let mut idle = false;
+        if !missing.is_empty() && in_flight.len() < limit {
+            let mut plan: Vec<(u32, Source)> = Vec::new();
+            let use_scheduler = !origin_only && node.clients.has_schedulers();
+            let answer = if use_scheduler {
+                let req = ScheduleRequest {
+                    peer: node.peer.clone(),
+                    shape: shape.clone(),
+                    want: missing.clone(),
+                };
+                node.clients.schedule(&task.id, &req).await.ok()
+            } else {
+                None
+            };
+            match answer {
+                Some((_, resp)) => {
+                    if let Ok(mut d) = task.digests.lock() {
+                        for (slot, known) in d.iter_mut().zip(resp.digests) {
+                            if slot.is_none() {
+                                *slot = known;
+                            }
+                        }
+                    }
+                    for a in resp.assignments {
+                        let source = match a.source {
+                            Source::Peer { id, .. } if excluded.contains(&id) => Source::Wait,
+                            Source::Wait if waiting_since.get(&a.piece).is_some_and(|t| t.elapsed() > WAIT_LIMIT) => {
+                                metrics::counter!("wharf_p2p_back_to_source_total", "why" => "wait").increment(1);
+                                Source::Origin
+                            }
+                            s => s,
+                        };
+                        plan.push((a.piece, source));
+                    }
+                }
+                None => {
+                    if use_scheduler && !back_to_source_logged {
+                        tracing::warn!(task = %task.id, "no scheduler answers; fetching from the origin");
+                        back_to_source_logged = true;
+                    }
+                    if use_scheduler {
+                        metrics::counter!("wharf_p2p_back_to_source_total", "why" => "scheduler").increment(1);
+                    }
+                    plan.extend(missing.iter().map(|n| (*n, Source::Origin)));
+                }
+            }
+            let mut started = 0;
+            for (n, source) in plan {
+                if in_flight.len() >= limit || in_flight.contains(&n) || task.has(n) {
+                    continue;
+                }
+                match source {
+                    Source::Wait => {
+                        waiting_since.entry(n).or_insert_with(Instant::now);
+                    }
+                    Source::Origin => {
+                        waiting_since.remove(&n);
+                        in_flight.insert(n);
+                        started += 1;
+                        jobs.spawn(fetch_origin(node.clone(), task.clone(), n));
+                    }
+                    Source::Peer { id, addr } => {
+                        waiting_since.remove(&n);
+                        in_flight.insert(n);
+                        started += 1;
+                        jobs.spawn(fetch_peer(node.clone(), task.clone(), n, id, addr));
+                    }
+                }
+            }
+            idle = started == 0;
+        }
+        if in_flight.is_empty() {
+            if idle {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            continue;
+        }
+        // Wait for one piece, or a little while if everything else is waiting, then plan again.
+        let next = if idle || in_flight.len() >= limit {
+            jobs.join_next().await
+        } else {
+            match tokio::time::timeout(Duration::from_millis(50), jobs.join_next()).await {
+                Ok(r) => r,
+                Err(_) => continue,
+            }
+        };
+        let Some(joined) = next else { continue };
+        let fetched = joined.map_err(|e| P2pError::Origin(format!("piece task failed: {e}")))?;
+        match fetched {
+            Fetched::Ok { n, data, from } => {
+                in_flight.remove(&n);
+                let origin = from.is_none();
+                let digest = wharf_oci::Digest::sha256_of(&data).hex().to_owned();
+                let t = task.clone();
+                let len = data.len() as u64;
+                tokio::task::spawn_blocking(move || t.store_piece(n, &data))
+                    .await
+                    .map_err(|e| P2pError::Origin(format!("write failed: {e}")))??;
+                let source = if origin { "origin" } else { "peer" };
+                metrics::counter!("wharf_p2p_bytes_total", "source" => source).increment(len);
+                if origin {
+                    origin_failures = 0;
+                    if let Ok(mut d) = task.digests.lock()
+                        && let Some(slot) = d.get_mut(n as usize)
+                    {
+                        *slot = Some(digest.clone());
+                    }
+                }
+                let digests = if origin { vec![(n, digest)] } else { vec![] };
+                node.announce(task, vec![n], digests, false).await;
+            }
+            Fetched::Failed {
+                n,
+                from,
+                error,
+                corrupt,
+            } => {
+                in_flight.remove(&n);
+                match from {
+                    Some((id, _addr)) => {
+                        tracing::debug!(task = %task.id, piece = n, peer = %id, error = %error, "peer failed");
+                        excluded.insert(id.clone());
+                        if corrupt {
+                            metrics::counter!("wharf_p2p_bad_pieces_total").increment(1);
+                            tracing::warn!(task = %task.id, piece = n, peer = %id, "corrupt piece; peer reported");
+                        }
+                        let report = Report {
+                            peer: node.peer.clone(),
+                            bad: id,
+                            piece: n,
+                            reason: if corrupt { "corrupt" } else { "unreachable" }.into(),
+                        };
+                        node.clients.report(&task.id, &report).await;
+                    }
+                    None => {
+                        origin_failures += 1;
+                        tracing::warn!(task = %task.id, piece = n, error = %error, "origin fetch failed");
+                        if origin_failures >= ORIGIN_ATTEMPTS {
+                            return Err(error);
+                        }
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(origin_failures))).await;
+                    }
+                }
+            }
+        }
+    }
+    verify(task).await
+}
+
+async fn fetch_origin(node: Arc<Node>, task: Arc<Task>, n: u32) -> Fetched {
+    let (start, end) = task.range(n);
+    let _slot = node.origin_slots.acquire().await;
+    let Some(origin) = &task.origin else {
+        return Fetched::Failed {
+            n,
+            from: None,
+            error: P2pError::Origin("no origin known".into()),
+            corrupt: false,
+        };
+    };
+    match origin.fetch(start, end).await {
+        Ok(data) => {
+            node.download_limit.take(data.len()).await;
+            Fetched::Ok { n, data, from: None }
+        }
+        Err(error) => Fetched::Failed {
+            n,
+            from: None,
+            error,
+            corrupt: false,
+        },
+    }
+}
+
+async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, id: String, addr: String) -> Fetched {
+    let (start, end) = task.range(n);
+    // Generous: a piece at 1 MiB/s, plus connection setup.
+    let timeout = Duration::from_secs(5) + Duration::from_secs((end - start) / (1 << 20));
+    let fail = |error, corrupt| Fetched::Failed {
+        n,
+        from: Some((id.clone(), addr.clone())),
+        error,
+        corrupt,
+    };
+    let Some(expected) = task
+        .digests
+        .lock()
+        .ok()
+        .and_then(|d| d.get(n as usize).cloned().flatten())
+    else {
+        return fail(
+            P2pError::Peer {
+                addr: addr.clone(),
+                reason: "piece digest unknown".into(),
+            },
+            false,
+        );
+    };
+    match node.clients.piece(&addr, &task.id, n, timeout).await {
+        Ok(data) => {
+            if data.len() as u64 != end - start || wharf_oci::Digest::sha256_of(&data).hex() != expected {
+                return fail(
+                    P2pError::BadPiece {
+                        task: task.id.clone(),
+                        piece: n,
+                    },
+                    true,
+                );
+            }
+            node.download_limit.take(data.len()).await;
+            Fetched::Ok {
+                n,
+                data,
+                from: Some(id),
+            }
+        }
+        Err(error) => fail(error, false),
+    }
+}
+
+/// The whole content against the task's digest (blob tasks; a URL task without `--digest` has none).
+async fn verify(task: &Arc<Task>) -> Result<(), P2pError> {
+    let Some(want) = task.expected.clone() else {
+        return Ok(());
+    };
+    let t = task.clone();
+    let algorithm = want.algorithm();
+    let computed = tokio::task::spawn_blocking(move || -> Result<wharf_oci::Digest, P2pError> {
+        let mut hasher = wharf_oci::DigestHasher::new(algorithm);
+        for n in 0..t.pieces {
+            let data = t.read_piece(n).map_err(|source| P2pError::Io {
+                path: t.dir.join("data"),
+                source,
+            })?;
+            hasher.update(&data);
+        }
+        Ok(hasher.finish())
+    })
+    .await
+    .map_err(|e| P2pError::Origin(format!("verify failed: {e}")))??;
+    if computed != want {
+        return Err(P2pError::BadContent {
+            task: task.id.clone(),
+            computed: computed.to_string(),
+        });
+    }
+    Ok(())
+}

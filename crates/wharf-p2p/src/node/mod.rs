@@ -1,0 +1,416 @@
+//! `wharf node`: a registry mirror for the local engine whose blobs come through the swarm.
+//!
+//! - `mirror.rs`: the engine-facing registry API (manifests and tags pass through to the upstream; blobs are tasks).
+//! - `peer.rs`: the peer API, serving verified pieces only.
+//! - `task.rs`: one task's content file and progress; `download.rs`: how its pieces are fetched; `client.rs`:
+//!   schedulers and peers.
+//!
+//! Local content: `<root>/tasks/<sha256|url>/<hex>/data`, plus `done` once verified (loaded again after a restart
+//! and re-announced). Finished tasks are kept up to `cache_bytes` (least recently used go first, never one being
+//! read or served).
+
+mod client;
+pub mod download;
+pub mod mirror;
+pub mod peer;
+pub mod task;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OnceCell, Semaphore};
+use wharf_mirror::UpstreamConfig;
+use wharf_mirror::upstream::Upstream;
+use wharf_oci::Digest;
+
+use crate::P2pError;
+use crate::piece;
+use crate::proto::{Announce, Peer, TaskShape};
+use crate::ratelimit::RateLimit;
+pub use client::Clients;
+use task::{Origin, Phase, Task, task_dir};
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub root: PathBuf,
+    /// The engine-facing registry mirror.
+    pub listen: SocketAddr,
+    /// The peer API.
+    pub peer_listen: SocketAddr,
+    /// This node as peers and schedulers know it (`addr` is the peer API's base URL).
+    pub peer: Peer,
+    pub schedulers: Vec<String>,
+    pub token: Option<String>,
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Upstream answering requests without `ns` (Docker's `registry-mirrors`); default the first.
+    pub default_upstream: Option<String>,
+    /// Minimum piece length.
+    pub piece_len: u64,
+    /// Pieces in flight per task.
+    pub concurrency: usize,
+    /// Origin requests in flight for the whole node.
+    pub origin_concurrency: usize,
+    pub download_rate: Option<u64>,
+    pub upload_rate: Option<u64>,
+    /// Bytes of finished tasks kept; 0 = no limit.
+    pub cache_bytes: u64,
+    pub timeout: Duration,
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub peer: Peer,
+    pub clients: Clients,
+    upstreams: Vec<Arc<Upstream>>,
+    tasks: Mutex<HashMap<String, Arc<OnceCell<Arc<Task>>>>>,
+    pub origin_slots: Semaphore,
+    pub download_limit: RateLimit,
+    pub upload_limit: RateLimit,
+}
+
+/// What `<dir>/done` records.
+#[derive(Serialize, Deserialize)]
+struct DoneRecord {
+    size: u64,
+    piece_len: u64,
+    expected: Option<String>,
+}
+
+impl Node {
+    pub fn new(config: NodeConfig) -> Result<Arc<Node>, P2pError> {
+        let mut upstreams = Vec::new();
+        for u in &config.upstreams {
+            let up = Upstream::new(u.clone(), config.timeout).map_err(|e| P2pError::Config(e.to_string()))?;
+            upstreams.push(Arc::new(up));
+        }
+        let clients = Clients::new(config.schedulers.clone(), config.token.clone())?;
+        let node = Arc::new(Node {
+            peer: config.peer.clone(),
+            clients,
+            upstreams,
+            tasks: Mutex::new(HashMap::new()),
+            origin_slots: Semaphore::new(config.origin_concurrency.max(1)),
+            download_limit: RateLimit::new(config.download_rate),
+            upload_limit: RateLimit::new(config.upload_rate),
+            config,
+        });
+        node.load_finished();
+        Ok(node)
+    }
+
+    /// Tasks finished before a restart, from their `done` records.
+    fn load_finished(&self) {
+        for kind in ["sha256", "url"] {
+            let base = self.config.root.join("tasks").join(kind);
+            let Ok(entries) = std::fs::read_dir(&base) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let dir = e.path();
+                let Some(hex) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                    continue;
+                };
+                let id = format!("{kind}:{hex}");
+                let record = std::fs::read(dir.join("done"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<DoneRecord>(&b).ok());
+                let Some(r) = record.filter(|_| crate::proto::valid_task(&id)) else {
+                    // Unfinished: its pieces are not trusted after a restart.
+                    let _ = std::fs::remove_dir_all(&dir);
+                    continue;
+                };
+                let expected = r.expected.and_then(|d| d.parse().ok());
+                match Task::complete(id.clone(), dir, r.piece_len, expected) {
+                    Ok(t) if t.size == r.size => {
+                        let cell = Arc::new(OnceCell::new_with(Some(Arc::new(t))));
+                        if let Ok(mut m) = self.tasks.lock() {
+                            m.insert(id, cell);
+                        }
+                    }
+                    _ => tracing::warn!(task = %id, "a finished task's content is unreadable; dropped"),
+                }
+            }
+        }
+    }
+
+    /// The upstream for `ns` (containerd's host parameter), or the default one.
+    pub fn upstream(&self, ns: Option<&str>) -> Option<Arc<Upstream>> {
+        match ns {
+            Some(ns) => {
+                let ns = wharf_mirror::canonical_host(ns);
+                self.upstreams
+                    .iter()
+                    .find(|u| {
+                        u.config.name == ns || u.url().split("://").nth(1).and_then(|r| r.split('/').next()) == Some(ns)
+                    })
+                    .cloned()
+            }
+            None => match &self.config.default_upstream {
+                Some(name) => self.upstreams.iter().find(|u| &u.config.name == name).cloned(),
+                None => self.upstreams.first().cloned(),
+            },
+        }
+    }
+
+    pub fn task(&self, id: &str) -> Option<Arc<Task>> {
+        let cell = self.tasks.lock().ok()?.get(id).cloned()?;
+        cell.get().cloned()
+    }
+
+    /// The task of blob `digest` of `repo` upstream: the one in progress or finished here, or a new download.
+    pub async fn blob_task(
+        self: &Arc<Self>,
+        upstream: Arc<Upstream>,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<Arc<Task>>, P2pError> {
+        let id = digest.to_string();
+        if !crate::proto::valid_task(&id) {
+            return Err(P2pError::BadTask(id));
+        }
+        let cell = self.cell(&id);
+        let (repo, digest2) = (repo.to_owned(), digest.clone());
+        let node = self.clone();
+        let result = cell
+            .get_or_try_init(|| async move {
+                let size = match upstream.blob_size(&repo, &digest2).await {
+                    Ok(Some(size)) => size,
+                    Ok(None) => return Err(P2pError::Origin(format!("{repo}@{digest2}: not found upstream"))),
+                    // The origin is down: the swarm may still have the blob.
+                    Err(e) if e.is_outage() => match node.clients.shape(&digest2.to_string()).await {
+                        Some(shape) => shape.size,
+                        None => return Err(P2pError::Origin(e.to_string())),
+                    },
+                    Err(e) => return Err(P2pError::Origin(e.to_string())),
+                };
+                let origin = Origin::Blob {
+                    upstream,
+                    repo,
+                    digest: digest2.clone(),
+                };
+                node.start(digest2.to_string(), size, origin, Some(digest2))
+            })
+            .await;
+        match result {
+            Ok(t) => Ok(Some(t.clone())),
+            Err(P2pError::Origin(msg)) if msg.ends_with("not found upstream") => {
+                self.drop_cell(&id);
+                Ok(None)
+            }
+            Err(e) => {
+                self.drop_cell(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The task of a file URL (`wharf get`).
+    pub async fn url_task(
+        self: &Arc<Self>,
+        url: &str,
+        headers: Vec<(String, String)>,
+        expected: Option<Digest>,
+    ) -> Result<Arc<Task>, P2pError> {
+        let id = crate::proto::url_task(url);
+        let cell = self.cell(&id);
+        let node = self.clone();
+        let url = url.to_owned();
+        let id_again = id.clone();
+        let result = cell
+            .get_or_try_init(|| async move {
+                let client = node.clients.http.clone();
+                let mut req = client.head(&url);
+                for (k, v) in &headers {
+                    req = req.header(k, v);
+                }
+                let resp = req.send().await.map_err(|e| P2pError::Origin(format!("{url}: {e}")))?;
+                if !resp.status().is_success() {
+                    return Err(P2pError::Origin(format!("{url} answered {}", resp.status())));
+                }
+                let size = resp
+                    .headers()
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| P2pError::Origin(format!("{url}: no Content-Length")))?;
+                let id = crate::proto::url_task(&url);
+                node.start(id, size, Origin::Url { client, url, headers }, expected)
+            })
+            .await;
+        result.cloned().inspect_err(|_| self.drop_cell(&id_again))
+    }
+
+    fn cell(&self, id: &str) -> Arc<OnceCell<Arc<Task>>> {
+        let mut m = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id.to_owned()).or_default().clone()
+    }
+
+    fn drop_cell(&self, id: &str) {
+        if let Ok(mut m) = self.tasks.lock()
+            && m.get(id).is_some_and(|c| c.get().is_none())
+        {
+            m.remove(id);
+        }
+    }
+
+    /// Creates a task and starts its download in the background.
+    fn start(
+        self: &Arc<Self>,
+        id: String,
+        size: u64,
+        origin: Origin,
+        expected: Option<Digest>,
+    ) -> Result<Arc<Task>, P2pError> {
+        let piece_len = piece::piece_len(size, self.config.piece_len);
+        let dir = task_dir(&self.config.root, &id);
+        let task = Arc::new(Task::create(id, size, piece_len, dir, origin, expected)?);
+        tokio::spawn(download::run(self.clone(), task.clone()));
+        Ok(task)
+    }
+
+    pub async fn announce(&self, task: &Task, have: Vec<u32>, digests: Vec<(u32, String)>, done: bool) {
+        if !self.clients.has_schedulers() {
+            return;
+        }
+        let a = Announce {
+            peer: self.peer.clone(),
+            shape: TaskShape {
+                size: task.size,
+                piece_len: task.piece_len,
+            },
+            have,
+            digests,
+            done,
+            gone: false,
+        };
+        self.clients.announce(&task.id, &a).await;
+    }
+
+    /// A download finished: record it on disk, then keep the cache within its size.
+    pub fn finished(self: &Arc<Self>, task: &Arc<Task>) {
+        let record = DoneRecord {
+            size: task.size,
+            piece_len: task.piece_len,
+            expected: task.expected.as_ref().map(|d| d.to_string()),
+        };
+        if let Ok(json) = serde_json::to_vec(&record)
+            && let Err(e) = std::fs::write(task.dir.join("done"), json)
+        {
+            tracing::warn!(task = %task.id, error = %e, "cannot record a finished task");
+        }
+        let node = self.clone();
+        tokio::spawn(async move { node.evict().await });
+    }
+
+    /// Drops least recently used finished tasks, never one in use, until the cache fits.
+    async fn evict(self: &Arc<Self>) {
+        let limit = self.config.cache_bytes;
+        if limit == 0 {
+            return;
+        }
+        let mut done: Vec<Arc<Task>> = {
+            let m = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            m.values().filter_map(|c| c.get().cloned()).collect()
+        };
+        done.retain(|t| t.progress().phase == Phase::Done);
+        let mut total: u64 = done.iter().map(|t| t.size).sum();
+        done.sort_by_key(|t| t.last_used());
+        for t in done {
+            if total <= limit {
+                break;
+            }
+            if t.in_use() {
+                continue;
+            }
+            total -= t.size;
+            tracing::info!(task = %t.id, size = t.size, "evicted from the cache");
+            self.forget(&t).await;
+        }
+    }
+
+    /// Drops a task: the scheduler forgets this node holds it, its files go.
+    pub async fn forget(&self, task: &Task) {
+        if let Ok(mut m) = self.tasks.lock() {
+            m.remove(&task.id);
+        }
+        if self.clients.has_schedulers() {
+            let a = Announce {
+                peer: self.peer.clone(),
+                shape: TaskShape {
+                    size: task.size,
+                    piece_len: task.piece_len,
+                },
+                have: vec![],
+                digests: vec![],
+                done: false,
+                gone: true,
+            };
+            self.clients.announce(&task.id, &a).await;
+        }
+        let _ = tokio::fs::remove_dir_all(&task.dir).await;
+    }
+
+    /// Every few seconds, tells each finished task's scheduler (the owner now: after a failover, a new one) that
+    /// this node holds it, so a scheduler restarted or taking over learns the swarm again.
+    pub async fn reannounce(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let tasks: Vec<Arc<Task>> = {
+                let m = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+                m.values().filter_map(|c| c.get().cloned()).collect()
+            };
+            for t in tasks {
+                let p = t.progress();
+                let have: Vec<u32> = (0..t.pieces).filter(|n| p.have[*n as usize]).collect();
+                if have.is_empty() {
+                    continue;
+                }
+                let digests: Vec<(u32, String)> = t
+                    .digests
+                    .lock()
+                    .map(|d| {
+                        d.iter()
+                            .enumerate()
+                            .filter_map(|(i, d)| Some((i as u32, d.clone()?)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.announce(&t, have, digests, p.phase == Phase::Done).await;
+            }
+        }
+    }
+}
+
+/// Runs a node until `shutdown`: the mirror and the peer API on their listeners, and the re-announcer.
+pub async fn serve(
+    node: Arc<Node>,
+    mirror_listener: tokio::net::TcpListener,
+    peer_listener: tokio::net::TcpListener,
+    metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), P2pError> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(node.clone().reannounce(Duration::from_secs(5)));
+    let mirror = axum::serve(mirror_listener, mirror::router(node.clone(), metrics)).with_graceful_shutdown({
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.changed().await;
+        }
+    });
+    let peer = axum::serve(peer_listener, peer::router(node.clone())).with_graceful_shutdown({
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.changed().await;
+        }
+    });
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let (a, b) = tokio::join!(mirror, peer);
+    a.and(b).map_err(|e| P2pError::Config(format!("server failed: {e}")))
+}

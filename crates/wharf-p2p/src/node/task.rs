@@ -1,0 +1,298 @@
+//! One task on a node: its content file, which pieces it holds (a `watch` channel that readers wait on), the piece
+//! digests, and where its origin is. The download itself is in `download.rs`.
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::P2pError;
+use crate::piece;
+
+/// Where a task's bytes come from when no peer has them.
+#[derive(Clone)]
+pub enum Origin {
+    /// A registry blob through an upstream.
+    Blob {
+        upstream: Arc<wharf_mirror::upstream::Upstream>,
+        repo: String,
+        digest: wharf_oci::Digest,
+    },
+    /// An HTTP(S) file.
+    Url {
+        client: reqwest::Client,
+        url: String,
+        headers: Vec<(String, String)>,
+    },
+}
+
+impl Origin {
+    /// Bytes `start..end` from the origin.
+    pub async fn fetch(&self, start: u64, end: u64) -> Result<Bytes, P2pError> {
+        match self {
+            Origin::Blob { upstream, repo, digest } => upstream
+                .blob_range(repo, digest, start, end)
+                .await
+                .map_err(|e| P2pError::Origin(e.to_string()))?
+                .ok_or_else(|| P2pError::Origin(format!("{repo}@{digest} is gone upstream"))),
+            Origin::Url { client, url, headers } => {
+                let mut req = client
+                    .get(url)
+                    .header("Range", format!("bytes={start}-{}", end.saturating_sub(1)));
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                let resp = req.send().await.map_err(|e| P2pError::Origin(format!("{url}: {e}")))?;
+                let status = resp.status();
+                let whole = status == reqwest::StatusCode::OK && start == 0 && resp.content_length() == Some(end);
+                if status != reqwest::StatusCode::PARTIAL_CONTENT && !whole {
+                    return Err(P2pError::Origin(format!("{url} answered {status} to a range request")));
+                }
+                let body = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| P2pError::Origin(format!("{url}: {e}")))?;
+                if body.len() as u64 != end - start {
+                    return Err(P2pError::Origin(format!(
+                        "{url}: short range ({} of {})",
+                        body.len(),
+                        end - start
+                    )));
+                }
+                Ok(body)
+            }
+        }
+    }
+}
+
+/// Where a task stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Every piece held and the whole content verified.
+    Done,
+    Failed(String),
+}
+
+/// The pieces held and the phase, as readers see them.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub have: Vec<bool>,
+    pub count: u32,
+    pub phase: Phase,
+    /// Bumped when every piece is dropped to start over: a reader that already sent bytes must stop.
+    pub generation: u32,
+}
+
+pub struct Task {
+    pub id: String,
+    pub size: u64,
+    pub piece_len: u64,
+    pub pieces: u32,
+    pub dir: PathBuf,
+    file: std::fs::File,
+    /// `None` for content loaded from disk complete (it never needs the origin).
+    pub origin: Option<Origin>,
+    /// What the whole content must hash to (every blob; a file only with `--digest`).
+    pub expected: Option<wharf_oci::Digest>,
+    progress: watch::Sender<Progress>,
+    pub digests: Mutex<Vec<Option<String>>>,
+    /// Responses and peers reading it: never evicted while nonzero.
+    readers: AtomicUsize,
+    last_used: Mutex<Instant>,
+}
+
+impl Task {
+    /// A task whose content file is created (sparse) at `dir/data`, holding nothing yet.
+    pub fn create(
+        id: String,
+        size: u64,
+        piece_len: u64,
+        dir: PathBuf,
+        origin: Origin,
+        expected: Option<wharf_oci::Digest>,
+    ) -> Result<Task, P2pError> {
+        let io_err = |source| P2pError::Io {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io_err)?;
+        let path = dir.join("data");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|source| P2pError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        file.set_len(size).map_err(|source| P2pError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let pieces = piece::count(size, piece_len);
+        let (progress, _) = watch::channel(Progress {
+            have: vec![false; pieces as usize],
+            count: 0,
+            phase: Phase::Running,
+            generation: 0,
+        });
+        Ok(Task {
+            id,
+            size,
+            piece_len,
+            pieces,
+            dir,
+            file,
+            origin: Some(origin),
+            expected,
+            progress,
+            digests: Mutex::new(vec![None; pieces as usize]),
+            readers: AtomicUsize::new(0),
+            last_used: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// A task whose verified content is already at `dir/data` (a restart, or a finished download).
+    pub fn complete(
+        id: String,
+        dir: PathBuf,
+        piece_len: u64,
+        expected: Option<wharf_oci::Digest>,
+    ) -> Result<Task, P2pError> {
+        let path = dir.join("data");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .open(&path)
+            .map_err(|source| P2pError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        let size = file
+            .metadata()
+            .map_err(|source| P2pError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let pieces = piece::count(size, piece_len);
+        let (progress, _) = watch::channel(Progress {
+            have: vec![true; pieces as usize],
+            count: pieces,
+            phase: Phase::Done,
+            generation: 0,
+        });
+        Ok(Task {
+            id,
+            size,
+            piece_len,
+            pieces,
+            dir,
+            file,
+            origin: None,
+            expected,
+            progress,
+            digests: Mutex::new(vec![None; pieces as usize]),
+            readers: AtomicUsize::new(0),
+            last_used: Mutex::new(Instant::now()),
+        })
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.progress.borrow().clone()
+    }
+
+    pub fn has(&self, n: u32) -> bool {
+        self.progress.borrow().have.get(n as usize).copied().unwrap_or(false)
+    }
+
+    pub fn range(&self, n: u32) -> (u64, u64) {
+        piece::range(n, self.size, self.piece_len)
+    }
+
+    /// Writes a verified piece and marks it held.
+    pub fn store_piece(&self, n: u32, data: &[u8]) -> Result<(), P2pError> {
+        let (start, _) = self.range(n);
+        self.file.write_all_at(data, start).map_err(|source| P2pError::Io {
+            path: self.dir.join("data"),
+            source,
+        })?;
+        self.progress.send_modify(|p| {
+            if let Some(h) = p.have.get_mut(n as usize)
+                && !*h
+            {
+                *h = true;
+                p.count += 1;
+            }
+        });
+        Ok(())
+    }
+
+    /// Reads a held piece.
+    pub fn read_piece(&self, n: u32) -> io::Result<Vec<u8>> {
+        let (start, end) = self.range(n);
+        let mut buf = vec![0u8; (end - start) as usize];
+        self.file.read_exact_at(&mut buf, start)?;
+        Ok(buf)
+    }
+
+    /// Forgets every piece (the whole content failed its digest): the download starts over.
+    pub fn reset(&self) {
+        self.progress.send_modify(|p| {
+            p.have.iter_mut().for_each(|h| *h = false);
+            p.count = 0;
+            p.generation += 1;
+        });
+    }
+
+    pub fn finish(&self, phase: Phase) {
+        self.progress.send_modify(|p| p.phase = phase);
+    }
+
+    pub fn missing(&self) -> Vec<u32> {
+        let p = self.progress.borrow();
+        (0..self.pieces).filter(|n| !p.have[*n as usize]).collect()
+    }
+
+    /// Marks the task in use until the guard is dropped.
+    pub fn reader(self: &Arc<Self>) -> ReaderGuard {
+        self.readers.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = Instant::now();
+        }
+        ReaderGuard(self.clone())
+    }
+
+    pub fn in_use(&self) -> bool {
+        self.readers.load(Ordering::SeqCst) > 0
+    }
+
+    pub fn last_used(&self) -> Instant {
+        self.last_used.lock().map(|t| *t).unwrap_or_else(|_| Instant::now())
+    }
+}
+
+pub struct ReaderGuard(Arc<Task>);
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The directory of task `id` under `root`: `tasks/<kind>/<hex>`.
+pub fn task_dir(root: &std::path::Path, id: &str) -> PathBuf {
+    let (kind, hex) = id.split_once(':').unwrap_or(("x", id));
+    root.join("tasks").join(kind).join(hex)
+}

@@ -1,0 +1,194 @@
+//! The wire protocol between nodes and schedulers (JSON over HTTP) and between peers.
+//!
+//! Scheduler API (every request carries `Authorization: Bearer <cluster token>` when one is configured):
+//! - `POST /v1/tasks/{task}/schedule` [`ScheduleRequest`] → [`ScheduleResponse`]: a source for each wanted piece.
+//! - `POST /v1/tasks/{task}/announce` [`Announce`] → 204: pieces the node now holds (with the SHA-256 of pieces it
+//!   fetched from the origin), or that it is done or gone.
+//! - `POST /v1/tasks/{task}/report` [`Report`] → 204: a peer sent a bad piece or could not be reached.
+//! - `GET /v1/tasks/{task}` → [`TaskShape`] (404 if unknown): how big a task is, for a node whose origin is down.
+//! - `POST /v1/preheat` [`Preheat`] → 202: seed nodes should fetch these tasks.
+//! - `GET /v1/swarms` → [`Swarms`]; `GET /metrics`; `GET /healthz`.
+//!
+//! Peer API: `GET /p2p/v1/tasks/{task}/pieces/{n}` → the piece's bytes, only if this node holds it verified (404
+//! otherwise); same bearer token.
+
+use serde::{Deserialize, Serialize};
+
+/// A task id: `sha256:<hex>` for a registry blob, `url:<sha256 hex of the URL>` for a file. Validated so it is safe
+/// in a path and a file name.
+pub fn valid_task(task: &str) -> bool {
+    let Some((kind, hex)) = task.split_once(':') else {
+        return false;
+    };
+    matches!(kind, "sha256" | "url")
+        && hex.len() == 64
+        && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// The task id of a file URL.
+pub fn url_task(url: &str) -> String {
+    format!("url:{}", wharf_oci::Digest::sha256_of(url.as_bytes()).hex())
+}
+
+/// Who a node is, as peers reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Stable id of the node (its advertised address and port if not configured).
+    pub id: String,
+    /// Base URL of its peer API, e.g. `http://198.18.0.5:65002`.
+    pub addr: String,
+    /// Optional locality hint (rack, zone): peers in the same one are preferred.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
+    /// This node is a seed (next to the registry; preheat targets).
+    #[serde(default)]
+    pub seed: bool,
+}
+
+/// What a task is: the numbers every node must agree on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskShape {
+    pub size: u64,
+    pub piece_len: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleRequest {
+    pub peer: Peer,
+    pub shape: TaskShape,
+    /// Pieces the node needs now (not held, not in flight).
+    pub want: Vec<u32>,
+}
+
+/// Where to get a piece.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    /// From this peer, which holds it verified.
+    Peer { id: String, addr: String },
+    /// From the origin: this node is the one fetching it (a lease; announce it when done).
+    Origin,
+    /// Someone is fetching it from the origin; ask again soon.
+    Wait,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Assignment {
+    pub piece: u32,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleResponse {
+    pub assignments: Vec<Assignment>,
+    /// SHA-256 (hex) of every piece known so far, by piece number (`None` where no node has fetched it from the
+    /// origin yet). A piece from a peer is accepted only if it matches.
+    pub digests: Vec<Option<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Announce {
+    pub peer: Peer,
+    pub shape: TaskShape,
+    /// Pieces the node now holds verified.
+    #[serde(default)]
+    pub have: Vec<u32>,
+    /// `(piece, sha256 hex)` of pieces it fetched from the origin.
+    #[serde(default)]
+    pub digests: Vec<(u32, String)>,
+    /// The node has every piece and the whole content verified.
+    #[serde(default)]
+    pub done: bool,
+    /// The node dropped the task (evicted, failed): forget what it held.
+    #[serde(default)]
+    pub gone: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub peer: Peer,
+    /// The peer that misbehaved.
+    pub bad: String,
+    pub piece: u32,
+    /// `corrupt` (its bytes did not match the digest) or `unreachable`.
+    pub reason: String,
+}
+
+/// Ask seed nodes to fetch tasks ahead of a rollout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Preheat {
+    /// Registry blobs: `(upstream name or URL, repository, digest)`.
+    pub blobs: Vec<PreheatBlob>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreheatBlob {
+    pub repository: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// `GET /v1/swarms`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Swarms {
+    pub tasks: Vec<SwarmInfo>,
+    pub peers: Vec<PeerInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmInfo {
+    pub task: String,
+    pub size: u64,
+    pub piece_len: u64,
+    pub pieces: u32,
+    /// Pieces whose digest is known.
+    pub known_digests: u32,
+    /// Peers with at least one piece, and how many each holds.
+    pub holders: Vec<(String, u32)>,
+    /// Peers holding everything.
+    pub done: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub id: String,
+    pub addr: String,
+    pub rack: Option<String>,
+    pub seed: bool,
+    pub seconds_since_seen: u64,
+    /// Reported for bad pieces: never assigned again.
+    pub excluded: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids() {
+        let d = wharf_oci::Digest::sha256_of(b"x").to_string();
+        assert!(valid_task(&d));
+        assert!(valid_task(&url_task("http://example.invalid/f")));
+        for bad in [
+            "",
+            "sha256:",
+            "sha512:00",
+            "url:../../etc",
+            &d.to_uppercase(),
+            "sha256:zz",
+        ] {
+            assert!(!valid_task(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sources_are_tagged() {
+        let s = serde_json::to_string(&Source::Peer {
+            id: "a".into(),
+            addr: "http://x".into(),
+        })
+        .unwrap();
+        assert_eq!(s, r#"{"kind":"peer","id":"a","addr":"http://x"}"#);
+        assert_eq!(serde_json::to_string(&Source::Wait).unwrap(), r#"{"kind":"wait"}"#);
+    }
+}

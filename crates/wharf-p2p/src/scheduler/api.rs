@@ -1,0 +1,573 @@
+//! The scheduler's HTTP API (see [`crate::proto`] for the endpoints and types), plus `GET /v1/preheat?peer=<id>`:
+//! the queued preheat blobs that seed has not announced done, as a [`Preheat`].
+//!
+//! Every `/v1` request must carry `Authorization: Bearer <token>` when a token is configured (401 otherwise);
+//! `/healthz` and `/metrics` are open. Errors are JSON, `{"error": "..."}`: 400 for a malformed request or task id,
+//! 409 for a shape that disagrees with the swarm's.
+//!
+//! Metrics (the `metrics` facade; the binary installs the exporter and passes its renderer):
+//! - `wharf_scheduler_schedule_requests_total`
+//! - `wharf_scheduler_assignments_total{source="peer"|"origin"|"wait"}`
+//! - `wharf_scheduler_announces_total`
+//! - `wharf_scheduler_reports_total{reason="corrupt"|"unreachable"}`
+//! - `wharf_scheduler_tasks`, `wharf_scheduler_live_peers` (gauges, refreshed by the sweeper)
+
+use std::fmt::Display;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Scheduler, StateError};
+use crate::proto::{self, Announce, Preheat, Report, ScheduleRequest, Source};
+
+/// Renders the Prometheus text served at `/metrics`.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Largest request body: an announcement of every piece of the largest task, with digests, fits.
+const MAX_BODY: usize = 16 << 20;
+
+#[derive(Clone)]
+struct Ctx {
+    scheduler: Arc<Scheduler>,
+    metrics: Option<MetricsRender>,
+}
+
+/// The scheduler's router.
+pub fn router(scheduler: Arc<Scheduler>, metrics: Option<MetricsRender>) -> Router {
+    let ctx = Ctx { scheduler, metrics };
+    let v1 = Router::new()
+        .route("/v1/tasks/{task}", get(shape))
+        .route("/v1/tasks/{task}/schedule", post(schedule))
+        .route("/v1/tasks/{task}/announce", post(announce))
+        .route("/v1/tasks/{task}/report", post(report))
+        .route("/v1/preheat", post(preheat_add).get(preheat_list))
+        .route("/v1/swarms", get(swarms))
+        .route_layer(middleware::from_fn_with_state(ctx.clone(), authorize));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ctx)
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialize a response");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn error(status: StatusCode, message: impl Display) -> Response {
+    json(status, &serde_json::json!({ "error": message.to_string() }))
+}
+
+/// A refused request: its status and message, answered as `{"error": message}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
+        let status = if e.is_conflict() {
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        tracing::debug!(error = %e, "request refused");
+        ApiError(status, e.to_string())
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+}
+
+fn check_task(task: &str) -> Result<(), ApiError> {
+    if proto::valid_task(task) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            crate::P2pError::BadTask(task.to_owned()).to_string(),
+        ))
+    }
+}
+
+/// Compares secrets in time independent of where they differ (and of their lengths: hashes are compared).
+fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (
+        wharf_oci::Digest::sha256_of(a.as_bytes()),
+        wharf_oci::Digest::sha256_of(b.as_bytes()),
+    );
+    a.hex()
+        .bytes()
+        .zip(b.hex().bytes())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+fn bearer(value: &HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn authorize(State(ctx): State<Ctx>, request: Request, next: Next) -> Response {
+    if let Some(token) = &ctx.scheduler.config().token {
+        let ok = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(bearer)
+            .is_some_and(|given| same_secret(given, token));
+        if !ok {
+            let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(request).await
+}
+
+async fn schedule(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    check_task(&task)?;
+    let req: ScheduleRequest = parse(&body)?;
+    metrics::counter!("wharf_scheduler_schedule_requests_total").increment(1);
+    let answer = ctx.scheduler.with_state(|s, now| s.schedule(&task, &req, now))?;
+    let (mut peer, mut origin, mut wait) = (0, 0, 0);
+    for a in &answer.assignments {
+        match a.source {
+            Source::Peer { .. } => peer += 1,
+            Source::Origin => origin += 1,
+            Source::Wait => wait += 1,
+        }
+    }
+    metrics::counter!("wharf_scheduler_assignments_total", "source" => "peer").increment(peer);
+    metrics::counter!("wharf_scheduler_assignments_total", "source" => "origin").increment(origin);
+    metrics::counter!("wharf_scheduler_assignments_total", "source" => "wait").increment(wait);
+    Ok(json(StatusCode::OK, &answer))
+}
+
+async fn shape(State(ctx): State<Ctx>, Path(task): Path<String>) -> Result<Response, ApiError> {
+    check_task(&task)?;
+    match ctx.scheduler.with_state(|s, _| s.shape(&task)) {
+        Some(shape) => Ok(json(StatusCode::OK, &shape)),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no swarm for {task}"))),
+    }
+}
+
+async fn announce(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes) -> Result<StatusCode, ApiError> {
+    check_task(&task)?;
+    let a: Announce = parse(&body)?;
+    metrics::counter!("wharf_scheduler_announces_total").increment(1);
+    ctx.scheduler.with_state(|s, now| s.announce(&task, &a, now))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn report(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes) -> Result<StatusCode, ApiError> {
+    check_task(&task)?;
+    let r: Report = parse(&body)?;
+    ctx.scheduler.with_state(|s, now| s.report(&task, &r, now))?;
+    // Validated: one of two values, so the label set stays small.
+    let reason = if r.reason == "corrupt" {
+        "corrupt"
+    } else {
+        "unreachable"
+    };
+    metrics::counter!("wharf_scheduler_reports_total", "reason" => reason).increment(1);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn preheat_add(State(ctx): State<Ctx>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let p: Preheat = parse(&body)?;
+    let new = ctx.scheduler.with_state(|s, now| s.add_preheat(&p, now))?;
+    tracing::info!(blobs = p.blobs.len(), new, "preheat queued");
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn preheat_list(State(ctx): State<Ctx>, request: Request) -> Result<Response, ApiError> {
+    let peer = request
+        .uri()
+        .query()
+        .and_then(|q| query_param(q, "peer"))
+        .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "missing ?peer=<id>".into()))?;
+    let list = ctx.scheduler.with_state(|s, _| s.preheat_for(&peer));
+    Ok(json(StatusCode::OK, &list))
+}
+
+async fn swarms(State(ctx): State<Ctx>) -> Response {
+    let swarms = ctx.scheduler.with_state(|s, now| s.swarms(now));
+    json(StatusCode::OK, &swarms)
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+async fn metrics_text(State(ctx): State<Ctx>) -> Response {
+    match &ctx.metrics {
+        Some(render) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render()).into_response(),
+        None => not_found().await,
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not found")
+}
+
+/// The first value of `name` in a query string, percent-decoded (`+` is a space). `None` if absent, empty or not
+/// UTF-8.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k)? == name).then(|| percent_decode(v)).flatten()
+        })
+        .filter(|v| !v.is_empty())
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Peer, PreheatBlob, ScheduleResponse, Swarms, TaskShape};
+    use crate::scheduler::{SchedulerConfig, serve_scheduler};
+
+    const TASK: &str = "sha256:00000000000000000000000000000000000000000000000000000000000000aa";
+    const TOKEN: &str = "cluster-secret";
+
+    struct Server {
+        base: String,
+        client: reqwest::Client,
+        _stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    impl Server {
+        async fn start(token: Option<&str>) -> Server {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let config = SchedulerConfig {
+                token: token.map(str::to_owned),
+                ..SchedulerConfig::default()
+            };
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let render: MetricsRender = Arc::new(|| "wharf_scheduler_test 1\n".to_owned());
+            tokio::spawn(serve_scheduler(
+                listener,
+                Arc::new(Scheduler::new(config)),
+                Some(render),
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
+            Server {
+                base,
+                client: reqwest::Client::new(),
+                _stop: stop,
+            }
+        }
+
+        async fn send(
+            &self,
+            method: reqwest::Method,
+            path: &str,
+            token: Option<&str>,
+            body: Option<Vec<u8>>,
+        ) -> (u16, Vec<u8>) {
+            let mut r = self.client.request(method, format!("{}{path}", self.base));
+            if let Some(t) = token {
+                r = r.header("authorization", format!("Bearer {t}"));
+            }
+            if let Some(b) = body {
+                r = r.header("content-type", "application/json").body(b);
+            }
+            let resp = r.send().await.unwrap();
+            (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
+        }
+
+        async fn post<T: Serialize>(&self, path: &str, value: &T) -> (u16, Vec<u8>) {
+            self.send(
+                reqwest::Method::POST,
+                path,
+                Some(TOKEN),
+                Some(serde_json::to_vec(value).unwrap()),
+            )
+            .await
+        }
+    }
+
+    fn error_of(body: &[u8]) -> String {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        v["error"].as_str().unwrap().to_owned()
+    }
+
+    fn peer(i: u32) -> Peer {
+        Peer {
+            id: format!("node-{i}"),
+            addr: format!("http://127.0.0.{i}:65002"),
+            rack: None,
+            seed: false,
+        }
+    }
+
+    fn shape() -> TaskShape {
+        TaskShape {
+            size: 3 << 20,
+            piece_len: 1 << 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn token_is_required_on_v1_only() {
+        let s = Server::start(Some(TOKEN)).await;
+        let get = reqwest::Method::GET;
+        let (status, body) = s.send(get.clone(), "/v1/swarms", None, None).await;
+        assert_eq!(status, 401);
+        assert!(error_of(&body).contains("bearer"), "{}", String::from_utf8_lossy(&body));
+        assert_eq!(s.send(get.clone(), "/v1/swarms", Some("wrong"), None).await.0, 401);
+        assert_eq!(
+            s.send(get.clone(), "/v1/swarms", Some("cluster-secre"), None).await.0,
+            401
+        );
+        let req = ScheduleRequest {
+            peer: peer(1),
+            shape: shape(),
+            want: vec![0],
+        };
+        let path = format!("/v1/tasks/{TASK}/schedule");
+        let body = serde_json::to_vec(&req).unwrap();
+        assert_eq!(s.send(reqwest::Method::POST, &path, None, Some(body)).await.0, 401);
+        let (status, body) = s.send(get.clone(), "/v1/swarms", Some(TOKEN), None).await;
+        assert_eq!(status, 200);
+        let swarms: Swarms = serde_json::from_slice(&body).unwrap();
+        assert!(swarms.tasks.is_empty(), "the refused schedule left no trace");
+        assert_eq!(s.send(get.clone(), "/healthz", None, None).await.0, 200);
+        let (status, body) = s.send(get, "/metrics", None, None).await;
+        assert_eq!((status, body), (200, b"wharf_scheduler_test 1\n".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn open_without_a_token() {
+        let s = Server::start(None).await;
+        assert_eq!(s.send(reqwest::Method::GET, "/v1/swarms", None, None).await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn schedule_announce_report_round_trip() {
+        let s = Server::start(Some(TOKEN)).await;
+        let (a, b, c) = (peer(1), peer(2), peer(3));
+        let (status, body) = s
+            .post(
+                &format!("/v1/tasks/{TASK}/schedule"),
+                &ScheduleRequest {
+                    peer: a.clone(),
+                    shape: shape(),
+                    want: vec![1],
+                },
+            )
+            .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let answer: ScheduleResponse = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer.assignments[0].source, Source::Origin);
+        assert_eq!(answer.digests, vec![None, None, None]);
+
+        let ann = Announce {
+            peer: a.clone(),
+            shape: shape(),
+            have: vec![1],
+            digests: vec![(1, "ab".repeat(32))],
+            done: false,
+            gone: false,
+        };
+        assert_eq!(s.post(&format!("/v1/tasks/{TASK}/announce"), &ann).await.0, 204);
+        let (_, body) = s
+            .post(
+                &format!("/v1/tasks/{TASK}/schedule"),
+                &ScheduleRequest {
+                    peer: b.clone(),
+                    shape: shape(),
+                    want: vec![1],
+                },
+            )
+            .await;
+        let answer: ScheduleResponse = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            answer.assignments[0].source,
+            Source::Peer {
+                id: a.id.clone(),
+                addr: a.addr.clone()
+            }
+        );
+        assert_eq!(answer.digests[1].as_deref(), Some("ab".repeat(32).as_str()));
+
+        let rep = Report {
+            peer: b.clone(),
+            bad: a.id.clone(),
+            piece: 1,
+            reason: "corrupt".into(),
+        };
+        assert_eq!(s.post(&format!("/v1/tasks/{TASK}/report"), &rep).await.0, 204);
+        let (_, body) = s
+            .post(
+                &format!("/v1/tasks/{TASK}/schedule"),
+                &ScheduleRequest {
+                    peer: c.clone(),
+                    shape: shape(),
+                    want: vec![1],
+                },
+            )
+            .await;
+        let answer: ScheduleResponse = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            answer.assignments[0].source,
+            Source::Origin,
+            "excluded peer not offered"
+        );
+        let (_, body) = s.send(reqwest::Method::GET, "/v1/swarms", Some(TOKEN), None).await;
+        let swarms: Swarms = serde_json::from_slice(&body).unwrap();
+        assert_eq!(swarms.tasks.len(), 1);
+        assert!(swarms.peers.iter().any(|p| p.id == a.id && p.excluded));
+
+        let bad_reason = Report {
+            reason: "slow".into(),
+            ..rep
+        };
+        assert_eq!(s.post(&format!("/v1/tasks/{TASK}/report"), &bad_reason).await.0, 400);
+        let other_shape = ScheduleRequest {
+            peer: c,
+            shape: TaskShape {
+                size: 1,
+                piece_len: 1 << 20,
+            },
+            want: vec![],
+        };
+        let (status, body) = s.post(&format!("/v1/tasks/{TASK}/schedule"), &other_shape).await;
+        assert_eq!(status, 409);
+        assert!(error_of(&body).contains("disagrees"));
+    }
+
+    #[tokio::test]
+    async fn bad_task_ids_and_bodies_are_400() {
+        let s = Server::start(Some(TOKEN)).await;
+        let req = ScheduleRequest {
+            peer: peer(1),
+            shape: shape(),
+            want: vec![0],
+        };
+        for task in ["sha256:abc", "md5:00", "url:..%2f..%2fetc", &TASK.to_uppercase()] {
+            let (status, body) = s.post(&format!("/v1/tasks/{task}/schedule"), &req).await;
+            assert_eq!(status, 400, "{task}");
+            assert!(error_of(&body).contains("invalid task id"), "{task}");
+        }
+        let (status, body) = s
+            .send(
+                reqwest::Method::POST,
+                &format!("/v1/tasks/{TASK}/announce"),
+                Some(TOKEN),
+                Some(b"{".to_vec()),
+            )
+            .await;
+        assert_eq!(status, 400);
+        assert!(error_of(&body).contains("invalid request body"));
+        let out_of_range = ScheduleRequest { want: vec![3], ..req };
+        assert_eq!(
+            s.post(&format!("/v1/tasks/{TASK}/schedule"), &out_of_range).await.0,
+            400
+        );
+        assert_eq!(s.send(reqwest::Method::GET, "/nope", Some(TOKEN), None).await.0, 404);
+    }
+
+    #[tokio::test]
+    async fn preheat_queue() {
+        let s = Server::start(Some(TOKEN)).await;
+        let p = Preheat {
+            blobs: vec![PreheatBlob {
+                repository: "library/alpine".into(),
+                digest: TASK.into(),
+                size: 3 << 20,
+            }],
+        };
+        assert_eq!(s.post("/v1/preheat", &p).await.0, 202);
+        let get = reqwest::Method::GET;
+        let (status, body) = s
+            .send(get.clone(), "/v1/preheat?peer=seed%3A1", Some(TOKEN), None)
+            .await;
+        assert_eq!(status, 200);
+        let list: Preheat = serde_json::from_slice(&body).unwrap();
+        assert_eq!(list.blobs.len(), 1);
+        assert_eq!(list.blobs[0].digest, TASK);
+        let done = Announce {
+            peer: Peer {
+                id: "seed:1".into(),
+                seed: true,
+                ..peer(9)
+            },
+            shape: shape(),
+            have: vec![],
+            digests: vec![],
+            done: true,
+            gone: false,
+        };
+        assert_eq!(s.post(&format!("/v1/tasks/{TASK}/announce"), &done).await.0, 204);
+        let (_, body) = s
+            .send(get.clone(), "/v1/preheat?peer=seed%3A1", Some(TOKEN), None)
+            .await;
+        assert!(serde_json::from_slice::<Preheat>(&body).unwrap().blobs.is_empty());
+        assert_eq!(s.send(get.clone(), "/v1/preheat", Some(TOKEN), None).await.0, 400);
+        assert_eq!(s.send(get, "/v1/preheat?peer=x", None, None).await.0, 401);
+    }
+
+    #[test]
+    fn query_and_secrets() {
+        assert_eq!(query_param("a=1&peer=n%3A1+x", "peer").as_deref(), Some("n:1 x"));
+        assert_eq!(query_param("peer=", "peer"), None);
+        assert_eq!(query_param("peer=%zz", "peer"), None);
+        assert_eq!(query_param("peers=1", "peer"), None);
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+        assert_eq!(bearer(&HeaderValue::from_static("bearer  tok ")), Some("tok"));
+        assert_eq!(bearer(&HeaderValue::from_static("Basic tok")), None);
+    }
+}

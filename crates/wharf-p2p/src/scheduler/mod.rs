@@ -1,0 +1,135 @@
+//! `wharf scheduler`: who holds which piece of which task, and where each node should fetch the pieces it needs.
+//!
+//! [`state`] is the policy, a synchronous state machine with the clock passed in; [`api`] is its HTTP face (the
+//! endpoints of [`crate::proto`]); [`serve`] runs both with a sweeper that forgets silent peers. Everything is soft
+//! state, learnt again from announcements after a restart; several schedulers share tasks by rendezvous hashing on
+//! the node side ([`crate::hrw`]) and never talk to each other.
+
+pub mod api;
+pub mod state;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+pub use api::{MetricsRender, router};
+pub use state::{Policy, State, StateError, Stats};
+
+use crate::P2pError;
+
+/// How a scheduler runs.
+#[derive(Clone)]
+pub struct SchedulerConfig {
+    /// The cluster token every `/v1` request must carry as `Authorization: Bearer <token>`; `None` = open.
+    pub token: Option<String>,
+    pub policy: Policy,
+    /// How often silent peers and empty swarms are swept (and the gauges refreshed).
+    pub sweep_interval: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            token: None,
+            policy: Policy::default(),
+            sweep_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl fmt::Debug for SchedulerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SchedulerConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("policy", &self.policy)
+            .field("sweep_interval", &self.sweep_interval)
+            .finish()
+    }
+}
+
+/// A scheduler: its state behind a mutex (held only for synchronous work, never across an await) and its config.
+pub struct Scheduler {
+    state: Mutex<State>,
+    config: SchedulerConfig,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Self {
+        Scheduler {
+            state: Mutex::new(State::new(config.policy.clone())),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Runs `f` on the state with the current time (read under the lock, so times passed in never go backwards).
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut State, Instant) -> R) -> R {
+        // A panic under the lock leaves soft state at worst slightly off; keep serving.
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut state, Instant::now())
+    }
+
+    /// Sweeps and refreshes the gauges.
+    pub fn sweep(&self) {
+        let stats = self.with_state(|s, now| {
+            s.sweep(now);
+            s.stats(now)
+        });
+        metrics::gauge!("wharf_scheduler_tasks").set(stats.tasks as f64);
+        metrics::gauge!("wharf_scheduler_live_peers").set(stats.live_peers as f64);
+    }
+}
+
+/// Serves a new scheduler on `listener` until `shutdown` completes. `metrics` renders `/metrics` (the binary installs
+/// the Prometheus recorder); `None` answers 404 there.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: SchedulerConfig,
+    metrics: Option<MetricsRender>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), P2pError> {
+    serve_scheduler(listener, Arc::new(Scheduler::new(config)), metrics, shutdown).await
+}
+
+/// [`serve`] with a scheduler the caller keeps a handle on.
+pub async fn serve_scheduler(
+    listener: tokio::net::TcpListener,
+    scheduler: Arc<Scheduler>,
+    metrics: Option<MetricsRender>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), P2pError> {
+    use axum::serve::ListenerExt;
+    let url = match listener.local_addr() {
+        Ok(a) => format!("http://{a}"),
+        Err(_) => "scheduler".to_owned(),
+    };
+    let sweeper = tokio::spawn({
+        let scheduler = scheduler.clone();
+        async move {
+            let mut tick = tokio::time::interval(scheduler.config.sweep_interval.max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                scheduler.sweep();
+            }
+        }
+    });
+    // Without TCP_NODELAY, a response whose headers and body leave in two writes waits ~40 ms for a delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let result = axum::serve(listener, router(scheduler, metrics))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sweeper.abort();
+    result.map_err(|e| P2pError::Scheduler {
+        url,
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,1477 @@
+//! The scheduler's state machine: pure, synchronous, no I/O; the caller passes the time in, so tests move the clock.
+//!
+//! What it knows is soft: peers (by id, with when they were last heard from and how many transfers they are
+//! serving), and per task (swarm) which member holds which piece, each piece's SHA-256 (the first one announced
+//! wins), its origin lease, and the transfers in flight. Everything is learnt again from announcements after a
+//! restart or a failover.
+//!
+//! Policy ([`State::schedule`]), for the pieces a node wants (at most [`Policy::max_assignments`] answered):
+//! - pieces no usable peer holds (usable: alive, not excluded, not reported unreachable, not the requester; and the
+//!   piece's digest is known, so its bytes can be checked): unless someone else holds a live lease, the requester
+//!   gets the origin lease, up to its cap of live leases in that swarm, `clamp(pieces / lease_spread, 1,
+//!   max_leases_per_peer)` (so a handful of nodes starting together each fetch different pieces from the origin,
+//!   once); else `Wait`;
+//! - the other pieces come from peers: repeatedly, the holder with the fewest transfers in flight (ties: the
+//!   requester's rack, then non-seeds, then a per-requester hash) serves its rarest wanted piece (ties in a
+//!   per-requester order, so concurrent requesters spread over different pieces). Choosing the holder before the
+//!   piece is what keeps every requester from converging on the few holders of the rarest pieces.
+//!
+//! A transfer is in flight from its assignment until the requester announces the piece, asks for it again, reports
+//! it, leaves the swarm, or [`Policy::transfer_ttl`] passes. A lease is live while it is younger than
+//! [`Policy::lease_ttl`] and its holder is usable; the holder's announcement of the piece ends it. Peers not heard from for [`Policy::peer_ttl`] are dead (never assigned, leases void);
+//! [`State::sweep`] forgets them after [`Policy::forget_after`], and swarms left without members.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::piece;
+use crate::proto::{
+    self, Announce, Assignment, Peer, PeerInfo, Preheat, PreheatBlob, Report, ScheduleRequest, ScheduleResponse,
+    Source, SwarmInfo, Swarms, TaskShape,
+};
+
+/// Most pieces a task may have (a shape with more is refused: it would only cost memory).
+pub const MAX_PIECES: u32 = 1 << 17;
+/// Most blobs the preheat queue keeps (the oldest go first).
+pub const MAX_PREHEAT: usize = 10_000;
+const MAX_ID_LEN: usize = 256;
+const MAX_ADDR_LEN: usize = 1024;
+
+/// The numbers of the scheduling policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// A peer not heard from (schedule or announce) for this long is dead: not assigned, its leases void.
+    pub peer_ttl: Duration,
+    /// An origin lease not ended by an announcement expires after this long, and the piece is leased again.
+    pub lease_ttl: Duration,
+    /// A transfer from a peer not announced by its requester counts in that peer's load for this long.
+    pub transfer_ttl: Duration,
+    /// Most live origin leases one peer holds in one swarm.
+    pub max_leases_per_peer: u32,
+    /// The lease cap is also at most `pieces / lease_spread` (at least 1), so a small task's origin fetches are
+    /// spread over about `lease_spread` nodes.
+    pub lease_spread: u32,
+    /// Most assignments in one answer.
+    pub max_assignments: usize,
+    /// [`State::sweep`] forgets peers not heard from for this long, and swarms without members idle as long.
+    pub forget_after: Duration,
+    /// Preheat requests are dropped after this long.
+    pub preheat_ttl: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            peer_ttl: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(20),
+            transfer_ttl: Duration::from_secs(20),
+            max_leases_per_peer: 8,
+            lease_spread: 8,
+            max_assignments: 32,
+            forget_after: Duration::from_secs(600),
+            preheat_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("{task}: shape {got:?} disagrees with the swarm's {have:?}")]
+    ShapeMismatch {
+        task: String,
+        have: TaskShape,
+        got: TaskShape,
+    },
+    #[error("invalid shape {0:?}")]
+    BadShape(TaskShape),
+    #[error("piece {piece} out of range: the task has {pieces} pieces")]
+    PieceOutOfRange { piece: u32, pieces: u32 },
+    #[error("invalid peer: {0}")]
+    BadPeer(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StateError {
+    /// The request contradicts the state (HTTP 409) rather than being malformed (400).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StateError::ShapeMismatch { .. })
+    }
+}
+
+/// Counts for the gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub tasks: usize,
+    pub live_peers: usize,
+}
+
+/// Index of a peer in [`State::peers`]; reused only after the peer left every swarm.
+type Key = u32;
+
+#[derive(Debug)]
+struct PeerEntry {
+    peer: Peer,
+    last_seen: Instant,
+    /// Reported unreachable: dead until it schedules or announces again.
+    unreachable: bool,
+    /// Reported for a corrupt piece: never a source again.
+    excluded: bool,
+    /// Transfers it serves (assigned, not yet announced by their requester).
+    inflight: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    peer: Key,
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct PieceState {
+    holders: Vec<Key>,
+    digest: Option<String>,
+    lease: Option<Lease>,
+}
+
+#[derive(Debug)]
+struct Member {
+    /// Bit set of the pieces it holds.
+    have: Vec<u64>,
+    held: u32,
+    done: bool,
+}
+
+impl Member {
+    fn new(pieces: u32) -> Self {
+        Member {
+            have: vec![0; pieces.div_ceil(64) as usize],
+            held: 0,
+            done: false,
+        }
+    }
+
+    fn has(&self, p: u32) -> bool {
+        self.have[(p / 64) as usize] & (1 << (p % 64)) != 0
+    }
+
+    /// Returns whether it was new.
+    fn set(&mut self, p: u32) -> bool {
+        let w = &mut self.have[(p / 64) as usize];
+        let new = *w & (1 << (p % 64)) == 0;
+        *w |= 1 << (p % 64);
+        self.held += u32::from(new);
+        new
+    }
+
+    fn clear(&mut self, p: u32) {
+        let w = &mut self.have[(p / 64) as usize];
+        if *w & (1 << (p % 64)) != 0 {
+            *w &= !(1 << (p % 64));
+            self.held -= 1;
+            self.done = false;
+        }
+    }
+
+    fn pieces(&self) -> impl Iterator<Item = u32> + '_ {
+        self.have.iter().enumerate().flat_map(|(i, &w)| {
+            (0..64u32)
+                .filter(move |&b| w & (1u64 << b) != 0)
+                .map(move |b| i as u32 * 64 + b)
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Swarm {
+    shape: TaskShape,
+    pieces: Vec<PieceState>,
+    members: HashMap<Key, Member>,
+    /// Transfers in flight: (requester, piece) → (source, since).
+    inflight: HashMap<(Key, u32), (Key, Instant)>,
+    last_active: Instant,
+}
+
+/// A transfer `source` was serving is over.
+fn release(peers: &mut [Option<PeerEntry>], source: Key) {
+    if let Some(e) = peers[source as usize].as_mut() {
+        e.inflight = e.inflight.saturating_sub(1);
+    }
+}
+
+impl Swarm {
+    fn new(shape: TaskShape, now: Instant) -> Self {
+        let n = piece::count(shape.size, shape.piece_len);
+        Swarm {
+            shape,
+            pieces: (0..n).map(|_| PieceState::default()).collect(),
+            members: HashMap::new(),
+            inflight: HashMap::new(),
+            last_active: now,
+        }
+    }
+
+    fn count(&self) -> u32 {
+        self.pieces.len() as u32
+    }
+
+    fn member(&mut self, key: Key) -> &mut Member {
+        let n = self.count();
+        self.members.entry(key).or_insert_with(|| Member::new(n))
+    }
+
+    /// Records that `key` holds `p`, ending its lease on it and its transfer of it.
+    fn add_holder(&mut self, key: Key, p: u32, peers: &mut [Option<PeerEntry>]) {
+        if self.member(key).set(p) {
+            self.pieces[p as usize].holders.push(key);
+        }
+        self.end_transfer(key, p, peers);
+        let ps = &mut self.pieces[p as usize];
+        if ps.lease.is_some_and(|l| l.peer == key) {
+            ps.lease = None;
+        }
+    }
+
+    fn remove_holder(&mut self, key: Key, p: u32) {
+        if let Some(m) = self.members.get_mut(&key)
+            && m.has(p)
+        {
+            m.clear(p);
+            self.pieces[p as usize].holders.retain(|k| *k != key);
+        }
+    }
+
+    fn end_transfer(&mut self, requester: Key, p: u32, peers: &mut [Option<PeerEntry>]) {
+        if let Some((source, _)) = self.inflight.remove(&(requester, p)) {
+            release(peers, source);
+        }
+    }
+
+    /// Ends the transfers `keep` refuses.
+    fn end_transfers(&mut self, peers: &mut [Option<PeerEntry>], mut keep: impl FnMut(Key, Key, Instant) -> bool) {
+        self.inflight.retain(|&(requester, _), &mut (source, since)| {
+            let kept = keep(requester, source, since);
+            if !kept {
+                release(peers, source);
+            }
+            kept
+        });
+    }
+
+    /// Forgets everything `key` held or leased here, and the transfers it served or received.
+    fn remove_member(&mut self, key: Key, peers: &mut [Option<PeerEntry>]) {
+        self.end_transfers(peers, |requester, source, _| requester != key && source != key);
+        if let Some(m) = self.members.remove(&key) {
+            for p in m.pieces() {
+                self.pieces[p as usize].holders.retain(|k| *k != key);
+            }
+        }
+        for ps in &mut self.pieces {
+            if ps.lease.is_some_and(|l| l.peer == key) {
+                ps.lease = None;
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PreheatEntry {
+    blob: PreheatBlob,
+    added: Instant,
+    done_by: HashSet<String>,
+}
+
+/// The whole scheduler state. See the module documentation for the policy.
+#[derive(Debug)]
+pub struct State {
+    policy: Policy,
+    peers: Vec<Option<PeerEntry>>,
+    free: Vec<Key>,
+    ids: HashMap<String, Key>,
+    /// Ids reported for corrupt pieces, kept when their entry is swept.
+    excluded: HashSet<String>,
+    swarms: HashMap<String, Swarm>,
+    preheat: Vec<PreheatEntry>,
+}
+
+fn check_shape(shape: &TaskShape) -> Result<u32, StateError> {
+    let n = shape.size.div_ceil(shape.piece_len.max(1));
+    if shape.piece_len == 0 || n > u64::from(MAX_PIECES) {
+        return Err(StateError::BadShape(shape.clone()));
+    }
+    Ok(n as u32)
+}
+
+fn check_pieces(pieces: impl IntoIterator<Item = u32>, n: u32) -> Result<(), StateError> {
+    match pieces.into_iter().find(|p| *p >= n) {
+        Some(piece) => Err(StateError::PieceOutOfRange { piece, pieces: n }),
+        None => Ok(()),
+    }
+}
+
+fn check_peer(peer: &Peer) -> Result<(), StateError> {
+    let text_ok = |s: &str, max: usize| !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control);
+    if !text_ok(&peer.id, MAX_ID_LEN) {
+        return Err(StateError::BadPeer(format!("id {:?}", peer.id)));
+    }
+    if !text_ok(&peer.addr, MAX_ADDR_LEN) || !(peer.addr.starts_with("http://") || peer.addr.starts_with("https://")) {
+        return Err(StateError::BadPeer(format!(
+            "{}: address {:?} is not an http(s) URL",
+            peer.id, peer.addr
+        )));
+    }
+    if let Some(rack) = &peer.rack
+        && !text_ok(rack, MAX_ID_LEN)
+    {
+        return Err(StateError::BadPeer(format!("{}: rack {rack:?}", peer.id)));
+    }
+    Ok(())
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    splitmix(a ^ splitmix(b))
+}
+
+impl PeerEntry {
+    fn usable(&self, now: Instant, ttl: Duration) -> bool {
+        !self.excluded && !self.unreachable && now.saturating_duration_since(self.last_seen) < ttl
+    }
+}
+
+fn usable(peers: &[Option<PeerEntry>], key: Key, now: Instant, ttl: Duration) -> bool {
+    peers[key as usize].as_ref().is_some_and(|e| e.usable(now, ttl))
+}
+
+fn lease_live(lease: &Lease, peers: &[Option<PeerEntry>], now: Instant, policy: &Policy) -> bool {
+    now.saturating_duration_since(lease.since) < policy.lease_ttl && usable(peers, lease.peer, now, policy.peer_ttl)
+}
+
+impl State {
+    pub fn new(policy: Policy) -> Self {
+        State {
+            policy,
+            peers: Vec::new(),
+            free: Vec::new(),
+            ids: HashMap::new(),
+            excluded: HashSet::new(),
+            swarms: HashMap::new(),
+            preheat: Vec::new(),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn entry(&self, key: Key) -> &PeerEntry {
+        self.peers[key as usize].as_ref().expect("a key names a live slot")
+    }
+
+    /// Registers the peer or refreshes what is known of it; it is alive again (even if reported unreachable).
+    fn touch(&mut self, peer: &Peer, now: Instant) -> Key {
+        if let Some(&key) = self.ids.get(&peer.id) {
+            let e = self.peers[key as usize].as_mut().expect("a key names a live slot");
+            if e.peer != *peer {
+                e.peer = peer.clone();
+            }
+            e.last_seen = now;
+            e.unreachable = false;
+            return key;
+        }
+        let entry = PeerEntry {
+            peer: peer.clone(),
+            last_seen: now,
+            unreachable: false,
+            excluded: self.excluded.contains(&peer.id),
+            inflight: 0,
+        };
+        let key = match self.free.pop() {
+            Some(k) => {
+                self.peers[k as usize] = Some(entry);
+                k
+            }
+            None => {
+                self.peers.push(Some(entry));
+                (self.peers.len() - 1) as Key
+            }
+        };
+        self.ids.insert(peer.id.clone(), key);
+        key
+    }
+
+    fn check_swarm_shape(&self, task: &str, shape: &TaskShape) -> Result<(), StateError> {
+        match self.swarms.get(task) {
+            Some(s) if s.shape != *shape => Err(StateError::ShapeMismatch {
+                task: task.to_owned(),
+                have: s.shape.clone(),
+                got: shape.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A source for (at most [`Policy::max_assignments`] of) the pieces `req.want`, and every known digest. Pieces
+    /// wanted but not in the answer should be asked for again later, like `Wait`.
+    pub fn schedule(
+        &mut self,
+        task: &str,
+        req: &ScheduleRequest,
+        now: Instant,
+    ) -> Result<ScheduleResponse, StateError> {
+        let n = check_shape(&req.shape)?;
+        check_peer(&req.peer)?;
+        check_pieces(req.want.iter().copied(), n)?;
+        self.check_swarm_shape(task, &req.shape)?;
+        let me = self.touch(&req.peer, now);
+        let policy = &self.policy;
+        let peers = &mut self.peers;
+        let swarm = self
+            .swarms
+            .entry(task.to_owned())
+            .or_insert_with(|| Swarm::new(req.shape.clone(), now));
+        swarm.last_active = now;
+        swarm.member(me);
+
+        let cap = n
+            .div_ceil(policy.lease_spread.max(1))
+            .clamp(1, policy.max_leases_per_peer.max(1));
+        let mut leased = swarm
+            .pieces
+            .iter()
+            .filter(|ps| {
+                ps.lease
+                    .is_some_and(|l| l.peer == me && lease_live(&l, peers, now, policy))
+            })
+            .count() as u32;
+
+        // Pieces some usable peer holds, listed under each such holder as (rarity, tie-break, piece); pieces nobody
+        // usable holds get the origin (under the lease cap) or wait.
+        let mut by_holder: HashMap<Key, Vec<(usize, u64, u32)>> = HashMap::new();
+        let mut origin: Vec<(u64, u32)> = Vec::new();
+        let mut waits: Vec<u32> = Vec::new();
+        let mut seen = vec![0u64; n.div_ceil(64) as usize];
+        let mut sources: Vec<Key> = Vec::new();
+        for &p in &req.want {
+            if seen[(p / 64) as usize] & (1 << (p % 64)) != 0 {
+                continue;
+            }
+            seen[(p / 64) as usize] |= 1 << (p % 64);
+            // It needs the piece, so it does not hold it (whatever it said before) nor receive it.
+            swarm.remove_holder(me, p);
+            swarm.end_transfer(me, p, peers);
+            let ps = &swarm.pieces[p as usize];
+            let tie = mix(u64::from(me), u64::from(p));
+            sources.clear();
+            if ps.digest.is_some() {
+                sources.extend(
+                    ps.holders
+                        .iter()
+                        .copied()
+                        .filter(|&k| k != me && usable(peers, k, now, policy.peer_ttl)),
+                );
+            }
+            if !sources.is_empty() {
+                for &k in &sources {
+                    by_holder.entry(k).or_default().push((sources.len(), tie, p));
+                }
+            } else if ps
+                .lease
+                .is_some_and(|l| l.peer != me && lease_live(&l, peers, now, policy))
+            {
+                waits.push(p);
+            } else {
+                origin.push((tie, p));
+            }
+        }
+
+        let mut assignments = Vec::new();
+        // Origin leases first: they are the pieces nobody can serve yet.
+        origin.sort_unstable();
+        for (_, p) in origin {
+            let ps = &mut swarm.pieces[p as usize];
+            let mine = ps
+                .lease
+                .is_some_and(|l| l.peer == me && lease_live(&l, peers, now, policy));
+            // Its own lease (asked again: its fetch failed?) is renewed; a new one is within the cap.
+            if assignments.len() < policy.max_assignments && (mine || leased < cap) {
+                ps.lease = Some(Lease { peer: me, since: now });
+                leased += u32::from(!mine);
+                assignments.push(Assignment {
+                    piece: p,
+                    source: Source::Origin,
+                });
+            } else {
+                waits.push(p);
+            }
+        }
+
+        // Then peers: the holder with the fewest transfers in flight serves its rarest wanted piece, again and again.
+        let me_rack = peers[me as usize].as_ref().and_then(|e| e.peer.rack.clone());
+        let mut heap = BinaryHeap::with_capacity(by_holder.len());
+        for (&k, pieces) in &mut by_holder {
+            pieces.sort_unstable_by(|a, b| b.cmp(a)); // rarest last: popped first
+            let e = peers[k as usize].as_ref().expect("a holder names a live slot");
+            let same_rack = me_rack.is_some() && e.peer.rack == me_rack;
+            let tie = mix(u64::from(me), u64::from(k));
+            heap.push(Reverse((e.inflight, !same_rack, e.peer.seed, tie, k)));
+        }
+        let mut assigned = vec![0u64; n.div_ceil(64) as usize];
+        while assignments.len() < policy.max_assignments
+            && let Some(Reverse((load, far, seed, tie, k))) = heap.pop()
+        {
+            let pieces = by_holder.get_mut(&k).expect("heap entries have a piece list");
+            let Some(p) = std::iter::from_fn(|| pieces.pop())
+                .map(|(_, _, p)| p)
+                .find(|p| assigned[(p / 64) as usize] & (1 << (p % 64)) == 0)
+            else {
+                continue;
+            };
+            assigned[(p / 64) as usize] |= 1 << (p % 64);
+            let e = peers[k as usize].as_mut().expect("a holder names a live slot");
+            e.inflight += 1;
+            swarm.inflight.insert((me, p), (k, now));
+            assignments.push(Assignment {
+                piece: p,
+                source: Source::Peer {
+                    id: e.peer.id.clone(),
+                    addr: e.peer.addr.clone(),
+                },
+            });
+            if !pieces.is_empty() {
+                heap.push(Reverse((load + 1, far, seed, tie, k)));
+            }
+        }
+
+        waits.sort_unstable();
+        for p in waits {
+            if assignments.len() >= policy.max_assignments {
+                break;
+            }
+            assignments.push(Assignment {
+                piece: p,
+                source: Source::Wait,
+            });
+        }
+        Ok(ScheduleResponse {
+            assignments,
+            digests: swarm.pieces.iter().map(|ps| ps.digest.clone()).collect(),
+        })
+    }
+
+    /// Records what a peer now holds (and the digests of what it fetched from the origin), or that it is done or
+    /// gone. An excluded peer's pieces and digests are ignored.
+    pub fn announce(&mut self, task: &str, a: &Announce, now: Instant) -> Result<(), StateError> {
+        let n = check_shape(&a.shape)?;
+        check_peer(&a.peer)?;
+        check_pieces(a.have.iter().copied().chain(a.digests.iter().map(|(p, _)| *p)), n)?;
+        if let Some((p, d)) = a.digests.iter().find(|(_, d)| !is_sha256_hex(d)) {
+            return Err(StateError::Invalid(format!(
+                "digest of piece {p}: {d:?} is not lowercase SHA-256 hex"
+            )));
+        }
+        self.check_swarm_shape(task, &a.shape)?;
+        let me = self.touch(&a.peer, now);
+        if a.gone {
+            if let Some(swarm) = self.swarms.get_mut(task) {
+                swarm.remove_member(me, &mut self.peers);
+                swarm.last_active = now;
+            }
+            return Ok(());
+        }
+        if self.entry(me).excluded {
+            // Still, the transfers it received are over.
+            if let Some(swarm) = self.swarms.get_mut(task) {
+                let pieces: Vec<u32> = if a.done { (0..n).collect() } else { a.have.clone() };
+                for p in pieces {
+                    swarm.end_transfer(me, p, &mut self.peers);
+                }
+            }
+            tracing::debug!(task, peer = %a.peer.id, "announcement of an excluded peer ignored");
+            return Ok(());
+        }
+        let peers = &mut self.peers;
+        let swarm = self
+            .swarms
+            .entry(task.to_owned())
+            .or_insert_with(|| Swarm::new(a.shape.clone(), now));
+        swarm.last_active = now;
+        swarm.member(me);
+        // Pieces whose bytes, by its own account, differ from what the swarm accepts: not a source of them.
+        let mut conflicting = HashSet::new();
+        for (p, d) in &a.digests {
+            let ps = &mut swarm.pieces[*p as usize];
+            match &ps.digest {
+                None => ps.digest = Some(d.clone()),
+                Some(known) if known != d => {
+                    tracing::warn!(task, peer = %a.peer.id, piece = p, known, announced = %d,
+                        "piece digest disagrees with the first one announced; ignored");
+                    conflicting.insert(*p);
+                }
+                Some(_) => {}
+            }
+        }
+        let pieces: Box<dyn Iterator<Item = u32>> = if a.done {
+            Box::new(0..n)
+        } else {
+            Box::new(a.have.iter().copied())
+        };
+        for p in pieces {
+            if conflicting.contains(&p) {
+                swarm.end_transfer(me, p, peers);
+            } else {
+                swarm.add_holder(me, p, peers);
+            }
+        }
+        if a.done {
+            swarm.member(me).done = conflicting.is_empty();
+            if let Some(e) = self.preheat.iter_mut().find(|e| e.blob.digest == task) {
+                e.done_by.insert(a.peer.id.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// A peer reports another: `corrupt` excludes it everywhere for good; `unreachable` makes it dead until it is
+    /// heard from again and forgets what it held or leased in this task.
+    pub fn report(&mut self, task: &str, r: &Report, now: Instant) -> Result<(), StateError> {
+        check_peer(&r.peer)?;
+        if r.reason != "corrupt" && r.reason != "unreachable" {
+            return Err(StateError::Invalid(format!(
+                "reason {:?}: expected corrupt or unreachable",
+                r.reason
+            )));
+        }
+        if r.bad.is_empty() || r.bad.len() > MAX_ID_LEN {
+            return Err(StateError::BadPeer(format!("id {:?}", r.bad)));
+        }
+        let reporter = self.touch(&r.peer, now);
+        if let Some(swarm) = self.swarms.get_mut(task) {
+            swarm.end_transfer(reporter, r.piece, &mut self.peers);
+        }
+        if r.bad == r.peer.id {
+            return Ok(());
+        }
+        let bad = self.ids.get(&r.bad).copied();
+        if r.reason == "corrupt" {
+            if self.excluded.insert(r.bad.clone()) {
+                tracing::warn!(task, peer = %r.bad, piece = r.piece, reporter = %r.peer.id,
+                    "peer reported for a corrupt piece: excluded");
+            }
+            if let Some(k) = bad {
+                self.peers[k as usize]
+                    .as_mut()
+                    .expect("a key names a live slot")
+                    .excluded = true;
+            }
+        } else if let Some(k) = bad {
+            tracing::info!(task, peer = %r.bad, reporter = %r.peer.id, "peer reported unreachable");
+            self.peers[k as usize]
+                .as_mut()
+                .expect("a key names a live slot")
+                .unreachable = true;
+            if let Some(swarm) = self.swarms.get_mut(task) {
+                swarm.remove_member(k, &mut self.peers);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets peers not heard from for [`Policy::forget_after`], swarms without members idle as long, transfers
+    /// older than [`Policy::transfer_ttl`] and expired preheat requests.
+    pub fn sweep(&mut self, now: Instant) {
+        let policy = self.policy.clone();
+        for swarm in self.swarms.values_mut() {
+            swarm.end_transfers(&mut self.peers, |_, _, since| {
+                now.saturating_duration_since(since) < policy.transfer_ttl
+            });
+        }
+        for key in 0..self.peers.len() as Key {
+            let Some(e) = self.peers[key as usize].as_ref() else {
+                continue;
+            };
+            if now.saturating_duration_since(e.last_seen) < policy.forget_after {
+                continue;
+            }
+            let id = e.peer.id.clone();
+            for swarm in self.swarms.values_mut() {
+                swarm.remove_member(key, &mut self.peers);
+            }
+            self.peers[key as usize] = None;
+            self.free.push(key);
+            self.ids.remove(&id);
+            tracing::debug!(peer = %id, "forgot a silent peer");
+        }
+        self.swarms
+            .retain(|_, s| !s.members.is_empty() || now.saturating_duration_since(s.last_active) < policy.forget_after);
+        self.preheat
+            .retain(|e| now.saturating_duration_since(e.added) < policy.preheat_ttl);
+    }
+
+    pub fn stats(&self, now: Instant) -> Stats {
+        Stats {
+            tasks: self.swarms.len(),
+            live_peers: self
+                .peers
+                .iter()
+                .flatten()
+                .filter(|e| e.usable(now, self.policy.peer_ttl))
+                .count(),
+        }
+    }
+
+    /// What `GET /v1/swarms` shows, sorted by task and peer id.
+    /// The shape of `task`, if a swarm for it exists.
+    pub fn shape(&self, task: &str) -> Option<TaskShape> {
+        self.swarms.get(task).map(|s| s.shape.clone())
+    }
+
+    pub fn swarms(&self, now: Instant) -> Swarms {
+        let mut tasks: Vec<SwarmInfo> = self
+            .swarms
+            .iter()
+            .map(|(task, s)| {
+                let mut holders: Vec<(String, u32)> = s
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.held > 0)
+                    .map(|(k, m)| (self.entry(*k).peer.id.clone(), m.held))
+                    .collect();
+                holders.sort();
+                let mut done: Vec<String> = s
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.done)
+                    .map(|(k, _)| self.entry(*k).peer.id.clone())
+                    .collect();
+                done.sort();
+                SwarmInfo {
+                    task: task.clone(),
+                    size: s.shape.size,
+                    piece_len: s.shape.piece_len,
+                    pieces: s.count(),
+                    known_digests: s.pieces.iter().filter(|p| p.digest.is_some()).count() as u32,
+                    holders,
+                    done,
+                }
+            })
+            .collect();
+        tasks.sort_by(|a, b| a.task.cmp(&b.task));
+        let mut peers: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .flatten()
+            .map(|e| PeerInfo {
+                id: e.peer.id.clone(),
+                addr: e.peer.addr.clone(),
+                rack: e.peer.rack.clone(),
+                seed: e.peer.seed,
+                seconds_since_seen: now.saturating_duration_since(e.last_seen).as_secs(),
+                excluded: e.excluded,
+            })
+            .collect();
+        peers.sort_by(|a, b| a.id.cmp(&b.id));
+        Swarms { tasks, peers }
+    }
+
+    /// Queues blobs for seed nodes to fetch. Returns how many were new.
+    pub fn add_preheat(&mut self, p: &Preheat, now: Instant) -> Result<usize, StateError> {
+        for b in &p.blobs {
+            if !(b.digest.starts_with("sha256:") && proto::valid_task(&b.digest)) {
+                return Err(StateError::Invalid(format!("preheat digest {:?}", b.digest)));
+            }
+            if b.repository.is_empty()
+                || b.repository.len() > MAX_ADDR_LEN
+                || b.repository.chars().any(char::is_control)
+            {
+                return Err(StateError::Invalid(format!("preheat repository {:?}", b.repository)));
+            }
+        }
+        let mut new = 0;
+        for b in &p.blobs {
+            if let Some(e) = self.preheat.iter_mut().find(|e| e.blob.digest == b.digest) {
+                e.blob = b.clone();
+                e.added = now;
+            } else {
+                self.preheat.push(PreheatEntry {
+                    blob: b.clone(),
+                    added: now,
+                    done_by: HashSet::new(),
+                });
+                new += 1;
+            }
+        }
+        if self.preheat.len() > MAX_PREHEAT {
+            self.preheat.sort_by_key(|e| e.added);
+            let extra = self.preheat.len() - MAX_PREHEAT;
+            self.preheat.drain(..extra);
+        }
+        Ok(new)
+    }
+
+    /// The queued blobs `peer` has not announced done.
+    pub fn preheat_for(&self, peer: &str) -> Preheat {
+        let key = self.ids.get(peer).copied();
+        let done_in_swarm = |task: &str| {
+            key.is_some_and(|k| {
+                self.swarms
+                    .get(task)
+                    .and_then(|s| s.members.get(&k))
+                    .is_some_and(|m| m.done)
+            })
+        };
+        Preheat {
+            blobs: self
+                .preheat
+                .iter()
+                .filter(|e| !e.done_by.contains(peer) && !done_in_swarm(&e.blob.digest))
+                .map(|e| e.blob.clone())
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TASK: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+    const OTHER: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000002";
+
+    fn peer(i: usize) -> Peer {
+        Peer {
+            id: format!("p{i}"),
+            addr: format!("http://10.0.0.{i}:65002"),
+            rack: None,
+            seed: false,
+        }
+    }
+
+    fn shape(pieces: u64) -> TaskShape {
+        TaskShape {
+            size: pieces * 1024,
+            piece_len: 1024,
+        }
+    }
+
+    fn ask(
+        s: &mut State,
+        p: &Peer,
+        pieces: u64,
+        want: impl IntoIterator<Item = u32>,
+        now: Instant,
+    ) -> ScheduleResponse {
+        let req = ScheduleRequest {
+            peer: p.clone(),
+            shape: shape(pieces),
+            want: want.into_iter().collect(),
+        };
+        s.schedule(TASK, &req, now).unwrap()
+    }
+
+    fn digest(p: u32) -> String {
+        format!("{p:064x}")
+    }
+
+    fn have(s: &mut State, p: &Peer, pieces: u64, have: &[u32], now: Instant) {
+        let a = Announce {
+            peer: p.clone(),
+            shape: shape(pieces),
+            have: have.to_vec(),
+            digests: have.iter().map(|&n| (n, digest(n))).collect(),
+            done: false,
+            gone: false,
+        };
+        s.announce(TASK, &a, now).unwrap();
+    }
+
+    fn report(s: &mut State, by: &Peer, bad: &Peer, reason: &str, now: Instant) {
+        let r = Report {
+            peer: by.clone(),
+            bad: bad.id.clone(),
+            piece: 0,
+            reason: reason.into(),
+        };
+        s.report(TASK, &r, now).unwrap();
+    }
+
+    fn origins(r: &ScheduleResponse) -> Vec<u32> {
+        r.assignments
+            .iter()
+            .filter(|a| a.source == Source::Origin)
+            .map(|a| a.piece)
+            .collect()
+    }
+
+    fn waits(r: &ScheduleResponse) -> Vec<u32> {
+        r.assignments
+            .iter()
+            .filter(|a| a.source == Source::Wait)
+            .map(|a| a.piece)
+            .collect()
+    }
+
+    fn source_of(r: &ScheduleResponse, piece: u32) -> &Source {
+        &r.assignments.iter().find(|a| a.piece == piece).unwrap().source
+    }
+
+    fn peer_ids(r: &ScheduleResponse) -> Vec<String> {
+        r.assignments
+            .iter()
+            .filter_map(|a| match &a.source {
+                Source::Peer { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn concurrent_starters_lease_disjoint_pieces_from_the_origin() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let peers: Vec<Peer> = (0..8).map(peer).collect();
+        let mut leased_by = vec![None; 16];
+        for (i, p) in peers.iter().enumerate() {
+            let r = ask(&mut s, p, 16, 0..16, t);
+            let mine = origins(&r);
+            // 16 pieces spread over lease_spread = 8: 2 each.
+            assert_eq!(mine.len(), 2, "peer {i}: {r:?}");
+            for piece in mine {
+                assert!(leased_by[piece as usize].is_none(), "piece {piece} leased twice");
+                leased_by[piece as usize] = Some(i);
+            }
+            // Everything else is someone's (or nobody's yet, then beyond its cap): wait.
+            assert_eq!(waits(&r).len(), 14, "peer {i}: {r:?}");
+            assert_eq!(r.digests, vec![None; 16]);
+        }
+        assert!(leased_by.iter().all(Option::is_some), "{leased_by:?}");
+        // A 9th peer: every piece is leased, all waits.
+        let r = ask(&mut s, &peer(8), 16, 0..16, t);
+        assert_eq!(waits(&r).len(), 16, "{r:?}");
+    }
+
+    #[test]
+    fn lease_cap_bounds_a_peer_on_a_large_task() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let r = ask(&mut s, &peer(0), 200, 0..200, t);
+        assert_eq!(origins(&r).len(), 8);
+        assert_eq!(r.assignments.len(), 32, "answer capped");
+        // Asking again with the leases still live: no more.
+        let r = ask(&mut s, &peer(0), 200, 0..200, t + Duration::from_secs(1));
+        assert_eq!(origins(&r).len(), 8, "its own leases are renewed, no new ones: {r:?}");
+        let second = ask(&mut s, &peer(1), 200, 0..200, t + Duration::from_secs(1));
+        let (a, b): (HashSet<u32>, HashSet<u32>) = (
+            origins(&r).into_iter().collect(),
+            origins(&second).into_iter().collect(),
+        );
+        assert_eq!(b.len(), 8);
+        assert!(a.is_disjoint(&b));
+    }
+
+    #[test]
+    fn announced_pieces_come_from_peers_and_end_leases() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let (a, b) = (peer(0), peer(1));
+        let r = ask(&mut s, &a, 4, [0], t);
+        assert_eq!(origins(&r), vec![0]);
+        have(&mut s, &a, 4, &[0], t);
+        assert!(s.swarms[TASK].pieces[0].lease.is_none());
+        let r = ask(&mut s, &b, 4, [0], t);
+        assert_eq!(
+            source_of(&r, 0),
+            &Source::Peer {
+                id: a.id.clone(),
+                addr: a.addr.clone()
+            }
+        );
+        assert_eq!(r.digests[0], Some(digest(0)));
+        // A holder whose digest is unknown is not a source: its bytes could not be checked.
+        let a2 = Announce {
+            peer: a.clone(),
+            shape: shape(4),
+            have: vec![1],
+            digests: vec![],
+            done: false,
+            gone: false,
+        };
+        s.announce(TASK, &a2, t).unwrap();
+        let r = ask(&mut s, &b, 4, [1], t);
+        assert_eq!(source_of(&r, 1), &Source::Origin);
+    }
+
+    /// A seed holds every piece of an `n`-piece task; `nodes` peers want all of it, each fetching `per_round`
+    /// pieces a round (what it is answered) and announcing them at the end of the round, `step` apart. Checks that
+    /// in every round no source is handed more than twice the mean over the peers that could serve, and returns
+    /// the number of rounds.
+    fn simulate(nodes: usize, n: u32, per_round: usize, step: Duration) -> usize {
+        let policy = Policy {
+            max_assignments: per_round,
+            ..Policy::default()
+        };
+        let mut s = State::new(policy);
+        let mut t = Instant::now();
+        let pieces = u64::from(n);
+        let seed = Peer {
+            seed: true,
+            ..peer(1000)
+        };
+        let all: Vec<u32> = (0..n).collect();
+        have(&mut s, &seed, pieces, &all, t);
+        let peers: Vec<Peer> = (0..nodes).map(peer).collect();
+        let mut held: Vec<Vec<u32>> = vec![Vec::new(); nodes];
+        let mut rounds = 0;
+        while held.iter().any(|h| h.len() < n as usize) {
+            rounds += 1;
+            assert!(rounds <= 100, "not done after 100 rounds");
+            let mut per_source: HashMap<String, usize> = HashMap::new();
+            let mut got: Vec<Vec<u32>> = vec![Vec::new(); nodes];
+            for (i, p) in peers.iter().enumerate() {
+                let want: Vec<u32> = all.iter().copied().filter(|x| !held[i].contains(x)).collect();
+                if want.is_empty() {
+                    continue;
+                }
+                let r = ask(&mut s, p, pieces, want, t);
+                for a in &r.assignments {
+                    match &a.source {
+                        Source::Peer { id, .. } => {
+                            *per_source.entry(id.clone()).or_default() += 1;
+                            got[i].push(a.piece);
+                        }
+                        other => panic!("piece {} from {other:?} though the seed holds everything", a.piece),
+                    }
+                }
+            }
+            for (i, p) in peers.iter().enumerate() {
+                have(&mut s, p, pieces, &got[i], t);
+                held[i].extend(&got[i]);
+            }
+            // Who could serve this round: the seed and every peer that held a piece before it.
+            let sources = 1 + (0..nodes).filter(|&i| held[i].len() > got[i].len()).count();
+            let total: usize = per_source.values().sum();
+            let max = per_source.values().copied().max().unwrap_or(0);
+            let mean = total as f64 / sources as f64;
+            assert!(
+                max as f64 <= (2.0 * mean).max(1.0),
+                "{nodes} nodes, round {rounds}: max {max}, mean {mean:.1}: {per_source:?}"
+            );
+            t += step;
+        }
+        rounds
+    }
+
+    #[test]
+    fn load_spreads_over_holders() {
+        // A tree, not a star: at `per_round` pieces per peer per round, the fewest rounds possible.
+        assert_eq!(simulate(16, 16, 4, Duration::from_secs(2)), 4);
+        // Rounds shorter than the load window (loads carry over), more nodes.
+        assert_eq!(simulate(48, 64, 8, Duration::from_millis(500)), 8);
+    }
+
+    fn inflight(s: &State, id: &str) -> u32 {
+        s.entry(s.ids[id]).inflight
+    }
+
+    #[test]
+    fn cold_start_fetches_each_piece_from_the_origin_once() {
+        let mut s = State::new(Policy {
+            max_assignments: 8,
+            ..Policy::default()
+        });
+        let t = Instant::now();
+        let (nodes, n) = (48, 64u32);
+        let peers: Vec<Peer> = (0..nodes).map(peer).collect();
+        let mut held: Vec<Vec<u32>> = vec![Vec::new(); nodes];
+        let mut from_origin = vec![0; n as usize];
+        let mut rounds = 0;
+        while held.iter().any(|h| h.len() < n as usize) {
+            rounds += 1;
+            assert!(rounds <= 30, "not done after 30 rounds");
+            let now = t + Duration::from_millis(500) * rounds;
+            let mut got: Vec<Vec<u32>> = vec![Vec::new(); nodes];
+            for (i, p) in peers.iter().enumerate() {
+                let want: Vec<u32> = (0..n).filter(|x| !held[i].contains(x)).collect();
+                if want.is_empty() {
+                    continue;
+                }
+                for a in ask(&mut s, p, u64::from(n), want, now).assignments {
+                    match a.source {
+                        Source::Origin => from_origin[a.piece as usize] += 1,
+                        Source::Peer { .. } => {}
+                        Source::Wait => continue,
+                    }
+                    got[i].push(a.piece);
+                }
+            }
+            for (i, p) in peers.iter().enumerate() {
+                have(&mut s, p, u64::from(n), &got[i], now);
+                held[i].extend(&got[i]);
+            }
+        }
+        assert_eq!(from_origin, vec![1; n as usize]);
+        // 48 x 64 pieces at 8 per node per round: 8 rounds at best, plus the first where all come from the origin.
+        assert!(rounds <= 10, "{rounds} rounds");
+    }
+
+    #[test]
+    fn least_loaded_holder_is_chosen() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let (a, b) = (peer(0), peer(1));
+        have(&mut s, &a, 4, &[0, 1, 2, 3], t);
+        have(&mut s, &b, 4, &[0, 1, 2, 3], t);
+        let total = |s: &State| inflight(s, "p0") + inflight(s, "p1");
+        let r = ask(&mut s, &peer(2), 4, 0..4, t);
+        let ids = peer_ids(&r);
+        assert_eq!(ids.iter().filter(|i| **i == a.id).count(), 2, "{ids:?}");
+        assert_eq!((inflight(&s, "p0"), inflight(&s, "p1")), (2, 2));
+        // Transfers end when their requester announces the piece,
+        have(&mut s, &peer(2), 4, &[0, 1], t);
+        assert_eq!(total(&s), 2);
+        // or asks for it again (that attempt is over; a new transfer replaces it),
+        ask(&mut s, &peer(2), 4, [2], t);
+        assert_eq!(total(&s), 2);
+        // or reports it.
+        let r = Report {
+            peer: peer(2),
+            bad: "p99".into(),
+            piece: 3,
+            reason: "unreachable".into(),
+        };
+        s.report(TASK, &r, t).unwrap();
+        assert_eq!(total(&s), 1);
+        have(&mut s, &peer(2), 4, &[2], t);
+        assert_eq!(total(&s), 0);
+        // A requester that never announces loads its source only until transfer_ttl.
+        ask(&mut s, &peer(3), 4, [3], t);
+        assert_eq!(total(&s), 1);
+        s.sweep(t + Duration::from_secs(10));
+        assert_eq!(total(&s), 1);
+        s.sweep(t + Duration::from_secs(21));
+        assert_eq!(total(&s), 0);
+        // Busy holders are avoided: two requesters of one piece get its two holders.
+        let first = peer_ids(&ask(&mut s, &peer(4), 4, [3], t + Duration::from_secs(22)));
+        let second = peer_ids(&ask(&mut s, &peer(5), 4, [3], t + Duration::from_secs(22)));
+        assert_eq!(first.len(), 1);
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn same_rack_is_preferred_and_seeds_last() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let rack = |i: usize, r: &str| Peer {
+            rack: Some(r.into()),
+            ..peer(i)
+        };
+        let seed = Peer { seed: true, ..peer(9) };
+        for p in [&rack(0, "r1"), &rack(1, "r2"), &seed] {
+            have(&mut s, p, 1, &[0], t);
+        }
+        for (i, r) in [(10, "r1"), (11, "r2")] {
+            let got = ask(&mut s, &rack(i, r), 1, [0], t);
+            let want = if r == "r1" { "p0" } else { "p1" };
+            assert_eq!(peer_ids(&got), vec![want.to_string()], "requester in {r}");
+        }
+        // p0 and p1 now serve one transfer each, the seed none: least loaded wins over rack.
+        let got = ask(&mut s, &rack(12, "r1"), 1, [0], t);
+        assert_eq!(peer_ids(&got), vec!["p9".to_string()]);
+        // The transfers end: all idle again, and a rackless requester gets a non-seed.
+        for (i, r) in [(10, "r1"), (11, "r2"), (12, "r1")] {
+            have(&mut s, &rack(i, r), 1, &[0], t);
+        }
+        let got = ask(&mut s, &peer(13), 1, [0], t);
+        assert_eq!(peer_ids(&got).len(), 1);
+        assert_ne!(peer_ids(&got), vec!["p9".to_string()]);
+    }
+
+    #[test]
+    fn expired_lease_is_granted_again() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let (a, b) = (peer(0), peer(1));
+        assert_eq!(origins(&ask(&mut s, &a, 1, [0], t)), vec![0]);
+        // a keeps scheduling other things (alive) but never announces piece 0.
+        assert_eq!(waits(&ask(&mut s, &b, 1, [0], t + Duration::from_secs(19))), vec![0]);
+        ask(&mut s, &a, 1, [], t + Duration::from_secs(19));
+        assert_eq!(origins(&ask(&mut s, &b, 1, [0], t + Duration::from_secs(21))), vec![0]);
+        assert_eq!(s.swarms[TASK].pieces[0].lease.unwrap().peer, s.ids["p1"]);
+        assert_eq!(waits(&ask(&mut s, &a, 1, [0], t + Duration::from_secs(22))), vec![0]);
+    }
+
+    #[test]
+    fn dead_lease_holder_loses_its_lease() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let (a, b) = (peer(0), peer(1));
+        assert_eq!(origins(&ask(&mut s, &a, 1, [0], t)), vec![0]);
+        // Shorter than the lease ttl but a stopped being heard from... (peer ttl shortened to see it)
+        s.policy.peer_ttl = Duration::from_secs(10);
+        assert_eq!(waits(&ask(&mut s, &b, 1, [0], t + Duration::from_secs(9))), vec![0]);
+        assert_eq!(origins(&ask(&mut s, &b, 1, [0], t + Duration::from_secs(11))), vec![0]);
+        // Unreachable report: immediately.
+        let c = peer(2);
+        report(&mut s, &c, &b, "unreachable", t + Duration::from_secs(12));
+        assert_eq!(origins(&ask(&mut s, &c, 1, [0], t + Duration::from_secs(12))), vec![0]);
+    }
+
+    #[test]
+    fn corrupt_report_excludes_everywhere() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let (bad, good, me) = (peer(0), peer(1), peer(2));
+        have(&mut s, &bad, 2, &[0, 1], t);
+        let other = Announce {
+            peer: bad.clone(),
+            shape: shape(2),
+            have: vec![0],
+            digests: vec![(0, digest(0))],
+            done: false,
+            gone: false,
+        };
+        s.announce(OTHER, &other, t).unwrap();
+        have(&mut s, &good, 2, &[1], t);
+        report(&mut s, &me, &bad, "corrupt", t);
+        let r = ask(&mut s, &me, 2, [0, 1], t);
+        assert_eq!(source_of(&r, 0), &Source::Origin);
+        assert_eq!(peer_ids(&r), vec![good.id.clone()]);
+        // In another task too, and even after it announces again.
+        s.announce(OTHER, &other, t).unwrap();
+        let req = ScheduleRequest {
+            peer: me.clone(),
+            shape: shape(2),
+            want: vec![0],
+        };
+        let r = s.schedule(OTHER, &req, t).unwrap();
+        assert_eq!(source_of(&r, 0), &Source::Origin);
+        let info = s.swarms(t);
+        assert!(info.peers.iter().find(|p| p.id == bad.id).unwrap().excluded);
+        assert!(!info.peers.iter().find(|p| p.id == good.id).unwrap().excluded);
+        // Forgotten and back: still excluded.
+        s.sweep(t + Duration::from_secs(3600));
+        assert!(s.ids.is_empty());
+        have(&mut s, &bad, 2, &[0, 1], t + Duration::from_secs(3601));
+        assert!(s.swarms(t).peers.iter().find(|p| p.id == bad.id).unwrap().excluded);
+        // Its lease, if it asks, protects nothing.
+        let then = t + Duration::from_secs(3601);
+        assert_eq!(origins(&ask(&mut s, &bad, 2, [0], then)), vec![0]);
+        assert_eq!(origins(&ask(&mut s, &me, 2, [0], then)), vec![0]);
+    }
+
+    #[test]
+    fn unreachable_peer_is_skipped_until_heard_from() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let (gone, other, me) = (peer(0), peer(1), peer(2));
+        have(&mut s, &gone, 1, &[0], t);
+        have(&mut s, &other, 1, &[0], t);
+        report(&mut s, &me, &gone, "unreachable", t);
+        for _ in 0..4 {
+            let r = ask(&mut s, &me, 1, [0], t);
+            assert_eq!(peer_ids(&r), vec![other.id.clone()]);
+        }
+        assert_eq!(s.swarms(t).tasks[0].holders, vec![(other.id.clone(), 1)]);
+        // It announces again: alive and a holder again (and, with me's transfer from `other` in flight, the least
+        // loaded).
+        have(&mut s, &gone, 1, &[0], t);
+        let r = ask(&mut s, &peer(3), 1, [0], t);
+        assert_eq!(peer_ids(&r), vec![gone.id.clone()]);
+    }
+
+    #[test]
+    fn first_digest_wins() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let (a, b) = (peer(0), peer(1));
+        have(&mut s, &a, 2, &[0], t);
+        assert_eq!(peer_ids(&ask(&mut s, &b, 2, [0], t)), vec![a.id.clone()]);
+        assert_eq!(inflight(&s, "p0"), 1);
+        let liar = Announce {
+            peer: b.clone(),
+            shape: shape(2),
+            have: vec![0],
+            digests: vec![(0, "f".repeat(64)), (1, digest(1))],
+            done: false,
+            gone: false,
+        };
+        s.announce(TASK, &liar, t).unwrap();
+        assert_eq!(inflight(&s, "p0"), 0, "b's transfer is over, whatever it got");
+        let r = ask(&mut s, &peer(2), 2, [0], t);
+        assert_eq!(r.digests, vec![Some(digest(0)), Some(digest(1))]);
+        // b's bytes for piece 0 are not the accepted ones: never its source, however busy a is.
+        for i in 3..6 {
+            assert_eq!(peer_ids(&ask(&mut s, &peer(i), 2, [0], t)), vec![a.id.clone()]);
+        }
+        assert_eq!(inflight(&s, "p0"), 4);
+        let bad = Announce {
+            digests: vec![(0, "XYZ".into())],
+            ..liar
+        };
+        assert!(matches!(s.announce(TASK, &bad, t), Err(StateError::Invalid(_))));
+    }
+
+    #[test]
+    fn shape_mismatch_and_bad_requests_are_refused() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        ask(&mut s, &peer(0), 4, [0], t);
+        let req = ScheduleRequest {
+            peer: peer(1),
+            shape: shape(5),
+            want: vec![0],
+        };
+        let e = s.schedule(TASK, &req, t).unwrap_err();
+        assert!(e.is_conflict(), "{e}");
+        let a = Announce {
+            peer: peer(1),
+            shape: shape(5),
+            have: vec![],
+            digests: vec![],
+            done: true,
+            gone: false,
+        };
+        assert!(s.announce(TASK, &a, t).unwrap_err().is_conflict());
+        let req = ScheduleRequest {
+            shape: shape(4),
+            want: vec![4],
+            ..req
+        };
+        assert_eq!(
+            s.schedule(TASK, &req, t).unwrap_err(),
+            StateError::PieceOutOfRange { piece: 4, pieces: 4 }
+        );
+        let huge = ScheduleRequest {
+            shape: TaskShape {
+                size: 1 << 40,
+                piece_len: 1,
+            },
+            want: vec![],
+            ..req.clone()
+        };
+        assert!(matches!(s.schedule(OTHER, &huge, t), Err(StateError::BadShape(_))));
+        let bad_addr = ScheduleRequest {
+            peer: Peer {
+                addr: "file:///etc/passwd".into(),
+                ..peer(1)
+            },
+            ..req
+        };
+        assert!(matches!(s.schedule(TASK, &bad_addr, t), Err(StateError::BadPeer(_))));
+        // Nothing of the refused requests was recorded.
+        assert_eq!(s.swarms.len(), 1);
+        assert!(!s.ids.contains_key("p1"));
+    }
+
+    #[test]
+    fn sweep_forgets_dead_peers_and_empty_swarms() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let (a, b) = (peer(0), peer(1));
+        have(&mut s, &a, 2, &[0, 1], t);
+        have(&mut s, &b, 2, &[0], t + Duration::from_secs(500));
+        assert_eq!(
+            s.stats(t + Duration::from_secs(500)),
+            Stats {
+                tasks: 1,
+                live_peers: 1
+            }
+        );
+        s.sweep(t + Duration::from_secs(601));
+        assert!(!s.ids.contains_key("p0"));
+        assert_eq!(s.swarms(t).tasks[0].holders, vec![(b.id.clone(), 1)]);
+        assert_eq!(s.swarms[TASK].pieces[0].holders.len(), 1);
+        assert!(s.swarms[TASK].pieces[1].holders.is_empty());
+        // The freed slot is reused without inheriting anything.
+        let c = peer(2);
+        ask(&mut s, &c, 2, [], t + Duration::from_secs(602));
+        assert_eq!(s.ids["p2"], 0);
+        assert_eq!(s.swarms(t).tasks[0].holders, vec![(b.id.clone(), 1)]);
+        s.sweep(t + Duration::from_secs(1300));
+        assert!(s.ids.is_empty() && s.swarms.is_empty(), "{:?}", s.swarms(t));
+    }
+
+    #[test]
+    fn gone_and_done() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let (a, b) = (peer(0), peer(1));
+        have(&mut s, &a, 3, &[0, 1, 2], t);
+        let done = Announce {
+            peer: b.clone(),
+            shape: shape(3),
+            have: vec![],
+            digests: vec![],
+            done: true,
+            gone: false,
+        };
+        s.announce(TASK, &done, t).unwrap();
+        let info = s.swarms(t);
+        assert_eq!(info.tasks[0].done, vec![b.id.clone()]);
+        assert_eq!(info.tasks[0].holders, vec![(a.id.clone(), 3), (b.id.clone(), 3)]);
+        assert_eq!(info.tasks[0].known_digests, 3);
+        s.announce(TASK, &Announce { gone: true, ..done }, t).unwrap();
+        let info = s.swarms(t);
+        assert!(info.tasks[0].done.is_empty());
+        assert_eq!(info.tasks[0].holders, vec![(a.id.clone(), 3)]);
+    }
+
+    #[test]
+    fn preheat_queue_per_seed() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let blob = |task: &str| PreheatBlob {
+            repository: "library/alpine".into(),
+            digest: task.into(),
+            size: 3 * 1024,
+        };
+        let p = Preheat {
+            blobs: vec![blob(TASK), blob(OTHER)],
+        };
+        assert_eq!(s.add_preheat(&p, t).unwrap(), 2);
+        assert_eq!(s.add_preheat(&p, t).unwrap(), 0);
+        let seed = Peer { seed: true, ..peer(0) };
+        assert_eq!(s.preheat_for(&seed.id).blobs.len(), 2);
+        let done = Announce {
+            peer: seed.clone(),
+            shape: shape(3),
+            have: vec![],
+            digests: vec![],
+            done: true,
+            gone: false,
+        };
+        s.announce(TASK, &done, t).unwrap();
+        let left = s.preheat_for(&seed.id).blobs;
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].digest, OTHER);
+        assert_eq!(s.preheat_for("another-seed").blobs.len(), 2);
+        let url = Preheat {
+            blobs: vec![blob(&proto::url_task("http://x"))],
+        };
+        assert!(s.add_preheat(&url, t).is_err());
+        s.sweep(t + Duration::from_secs(25 * 3600));
+        assert!(s.preheat_for("another-seed").blobs.is_empty());
+    }
+
+    #[test]
+    fn stale_holding_is_dropped_when_the_holder_wants_the_piece() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let a = peer(0);
+        have(&mut s, &a, 2, &[0, 1], t);
+        let r = ask(&mut s, &a, 2, [0], t);
+        assert_eq!(origins(&r), vec![0]);
+        assert_eq!(s.swarms(t).tasks[0].holders, vec![(a.id.clone(), 1)]);
+    }
+}

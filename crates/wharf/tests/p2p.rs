@@ -1,0 +1,281 @@
+//! P2P on loopback: an origin `wharf serve`, `wharf scheduler`s and `wharf node`s as real processes. Nodes pull the
+//! same image at once through their mirror endpoints; every node must get byte-identical, verified blobs while the
+//! origin sends each blob's bytes about once. Faults: a node serving corrupt pieces, a scheduler killed mid-pull, the
+//! origin stopped after one node has the image. (The network-namespace harness with bandwidth limits is
+//! tests/e2e/p2p.sh and bench/p2p.sh.)
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::{MIB, Wharf};
+use wharf_oci::Digest;
+
+struct Proc {
+    child: Child,
+    /// What the process printed first (its addresses).
+    lines: Vec<String>,
+}
+
+impl Proc {
+    fn start(args: &[&str], env: &[(&str, &str)], lines: usize, log: &std::path::Path) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+        cmd.env("RUST_LOG", "info,wharf_p2p=debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start wharf");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut got = Vec::new();
+        for _ in 0..lines {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            assert!(
+                !line.is_empty(),
+                "{args:?} exited early: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            got.push(line.trim().to_owned());
+        }
+        Proc { child, lines: got }
+    }
+
+    fn url(&self, i: usize) -> String {
+        let l = &self.lines[i];
+        l[l.find("http://").unwrap()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn scheduler(dir: &std::path::Path, name: &str) -> Proc {
+    Proc::start(
+        &["scheduler", "--listen", "127.0.0.1:0", "--token", "t0k"],
+        &[],
+        1,
+        &dir.join(format!("{name}.log")),
+    )
+}
+
+fn node(dir: &std::path::Path, name: &str, origin: &Wharf, schedulers: &[&Proc], env: &[(&str, &str)]) -> Proc {
+    let root = dir.join(name);
+    let up = format!("http://{}", origin.addr);
+    let mut args = vec![
+        "node".to_owned(),
+        "--root".into(),
+        root.to_string_lossy().into_owned(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--peer-listen".into(),
+        "127.0.0.1:0".into(),
+        "--upstream".into(),
+        up,
+        "--token".into(),
+        "t0k".into(),
+        "--piece-size".into(),
+        "1M".into(),
+    ];
+    for s in schedulers {
+        args.push("--scheduler".into());
+        args.push(s.url(0));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::start(&args, env, 2, &dir.join(format!("{name}.log")))
+}
+
+/// Sum of a counter family (all label sets) in a Prometheus text page, filtered by a label substring.
+fn metric(page: &str, name: &str, label: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn pull_all(c: &reqwest::Client, node: &Proc, img: &common::Image) -> Result<(), String> {
+    let base = node.url(0);
+    for (d, data) in &img.blobs {
+        let r = c
+            .get(format!("{base}/v2/p2p/app/blobs/{d}"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status() != 200 {
+            return Err(format!("{d}: {}", r.status()));
+        }
+        let body = r.bytes().await.map_err(|e| format!("{d}: {e}"))?;
+        if body.len() != data.len() || Digest::sha256_of(&body).to_string() != *d {
+            return Err(format!("{d}: wrong bytes ({} of {})", body.len(), data.len()));
+        }
+    }
+    Ok(())
+}
+
+async fn origin_bytes(c: &reqwest::Client, nodes: &[&Proc]) -> f64 {
+    let mut total = 0.0;
+    for n in nodes {
+        let page = c
+            .get(format!("{}/metrics", n.url(0)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        total += metric(&page, "wharf_p2p_bytes_total", "source=\"origin\"");
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_pull_one_image_at_once_for_about_one_origin_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Wharf::start_with(&tmp.path().join("origin"), &[], Some(&tmp.path().join("origin.log")));
+    let c = common::client();
+    let img = common::push_image(&c, &origin, "p2p/app", "v1", 7, &[9 * MIB + 5, 3 * MIB, 1000]).await;
+    let size: usize = img.blobs.iter().map(|(_, b)| b.len()).sum();
+    let s = scheduler(tmp.path(), "sched");
+    let nodes: Vec<Proc> = (0..4)
+        .map(|i| node(tmp.path(), &format!("n{i}"), &origin, &[&s], &[]))
+        .collect();
+
+    let pulls = nodes.iter().map(|n| pull_all(&c, n, &img));
+    let results = futures_util::future::join_all(pulls).await;
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "node {i}: {r:?}");
+    }
+    let refs: Vec<&Proc> = nodes.iter().collect();
+    let from_origin = origin_bytes(&c, &refs).await;
+    eprintln!("origin sent {from_origin} bytes for {size} bytes of blobs to 4 nodes");
+    assert!(
+        from_origin >= size as f64,
+        "every byte comes from somewhere: {from_origin} < {size}"
+    );
+    assert!(
+        from_origin <= size as f64 * 1.05,
+        "origin sent {from_origin} bytes for {size}: more than ~1x"
+    );
+
+    // The scheduler's view lists the swarms and the peers.
+    let swarms: serde_json::Value = serde_json::from_slice(
+        &c.get(format!("{}/v1/swarms", s.url(0)))
+            .bearer_auth("t0k")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(swarms["peers"].as_array().map(Vec::len), Some(4), "{swarms}");
+    // Without the token, nothing.
+    let r = c.get(format!("{}/v1/swarms", s.url(0))).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_peer_is_caught_reported_and_avoided() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Wharf::start_with(&tmp.path().join("origin"), &[], Some(&tmp.path().join("origin.log")));
+    let c = common::client();
+    let img = common::push_image(&c, &origin, "p2p/app", "v1", 8, &[6 * MIB, 2 * MIB]).await;
+    let s = scheduler(tmp.path(), "sched");
+    // The bad node gets everything first (from the origin), then serves corrupt pieces.
+    let bad = node(tmp.path(), "bad", &origin, &[&s], &[("WHARF_P2P_FAULT", "corrupt")]);
+    pull_all(&c, &bad, &img).await.unwrap();
+    let good: Vec<Proc> = (0..2)
+        .map(|i| node(tmp.path(), &format!("g{i}"), &origin, &[&s], &[]))
+        .collect();
+    let results = futures_util::future::join_all(good.iter().map(|n| pull_all(&c, n, &img))).await;
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "good node {i}: {r:?}");
+    }
+    let mut bad_pieces = 0.0;
+    for n in &good {
+        let page = c
+            .get(format!("{}/metrics", n.url(0)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        bad_pieces += metric(&page, "wharf_p2p_bad_pieces_total", "");
+    }
+    assert!(bad_pieces >= 1.0, "no node ever met the corrupt peer");
+    let swarms: serde_json::Value = serde_json::from_slice(
+        &c.get(format!("{}/v1/swarms", s.url(0)))
+            .bearer_auth("t0k")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let bad_id = bad.lines[1]
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    let excluded: Vec<&serde_json::Value> = swarms["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["excluded"] == true)
+        .collect();
+    assert_eq!(excluded.len(), 1, "{swarms}");
+    assert_eq!(excluded[0]["id"].as_str(), Some(bad_id.as_str()), "{swarms}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pulls_finish_when_the_scheduler_dies_and_when_the_origin_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut origin = Wharf::start_with(&tmp.path().join("origin"), &[], Some(&tmp.path().join("origin.log")));
+    let c = common::client();
+    let img = common::push_image(&c, &origin, "p2p/app", "v1", 9, &[8 * MIB]).await;
+    let s1 = scheduler(tmp.path(), "s1");
+    let mut s2 = scheduler(tmp.path(), "s2");
+    // Both schedulers are configured; whichever owns the blob dies as the pulls start.
+    let nodes: Vec<Proc> = (0..3)
+        .map(|i| node(tmp.path(), &format!("n{i}"), &origin, &[&s1, &s2], &[]))
+        .collect();
+    let pulls = futures_util::future::join_all(nodes.iter().map(|n| pull_all(&c, n, &img)));
+    let killer = async {
+        let _ = s2.child.kill();
+        let _ = s2.child.wait();
+    };
+    let (results, ()) = tokio::join!(pulls, killer);
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "node {i} with a scheduler killed: {r:?}");
+    }
+    // The origin stops; a new node still gets the image, from the peers that have it.
+    origin.child.kill().unwrap();
+    origin.child.wait().unwrap();
+    let late = node(tmp.path(), "late", &origin, &[&s1], &[]);
+    // The peers' re-announcements reach the surviving scheduler within a few seconds.
+    let mut last = Err(String::new());
+    for _ in 0..40 {
+        last = pull_all(&c, &late, &img).await;
+        if last.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(last.is_ok(), "late node with the origin gone: {last:?}");
+}
