@@ -42,6 +42,10 @@ pub enum Command {
     Node(crate::p2p::NodeArgs),
     /// Run a P2P scheduler: tells nodes which peer has which piece.
     Scheduler(crate::p2p::SchedulerArgs),
+    /// Download a file through the P2P swarm (like dfget).
+    Get(crate::p2p::GetArgs),
+    /// Ask the seed nodes to fetch an image before a rollout.
+    Preheat(crate::p2p::PreheatArgs),
 }
 
 #[derive(Debug, Args)]

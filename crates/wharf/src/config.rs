@@ -20,6 +20,10 @@ pub struct Config {
     pub gc: Gc,
     pub auth: Auth,
     pub redis: Redis,
+    /// `wharf node`'s settings (read by `p2p.rs`; the same file may configure both).
+    pub node: Option<toml::Table>,
+    /// `wharf scheduler`'s settings (read by `p2p.rs`).
+    pub scheduler: Option<toml::Table>,
 }
 
 /// A Redis shared by replicas: upload sessions of an object store, and the metadata cache with `[cache] kind =

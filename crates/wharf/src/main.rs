@@ -31,6 +31,8 @@ fn main() -> ExitCode {
         cli::Command::Logout(args) => login::run_logout(args),
         cli::Command::Node(args) => p2p::run_node(args),
         cli::Command::Scheduler(args) => p2p::run_scheduler(args),
+        cli::Command::Get(args) => p2p::run_get(args),
+        cli::Command::Preheat(args) => p2p::run_preheat(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

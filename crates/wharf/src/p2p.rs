@@ -13,15 +13,19 @@ use wharf_p2p::proto::Peer;
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// Directory for pieces and finished blobs.
-    #[arg(long, default_value = "./wharf-node")]
-    pub root: PathBuf,
-    /// Registry mirror for the local engine (`registry-mirrors`, containerd `hosts.toml`).
-    #[arg(long, default_value = "127.0.0.1:65001")]
-    pub listen: SocketAddr,
-    /// Peer API, on an address other nodes can reach.
-    #[arg(long, default_value = "0.0.0.0:65002")]
-    pub peer_listen: SocketAddr,
+    /// TOML file whose `[node]` table sets any of these options by their long names (`peer_listen`,
+    /// `schedulers = [...]`, `upstreams = [...]`, `upload_ratelimit = "50M"`...); flags win.
+    #[arg(long, env = "WHARF_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for pieces and finished blobs [default: ./wharf-node].
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Registry mirror for the local engine (`registry-mirrors`, containerd `hosts.toml`) [default: 127.0.0.1:65001].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Peer API, on an address other nodes can reach [default: 0.0.0.0:65002].
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
     /// Scheduler base URL; repeat for several (tasks are spread over them by rendezvous hashing).
     #[arg(long = "scheduler", value_name = "URL")]
     pub schedulers: Vec<String>,
@@ -49,9 +53,9 @@ pub struct NodeArgs {
     /// Bytes of finished blobs to keep, e.g. 20G [default: no limit].
     #[arg(long, value_parser = wharf_p2p::ratelimit::parse_rate)]
     pub cache_size: Option<u64>,
-    /// Minimum piece size, e.g. 4M.
-    #[arg(long, value_parser = wharf_p2p::ratelimit::parse_rate, default_value = "4M")]
-    pub piece_size: u64,
+    /// Minimum piece size, e.g. 4M [default: 4M].
+    #[arg(long, value_parser = wharf_p2p::ratelimit::parse_rate)]
+    pub piece_size: Option<u64>,
     /// Log filter [default: info, or RUST_LOG].
     #[arg(long)]
     pub log: Option<String>,
@@ -59,16 +63,101 @@ pub struct NodeArgs {
 
 #[derive(Debug, Args)]
 pub struct SchedulerArgs {
-    #[arg(long, default_value = "0.0.0.0:8002")]
-    pub listen: SocketAddr,
+    /// TOML file whose `[scheduler]` table sets these options by their long names; flags win.
+    #[arg(long, env = "WHARF_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// [default: 0.0.0.0:8002]
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     /// Cluster token shared by nodes and schedulers.
     #[arg(long, env = "WHARF_P2P_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Seconds after which a silent node counts as gone.
-    #[arg(long, default_value_t = 60)]
-    pub peer_ttl_secs: u64,
+    /// Seconds after which a silent node counts as gone [default: 60].
+    #[arg(long)]
+    pub peer_ttl_secs: Option<u64>,
     #[arg(long)]
     pub log: Option<String>,
+}
+
+/// The `[node]` table of a config file: the same options as the flags.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    root: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    peer_listen: Option<SocketAddr>,
+    #[serde(default)]
+    schedulers: Vec<String>,
+    #[serde(default)]
+    upstreams: Vec<String>,
+    #[serde(default)]
+    seed: bool,
+    ratelimit: Option<String>,
+    upload_ratelimit: Option<String>,
+    advertise_addr: Option<IpAddr>,
+    token: Option<String>,
+    rack: Option<String>,
+    cache_size: Option<String>,
+    piece_size: Option<String>,
+    log: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchedulerFile {
+    listen: Option<SocketAddr>,
+    token: Option<String>,
+    peer_ttl_secs: Option<u64>,
+    log: Option<String>,
+}
+
+/// The `[name]` table of the config file at `path`.
+fn section<T: serde::de::DeserializeOwned + Default>(path: Option<&PathBuf>, name: &str) -> anyhow::Result<T> {
+    let Some(path) = path else { return Ok(T::default()) };
+    let config = crate::config::Config::load(path)?;
+    let table = match name {
+        "node" => config.node,
+        _ => config.scheduler,
+    };
+    match table {
+        Some(t) => t.try_into().with_context(|| format!("[{name}] in {}", path.display())),
+        None => Ok(T::default()),
+    }
+}
+
+fn rate(key: &str, v: Option<String>) -> anyhow::Result<Option<u64>> {
+    v.map(|v| wharf_p2p::ratelimit::parse_rate(&v).map_err(|e| anyhow::anyhow!("{key}: {e}")))
+        .transpose()
+}
+
+/// Flags over the file over the built-in defaults.
+fn merge_node(mut args: NodeArgs) -> anyhow::Result<NodeArgs> {
+    let f: NodeFile = section(args.config.as_ref(), "node")?;
+    args.root = args.root.or(f.root).or_else(|| Some(PathBuf::from("./wharf-node")));
+    args.listen = args.listen.or(f.listen).or_else(|| "127.0.0.1:65001".parse().ok());
+    args.peer_listen = args
+        .peer_listen
+        .or(f.peer_listen)
+        .or_else(|| "0.0.0.0:65002".parse().ok());
+    if args.schedulers.is_empty() {
+        args.schedulers = f.schedulers;
+    }
+    if args.upstreams.is_empty() {
+        args.upstreams = f.upstreams;
+    }
+    args.seed |= f.seed;
+    args.ratelimit = args.ratelimit.or(rate("ratelimit", f.ratelimit)?);
+    args.upload_ratelimit = args.upload_ratelimit.or(rate("upload_ratelimit", f.upload_ratelimit)?);
+    args.advertise_addr = args.advertise_addr.or(f.advertise_addr);
+    args.token = args.token.or(f.token);
+    args.rack = args.rack.or(f.rack);
+    args.cache_size = args.cache_size.or(rate("cache_size", f.cache_size)?);
+    args.piece_size = args
+        .piece_size
+        .or(rate("piece_size", f.piece_size)?)
+        .or(Some(wharf_p2p::piece::DEFAULT_PIECE));
+    args.log = args.log.or(f.log);
+    Ok(args)
 }
 
 /// The IP this host uses to reach `url`'s host: connecting a UDP socket sends nothing but makes the kernel pick the
@@ -96,7 +185,9 @@ pub fn advertise(args: &NodeArgs) -> anyhow::Result<IpAddr> {
     let ip = match (args.advertise_addr, scheduler) {
         (Some(ip), _) => ip,
         (None, Some(s)) => route_source(s)?.0,
-        (None, None) if !args.peer_listen.ip().is_unspecified() => args.peer_listen.ip(),
+        (None, None) if args.peer_listen.is_some_and(|a| !a.ip().is_unspecified()) => {
+            args.peer_listen.map(|a| a.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        }
         (None, None) => anyhow::bail!("no --scheduler and no --advertise-addr: cannot tell peers where this node is"),
     };
     if let Some(s) = scheduler {
@@ -116,7 +207,12 @@ pub fn advertise(args: &NodeArgs) -> anyhow::Result<IpAddr> {
 }
 
 pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let args = merge_node(args)?;
     crate::serve::init_logging(args.log.as_deref().unwrap_or("info"), "text")?;
+    let (listen, peer_listen) = (
+        args.listen.context("no listen address")?,
+        args.peer_listen.context("no peer listen address")?,
+    );
     let ip = advertise(&args)?;
     let mut upstreams = Vec::new();
     let mut default = None;
@@ -140,12 +236,12 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let mirror = tokio::net::TcpListener::bind(args.listen)
+        let mirror = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let peer_listener = tokio::net::TcpListener::bind(args.peer_listen)
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let peer_listener = tokio::net::TcpListener::bind(peer_listen)
             .await
-            .with_context(|| format!("cannot listen on {}", args.peer_listen))?;
+            .with_context(|| format!("cannot listen on {peer_listen}"))?;
         let (mirror_addr, peer_addr) = (mirror.local_addr()?, peer_listener.local_addr()?);
         let addr = SocketAddr::new(ip, peer_addr.port());
         let peer = Peer {
@@ -158,7 +254,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             .install_recorder()
             .context("cannot install the metrics recorder")?;
         let config = NodeConfig {
-            root: args.root.clone(),
+            root: args.root.clone().unwrap_or_else(|| PathBuf::from("./wharf-node")),
             listen: mirror_addr,
             peer_listen: peer_addr,
             peer: peer.clone(),
@@ -166,7 +262,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             token: args.token.clone(),
             upstreams,
             default_upstream: default,
-            piece_len: args.piece_size,
+            piece_len: args.piece_size.unwrap_or(wharf_p2p::piece::DEFAULT_PIECE),
             concurrency: 16,
             origin_concurrency: 8,
             download_rate: args.ratelimit,
@@ -193,25 +289,32 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
-    crate::serve::init_logging(args.log.as_deref().unwrap_or("info"), "text")?;
+    let f: SchedulerFile = section(args.config.as_ref(), "scheduler")?;
+    let listen = args
+        .listen
+        .or(f.listen)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8002)));
+    let token = args.token.clone().or(f.token);
+    let peer_ttl_secs = args.peer_ttl_secs.or(f.peer_ttl_secs).unwrap_or(60);
+    crate::serve::init_logging(args.log.as_deref().or(f.log.as_deref()).unwrap_or("info"), "text")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .context("cannot install the metrics recorder")?;
         let policy = wharf_p2p::scheduler::Policy {
-            peer_ttl: Duration::from_secs(args.peer_ttl_secs.max(1)),
+            peer_ttl: Duration::from_secs(peer_ttl_secs.max(1)),
             ..Default::default()
         };
         let config = wharf_p2p::scheduler::SchedulerConfig {
-            token: args.token.clone(),
+            token,
             policy,
             ..Default::default()
         };
@@ -221,5 +324,240 @@ pub fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         wharf_p2p::scheduler::serve(listener, config, Some(render), crate::serve::shutdown_signal())
             .await
             .context("scheduler failed")
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The file to download (http:// or https://).
+    pub url: String,
+    /// Where to write it.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// Scheduler base URL; repeatable. Without one the file comes straight from its origin.
+    #[arg(long = "scheduler", value_name = "URL")]
+    pub schedulers: Vec<String>,
+    /// Expected digest of the whole file (`sha256:<hex>`): the download fails rather than write other bytes.
+    #[arg(long)]
+    pub digest: Option<String>,
+    /// Header for the origin, e.g. `Authorization: Bearer x`; repeatable.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    #[arg(long, env = "WHARF_P2P_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Peer API while downloading (others fetch this download's pieces from it).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub peer_listen: SocketAddr,
+    #[arg(long)]
+    pub advertise_addr: Option<IpAddr>,
+    /// Download limit, e.g. 50M or 200Mbit.
+    #[arg(long, value_parser = wharf_p2p::ratelimit::parse_rate)]
+    pub ratelimit: Option<u64>,
+}
+
+/// `wharf get`: one file through the swarm (Dragonfly's dfget), with an in-process node that serves its pieces to
+/// peers while it downloads and leaves the swarm when done.
+pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
+    crate::serve::init_logging("warn", "text")?;
+    if !(args.url.starts_with("http://") || args.url.starts_with("https://")) {
+        anyhow::bail!("{}: only http:// and https:// URLs", args.url);
+    }
+    let expected = match &args.digest {
+        Some(d) => Some(
+            d.parse::<wharf_oci::Digest>()
+                .map_err(|e| anyhow::anyhow!("--digest {d}: {e}"))?,
+        ),
+        None => None,
+    };
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .with_context(|| format!("--header {h:?}: expected NAME: VALUE"))?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let root = std::env::temp_dir().join(format!("wharf-get-{}", std::process::id()));
+    let node_args = NodeArgs {
+        config: None,
+        root: Some(root.clone()),
+        listen: Some("127.0.0.1:0".parse()?),
+        peer_listen: Some(args.peer_listen),
+        schedulers: args.schedulers.clone(),
+        upstreams: vec![],
+        seed: false,
+        ratelimit: args.ratelimit,
+        upload_ratelimit: None,
+        advertise_addr: args.advertise_addr,
+        token: args.token.clone(),
+        rack: None,
+        cache_size: None,
+        piece_size: Some(wharf_p2p::piece::DEFAULT_PIECE),
+        log: None,
+    };
+    let ip = if args.schedulers.is_empty() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        advertise(&node_args)?
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        let peer_listener = tokio::net::TcpListener::bind(args.peer_listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.peer_listen))?;
+        let addr = SocketAddr::new(ip, peer_listener.local_addr()?.port());
+        let peer = Peer {
+            id: addr.to_string(),
+            addr: format!("http://{addr}"),
+            rack: None,
+            seed: false,
+        };
+        let node = Node::new(NodeConfig {
+            root: root.clone(),
+            listen: "127.0.0.1:0".parse()?,
+            peer_listen: addr,
+            peer,
+            schedulers: args.schedulers.clone(),
+            token: args.token.clone(),
+            upstreams: vec![],
+            default_upstream: None,
+            piece_len: wharf_p2p::piece::DEFAULT_PIECE,
+            concurrency: 16,
+            origin_concurrency: 8,
+            download_rate: args.ratelimit,
+            upload_rate: None,
+            cache_bytes: 0,
+            timeout: Duration::from_secs(30),
+        })?;
+        let server =
+            tokio::spawn(axum::serve(peer_listener, wharf_p2p::node::peer::router(node.clone())).into_future());
+        let task = node.url_task(&args.url, headers, expected).await?;
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(task.size);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_bar}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        let part = args.output.with_extension("part");
+        let mut file = tokio::fs::File::create(&part)
+            .await
+            .with_context(|| format!("cannot create {}", part.display()))?;
+        let stream = wharf_p2p::node::mirror::stream(task.clone());
+        futures_util::pin_mut!(stream);
+        let written = async {
+            use futures_util::StreamExt;
+            use tokio::io::AsyncWriteExt;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| anyhow::anyhow!("{}: {e}", args.url))?;
+                file.write_all(&chunk).await?;
+                if let Some(b) = &bar {
+                    b.inc(chunk.len() as u64);
+                }
+            }
+            file.sync_all().await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        node.forget(&task).await;
+        server.abort();
+        match written {
+            Ok(()) => {
+                tokio::fs::rename(&part, &args.output)
+                    .await
+                    .with_context(|| format!("cannot write {}", args.output.display()))?;
+                Ok(task.size)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                Err(e)
+            }
+        }
+    });
+    let _ = std::fs::remove_dir_all(&root);
+    let size = result?;
+    eprintln!("{}: {size} bytes", args.output.display());
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct PreheatArgs {
+    /// The image: `HOST[:PORT]/REPO:TAG` or `...@sha256:...`.
+    pub image: String,
+    /// Scheduler base URL; repeatable (every scheduler queues it; seeds ask them all).
+    #[arg(long = "scheduler", value_name = "URL", required = true)]
+    pub schedulers: Vec<String>,
+    #[arg(long, env = "WHARF_P2P_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Talk to the registry over plain HTTP (default for loopback and the benchmark range 198.18.0.0/15).
+    #[arg(long)]
+    pub plain_http: bool,
+}
+
+/// `wharf preheat`: lists an image's blobs (every platform of an index) and queues them for the seed nodes.
+pub fn run_preheat(args: PreheatArgs) -> anyhow::Result<()> {
+    crate::serve::init_logging("warn", "text")?;
+    let (host, rest) = args
+        .image
+        .split_once('/')
+        .with_context(|| format!("{}: expected HOST/REPO:TAG", args.image))?;
+    let (repo, reference) = match rest.split_once('@') {
+        Some((r, d)) => (r.to_owned(), d.to_owned()),
+        None => match rest.rsplit_once(':') {
+            Some((r, t)) => (r.to_owned(), t.to_owned()),
+            None => (rest.to_owned(), "latest".to_owned()),
+        },
+    };
+    let local = host.starts_with("localhost")
+        || host.starts_with("127.")
+        || host.starts_with("198.18.")
+        || host.starts_with("198.19.");
+    let scheme = if args.plain_http || local { "http" } else { "https" };
+    let upstream = wharf_mirror::upstream::Upstream::new(
+        wharf_mirror::UpstreamConfig {
+            name: host.to_owned(),
+            url: format!("{scheme}://{host}"),
+            username: None,
+            password: None,
+        },
+        Duration::from_secs(30),
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let mut blobs = Vec::new();
+        let mut manifests = vec![reference.clone()];
+        while let Some(r) = manifests.pop() {
+            let m = upstream
+                .manifest(&repo, &r, None)
+                .await?
+                .with_context(|| format!("{host}/{repo}:{r}: no such manifest"))?;
+            let view = wharf_oci::manifest::ManifestView::parse(&m.body, Some(&m.media_type))
+                .map_err(|e| anyhow::anyhow!("{host}/{repo}@{}: {e}", m.digest))?;
+            manifests.extend(view.manifests.iter().map(|d| d.digest.to_string()));
+            for d in view.config.iter().chain(&view.layers) {
+                blobs.push(wharf_p2p::proto::PreheatBlob {
+                    repository: repo.clone(),
+                    digest: d.digest.to_string(),
+                    size: d.size,
+                });
+            }
+        }
+        blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
+        blobs.dedup_by(|a, b| a.digest == b.digest);
+        let total: u64 = blobs.iter().map(|b| b.size).sum();
+        let n = blobs.len();
+        let clients = wharf_p2p::node::Clients::new(args.schedulers.clone(), args.token.clone())?;
+        clients.preheat(&wharf_p2p::proto::Preheat { blobs }).await?;
+        eprintln!("preheat queued: {n} blobs, {total} bytes of {}", args.image);
+        anyhow::Ok(())
     })
 }

@@ -71,6 +71,17 @@ fn scheduler(dir: &std::path::Path, name: &str) -> Proc {
 }
 
 fn node(dir: &std::path::Path, name: &str, origin: &Wharf, schedulers: &[&Proc], env: &[(&str, &str)]) -> Proc {
+    node_with(dir, name, origin, schedulers, env, &[])
+}
+
+fn node_with(
+    dir: &std::path::Path,
+    name: &str,
+    origin: &Wharf,
+    schedulers: &[&Proc],
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> Proc {
     let root = dir.join(name);
     let up = format!("http://{}", origin.addr);
     let mut args = vec![
@@ -92,6 +103,7 @@ fn node(dir: &std::path::Path, name: &str, origin: &Wharf, schedulers: &[&Proc],
         args.push("--scheduler".into());
         args.push(s.url(0));
     }
+    args.extend(extra.iter().map(|e| (*e).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Proc::start(&args, env, 2, &dir.join(format!("{name}.log")))
 }
@@ -278,4 +290,100 @@ async fn pulls_finish_when_the_scheduler_dies_and_when_the_origin_stops() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
     assert!(last.is_ok(), "late node with the origin gone: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preheated_seeds_serve_the_image_and_get_fetches_files_through_the_swarm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Wharf::start_with(&tmp.path().join("origin"), &[], Some(&tmp.path().join("origin.log")));
+    let c = common::client();
+    let img = common::push_image(&c, &origin, "p2p/app", "v1", 10, &[5 * MIB, 100]).await;
+    let size: usize = img.blobs.iter().map(|(_, b)| b.len()).sum();
+    let s = scheduler(tmp.path(), "sched");
+    // The seed gets `seed = true` from its config file's [node] table (flags and the file mix).
+    let config = tmp.path().join("seed.toml");
+    std::fs::write(&config, "[node]\nseed = true\nrack = \"r1\"\n").unwrap();
+    let seed = node_with(
+        tmp.path(),
+        "seed",
+        &origin,
+        &[&s],
+        &[],
+        &["--config", config.to_str().unwrap()],
+    );
+
+    // Preheat: the seed fetches the whole image before anyone asks for it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args([
+            "preheat",
+            &format!("{}/p2p/app:v1", origin.addr),
+            "--scheduler",
+            &s.url(0),
+            "--token",
+            "t0k",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "preheat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while origin_bytes(&c, &[&seed]).await < size as f64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the seed did not preheat the image"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A node then gets it all from the seed: nothing more from the origin.
+    let n = node(tmp.path(), "n", &origin, &[&s], &[]);
+    pull_all(&c, &n, &img).await.unwrap();
+    assert_eq!(
+        origin_bytes(&c, &[&n]).await,
+        0.0,
+        "the node went to the origin despite the preheated seed"
+    );
+
+    // wharf get: a file URL (the origin's blob URL serves ranges), two at once, verified.
+    let (d, data) = &img.blobs[1];
+    let url = origin.url(&format!("/v2/p2p/app/blobs/{d}"));
+    let get = |out: std::path::PathBuf, digest: String| {
+        let (url, sched) = (url.clone(), s.url(0));
+        std::thread::spawn(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+                .args(["get", &url, "-o"])
+                .arg(&out)
+                .args([
+                    "--scheduler",
+                    &sched,
+                    "--token",
+                    "t0k",
+                    "--digest",
+                    &digest,
+                    "--peer-listen",
+                    "127.0.0.1:0",
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    let (a, b) = (tmp.path().join("a.bin"), tmp.path().join("b.bin"));
+    let (ra, rb) = (get(a.clone(), d.clone()), get(b.clone(), d.clone()));
+    for r in [ra.join().unwrap(), rb.join().unwrap()] {
+        assert!(r.status.success(), "wharf get: {}", String::from_utf8_lossy(&r.stderr));
+    }
+    assert!(std::fs::read(&a).unwrap() == *data && std::fs::read(&b).unwrap() == *data);
+    // A wrong digest: an error, and no file.
+    let wrong = Digest::sha256_of(b"other").to_string();
+    let bad = tmp.path().join("bad.bin");
+    let r = get(bad.clone(), wrong).join().unwrap();
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("digest"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(!bad.exists() && !bad.with_extension("part").exists());
 }

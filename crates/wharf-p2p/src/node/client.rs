@@ -108,13 +108,14 @@ impl Clients {
                 reason: format!("{status}: {text}"),
             });
         }
-        if status == reqwest::StatusCode::NO_CONTENT {
-            return Ok(None);
-        }
         let bytes = resp.bytes().await.map_err(|e| P2pError::Scheduler {
             url: url.to_owned(),
             reason: e.to_string(),
         })?;
+        // 202 and 204 carry no body.
+        if bytes.is_empty() {
+            return Ok(None);
+        }
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| P2pError::Scheduler {
@@ -171,6 +172,43 @@ impl Clients {
                 return;
             }
             self.mark_down(&s);
+        }
+    }
+
+    /// What every scheduler wants this seed to preheat (each keeps its own queue).
+    pub async fn preheat_for(&self, peer: &str) -> Vec<crate::proto::PreheatBlob> {
+        let mut out = Vec::new();
+        for s in &self.schedulers {
+            let url = format!("{s}/v1/preheat?peer={peer}");
+            let mut req = self.http.get(&url).timeout(Duration::from_secs(5));
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            let Ok(resp) = req.send().await else { continue };
+            if resp.status().is_success()
+                && let Ok(bytes) = resp.bytes().await
+                && let Ok(p) = serde_json::from_slice::<crate::proto::Preheat>(&bytes)
+            {
+                out.extend(p.blobs);
+            }
+        }
+        out
+    }
+
+    /// Queues a preheat on every scheduler.
+    pub async fn preheat(&self, p: &crate::proto::Preheat) -> Result<(), P2pError> {
+        let mut ok = false;
+        let mut last = None;
+        for s in &self.schedulers {
+            match self.post::<_, serde_json::Value>(&format!("{s}/v1/preheat"), p).await {
+                Ok(_) => ok = true,
+                Err(e) => last = Some(e),
+            }
+        }
+        match (ok, last) {
+            (true, _) => Ok(()),
+            (false, Some(e)) => Err(e),
+            (false, None) => Err(P2pError::Config("no scheduler configured".into())),
         }
     }
 

@@ -385,6 +385,29 @@ impl Node {
     }
 }
 
+impl Node {
+    /// A seed fetches what `wharf preheat` queued on the schedulers, through its default upstream.
+    pub async fn preheat_loop(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(upstream) = self.upstream(None) else { return };
+            for b in self.clients.preheat_for(&self.peer.id).await {
+                let Ok(digest) = b.digest.parse::<Digest>() else {
+                    continue;
+                };
+                if self.task(&b.digest).is_some() {
+                    continue;
+                }
+                let repo = wharf_mirror::config::upstream_repository(&upstream.config.name, &b.repository);
+                match self.blob_task(upstream.clone(), &repo, &digest).await {
+                    Ok(_) => tracing::info!(blob = %digest, repository = %b.repository, "preheating"),
+                    Err(e) => tracing::warn!(blob = %digest, error = %e, "cannot preheat"),
+                }
+            }
+        }
+    }
+}
+
 /// Runs a node until `shutdown`: the mirror and the peer API on their listeners, and the re-announcer.
 pub async fn serve(
     node: Arc<Node>,
@@ -395,6 +418,9 @@ pub async fn serve(
 ) -> Result<(), P2pError> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(node.clone().reannounce(Duration::from_secs(5)));
+    if node.peer.seed {
+        tokio::spawn(node.clone().preheat_loop(Duration::from_secs(2)));
+    }
     let mirror = axum::serve(mirror_listener, mirror::router(node.clone(), metrics)).with_graceful_shutdown({
         let mut rx = rx.clone();
         async move {
