@@ -192,18 +192,26 @@ pub fn advertise(args: &NodeArgs) -> anyhow::Result<IpAddr> {
     };
     if let Some(s) = scheduler {
         let (_, target) = route_source(s)?;
-        if ip.is_loopback() && !target.is_loopback() {
-            anyhow::bail!(
-                "refusing to advertise loopback address {ip} to scheduler {s}, which is not on loopback: peers would \
-                 connect to themselves and every pull would go back to the origin; pass --advertise-addr with this \
-                 host's address on the scheduler's network"
-            );
-        }
+        check_advertised(ip, target, s)?;
+    } else if ip.is_unspecified() {
+        anyhow::bail!("cannot advertise {ip}: pass --advertise-addr");
+    }
+    Ok(ip)
+}
+
+/// Whether peers of a scheduler at `target` can reach a node advertising `ip`.
+fn check_advertised(ip: IpAddr, target: IpAddr, scheduler: &str) -> anyhow::Result<()> {
+    if ip.is_loopback() && !target.is_loopback() {
+        anyhow::bail!(
+            "refusing to advertise loopback address {ip} to scheduler {scheduler}, which is not on loopback: peers \
+             would connect to themselves and every pull would go back to the origin; pass --advertise-addr with this \
+             host's address on the scheduler's network"
+        );
     }
     if ip.is_unspecified() {
         anyhow::bail!("cannot advertise {ip}: pass --advertise-addr");
     }
-    Ok(ip)
+    Ok(())
 }
 
 pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
@@ -560,4 +568,22 @@ pub fn run_preheat(args: PreheatArgs) -> anyhow::Result<()> {
         eprintln!("preheat queued: {n} blobs, {total} bytes of {}", args.image);
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_never_advertised_to_a_remote_scheduler() {
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let remote = IpAddr::from([198, 18, 0, 1]);
+        let err = check_advertised(lo, remote, "http://198.18.0.1:8002")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("refusing to advertise loopback"), "{err}");
+        assert!(check_advertised(lo, lo, "http://127.0.0.1:8002").is_ok());
+        assert!(check_advertised(IpAddr::from([198, 18, 0, 7]), remote, "s").is_ok());
+        assert!(check_advertised(IpAddr::from([0, 0, 0, 0]), remote, "s").is_err());
+    }
 }
