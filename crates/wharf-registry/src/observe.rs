@@ -76,6 +76,8 @@ pub async fn record(request: Request, next: Next) -> Response {
     let route = route_label(request.uri().path());
     let method = method_label(request.method());
     let request_bytes = content_length(request.headers());
+    // A HEAD response carries the Content-Length of the GET it stands for, but no body.
+    let head = request.method() == axum::http::Method::HEAD;
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
@@ -86,7 +88,7 @@ pub async fn record(request: Request, next: Next) -> Response {
     if let Some(n) = request_bytes {
         metrics::counter!("wharf_http_request_bytes_total", "route" => route).increment(n);
     }
-    if let Some(n) = content_length(response.headers()) {
+    if let Some(n) = content_length(response.headers()).filter(|_| !head) {
         metrics::counter!("wharf_http_response_bytes_total", "route" => route).increment(n);
     }
     response
