@@ -58,6 +58,9 @@ pub struct ScheduleRequest {
     pub shape: TaskShape,
     /// Pieces the node needs now (not held, not in flight).
     pub want: Vec<u32>,
+    /// Most new origin leases the node can start now (its free origin slots); `None` = no limit of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_origin: Option<u32>,
 }
 
 /// Where to get a piece.

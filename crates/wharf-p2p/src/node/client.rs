@@ -28,6 +28,8 @@ impl Clients {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
+            // A peer or scheduler that sends nothing for this long is given up on.
+            .read_timeout(Duration::from_secs(15))
             .pool_max_idle_per_host(16)
             .build()
             .map_err(|e| P2pError::Config(format!("HTTP client: {e}")))?;
@@ -234,10 +236,10 @@ impl Clients {
         None
     }
 
-    /// Fetches piece `n` of `task` from the peer at `addr`, within `timeout`.
-    pub async fn piece(&self, addr: &str, task: &str, n: u32, timeout: Duration) -> Result<Bytes, P2pError> {
+    /// Fetches piece `n` of `task` from the peer at `addr` (given up when it stalls: the client's read timeout).
+    pub async fn piece(&self, addr: &str, task: &str, n: u32) -> Result<Bytes, P2pError> {
         let url = format!("{}/p2p/v1/tasks/{task}/pieces/{n}", addr.trim_end_matches('/'));
-        let mut req = self.http.get(&url).timeout(timeout);
+        let mut req = self.http.get(&url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

@@ -19,8 +19,12 @@ use super::task::{Phase, Task};
 use crate::P2pError;
 use crate::proto::{Report, ScheduleRequest, Source, TaskShape};
 
-/// A piece that has been "wait" this long is fetched from the origin regardless.
-pub const WAIT_LIMIT: Duration = Duration::from_secs(10);
+/// A piece that has been "wait" this long is fetched from the origin regardless. Longer than the scheduler's origin
+/// lease (60 s), so a stuck lease is first handed to another node; on a slow shared origin link a legitimate origin
+/// fetch of one piece can take tens of seconds, and going around it would double origin traffic.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(90);
+/// A peer that could not deliver is not asked again by this node for this long (a corrupt one, never again).
+const UNREACHABLE_COOLDOWN: Duration = Duration::from_secs(10);
 /// Consecutive origin failures after which the download gives up.
 const ORIGIN_ATTEMPTS: u32 = 5;
 
@@ -74,6 +78,7 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
     let mut in_flight: HashSet<u32> = HashSet::new();
     let mut waiting_since: HashMap<u32, Instant> = HashMap::new();
     let mut excluded: HashSet<String> = HashSet::new();
+    let mut cooling: HashMap<String, Instant> = HashMap::new();
     let mut jobs: JoinSet<Fetched> = JoinSet::new();
     let mut origin_failures = 0u32;
     let mut back_to_source_logged = false;
@@ -92,6 +97,7 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
                     peer: node.peer.clone(),
                     shape: shape.clone(),
                     want: missing.clone(),
+                    max_origin: Some(u32::try_from(node.origin_slots.available_permits()).unwrap_or(u32::MAX)),
                 };
                 node.clients.schedule(&task.id, &req).await.ok()
             } else {
@@ -107,8 +113,11 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
                         }
                     }
                     for a in resp.assignments {
+                        cooling.retain(|_, since| since.elapsed() < UNREACHABLE_COOLDOWN);
                         let source = match a.source {
-                            Source::Peer { id, .. } if excluded.contains(&id) => Source::Wait,
+                            Source::Peer { id, .. } if excluded.contains(&id) || cooling.contains_key(&id) => {
+                                Source::Wait
+                            }
                             Source::Wait if waiting_since.get(&a.piece).is_some_and(|t| t.elapsed() > WAIT_LIMIT) => {
                                 metrics::counter!("wharf_p2p_back_to_source_total", "why" => "wait").increment(1);
                                 Source::Origin
@@ -204,7 +213,11 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
                 match from {
                     Some((id, _addr)) => {
                         tracing::debug!(task = %task.id, piece = n, peer = %id, error = %error, "peer failed");
-                        excluded.insert(id.clone());
+                        if corrupt {
+                            excluded.insert(id.clone());
+                        } else {
+                            cooling.insert(id.clone(), Instant::now());
+                        }
                         if corrupt {
                             metrics::counter!("wharf_p2p_bad_pieces_total").increment(1);
                             tracing::warn!(task = %task.id, piece = n, peer = %id, "corrupt piece; peer reported");
@@ -259,8 +272,8 @@ async fn fetch_origin(node: Arc<Node>, task: Arc<Task>, n: u32) -> Fetched {
 
 async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, id: String, addr: String) -> Fetched {
     let (start, end) = task.range(n);
-    // Generous: a piece at 1 MiB/s, plus connection setup.
-    let timeout = Duration::from_secs(5) + Duration::from_secs((end - start) / (1 << 20));
+    // No deadline for the whole piece (a busy peer on a slow link may take long, and that is still progress); the
+    // client gives up on a connection that delivers nothing for a while (its read timeout).
     let fail = |error, corrupt| Fetched::Failed {
         n,
         from: Some((id.clone(), addr.clone())),
@@ -281,7 +294,7 @@ async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, id: String, addr: 
             false,
         );
     };
-    match node.clients.piece(&addr, &task.id, n, timeout).await {
+    match node.clients.piece(&addr, &task.id, n).await {
         Ok(data) => {
             if data.len() as u64 != end - start || wharf_oci::Digest::sha256_of(&data).hex() != expected {
                 return fail(

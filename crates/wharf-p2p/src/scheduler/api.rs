@@ -374,6 +374,7 @@ mod tests {
             peer: peer(1),
             shape: shape(),
             want: vec![0],
+            max_origin: None,
         };
         let path = format!("/v1/tasks/{TASK}/schedule");
         let body = serde_json::to_vec(&req).unwrap();
@@ -404,6 +405,7 @@ mod tests {
                     peer: a.clone(),
                     shape: shape(),
                     want: vec![1],
+                    max_origin: None,
                 },
             )
             .await;
@@ -428,6 +430,7 @@ mod tests {
                     peer: b.clone(),
                     shape: shape(),
                     want: vec![1],
+                    max_origin: None,
                 },
             )
             .await;
@@ -455,6 +458,7 @@ mod tests {
                     peer: c.clone(),
                     shape: shape(),
                     want: vec![1],
+                    max_origin: None,
                 },
             )
             .await;
@@ -481,6 +485,7 @@ mod tests {
                 piece_len: 1 << 20,
             },
             want: vec![],
+            max_origin: None,
         };
         let (status, body) = s.post(&format!("/v1/tasks/{TASK}/schedule"), &other_shape).await;
         assert_eq!(status, 409);
@@ -494,6 +499,7 @@ mod tests {
             peer: peer(1),
             shape: shape(),
             want: vec![0],
+            max_origin: None,
         };
         for task in ["sha256:abc", "md5:00", "url:..%2f..%2fetc", &TASK.to_uppercase()] {
             let (status, body) = s.post(&format!("/v1/tasks/{task}/schedule"), &req).await;

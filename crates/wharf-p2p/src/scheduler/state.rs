@@ -64,7 +64,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             peer_ttl: Duration::from_secs(60),
-            lease_ttl: Duration::from_secs(20),
+            lease_ttl: Duration::from_secs(60),
             transfer_ttl: Duration::from_secs(20),
             max_leases_per_peer: 8,
             lease_spread: 8,
@@ -497,7 +497,9 @@ impl State {
         }
 
         let mut assignments = Vec::new();
-        // Origin leases first: they are the pieces nobody can serve yet.
+        // Origin leases first: they are the pieces nobody can serve yet. A node says how many it can start now; a
+        // lease it could only queue would keep the piece from everyone else.
+        let mut new_allowed = req.max_origin.unwrap_or(u32::MAX);
         origin.sort_unstable();
         for (_, p) in origin {
             let ps = &mut swarm.pieces[p as usize];
@@ -505,9 +507,10 @@ impl State {
                 .lease
                 .is_some_and(|l| l.peer == me && lease_live(&l, peers, now, policy));
             // Its own lease (asked again: its fetch failed?) is renewed; a new one is within the cap.
-            if assignments.len() < policy.max_assignments && (mine || leased < cap) {
+            if assignments.len() < policy.max_assignments && (mine || (leased < cap && new_allowed > 0)) {
                 ps.lease = Some(Lease { peer: me, since: now });
                 leased += u32::from(!mine);
+                new_allowed -= u32::from(!mine);
                 assignments.push(Assignment {
                     piece: p,
                     source: Source::Origin,
@@ -876,6 +879,7 @@ mod tests {
             peer: p.clone(),
             shape: shape(pieces),
             want: want.into_iter().collect(),
+            max_origin: None,
         };
         s.schedule(TASK, &req, now).unwrap()
     }
@@ -1198,8 +1202,50 @@ mod tests {
     }
 
     #[test]
-    fn expired_lease_is_granted_again() {
+    fn a_node_gets_no_more_new_leases_than_it_can_start() {
         let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let a = peer(0);
+        let req = ScheduleRequest {
+            peer: a.clone(),
+            shape: TaskShape {
+                size: 64 << 20,
+                piece_len: 1 << 20,
+            },
+            want: (0..64).collect(),
+            max_origin: Some(2),
+        };
+        let r = s.schedule(TASK, &req, t).unwrap();
+        let leased: Vec<u32> = r
+            .assignments
+            .iter()
+            .filter(|x| x.source == Source::Origin)
+            .map(|x| x.piece)
+            .collect();
+        assert_eq!(leased.len(), 2, "{:?}", r.assignments);
+        // Its leases are renewed when it asks again, even with no free slot; nothing new.
+        let other = (0..64).find(|p| !leased.contains(p)).unwrap();
+        let again = ScheduleRequest {
+            max_origin: Some(0),
+            want: vec![leased[0], leased[1], other],
+            ..req
+        };
+        let r = s.schedule(TASK, &again, t).unwrap();
+        let renewed: Vec<u32> = r
+            .assignments
+            .iter()
+            .filter(|x| x.source == Source::Origin)
+            .map(|x| x.piece)
+            .collect();
+        assert_eq!(renewed.len(), 2, "{:?}", r.assignments);
+    }
+
+    #[test]
+    fn expired_lease_is_granted_again() {
+        let mut s = State::new(Policy {
+            lease_ttl: Duration::from_secs(20),
+            ..Policy::default()
+        });
         let t = Instant::now();
         let (a, b) = (peer(0), peer(1));
         assert_eq!(origins(&ask(&mut s, &a, 1, [0], t)), vec![0]);
@@ -1253,6 +1299,7 @@ mod tests {
             peer: me.clone(),
             shape: shape(2),
             want: vec![0],
+            max_origin: None,
         };
         let r = s.schedule(OTHER, &req, t).unwrap();
         assert_eq!(source_of(&r, 0), &Source::Origin);
@@ -1331,6 +1378,7 @@ mod tests {
             peer: peer(1),
             shape: shape(5),
             want: vec![0],
+            max_origin: None,
         };
         let e = s.schedule(TASK, &req, t).unwrap_err();
         assert!(e.is_conflict(), "{e}");
@@ -1346,6 +1394,7 @@ mod tests {
         let req = ScheduleRequest {
             shape: shape(4),
             want: vec![4],
+            max_origin: None,
             ..req
         };
         assert_eq!(
@@ -1358,6 +1407,7 @@ mod tests {
                 piece_len: 1,
             },
             want: vec![],
+            max_origin: None,
             ..req.clone()
         };
         assert!(matches!(s.schedule(OTHER, &huge, t), Err(StateError::BadShape(_))));
