@@ -52,6 +52,9 @@ pub struct Policy {
     /// The lease cap is also at most `pieces / lease_spread` (at least 1), so a small task's origin fetches are
     /// spread over about `lease_spread` nodes.
     pub lease_spread: u32,
+    /// Most live origin leases in one swarm, whoever holds them: the origin's link is the scarce one, and a few
+    /// pieces at its full rate spread through the peers faster than many at a crawl.
+    pub max_swarm_leases: u32,
     /// Most assignments in one answer.
     pub max_assignments: usize,
     /// [`State::sweep`] forgets peers not heard from for this long, and swarms without members idle as long.
@@ -68,6 +71,7 @@ impl Default for Policy {
             transfer_ttl: Duration::from_secs(20),
             max_leases_per_peer: 8,
             lease_spread: 8,
+            max_swarm_leases: 4,
             max_assignments: 32,
             forget_after: Duration::from_secs(600),
             preheat_ttl: Duration::from_secs(24 * 3600),
@@ -500,6 +504,11 @@ impl State {
         // Origin leases first: they are the pieces nobody can serve yet. A node says how many it can start now; a
         // lease it could only queue would keep the piece from everyone else.
         let mut new_allowed = req.max_origin.unwrap_or(u32::MAX);
+        let mut swarm_live = swarm
+            .pieces
+            .iter()
+            .filter(|ps| ps.lease.is_some_and(|l| lease_live(&l, peers, now, policy)))
+            .count() as u32;
         origin.sort_unstable();
         for (_, p) in origin {
             let ps = &mut swarm.pieces[p as usize];
@@ -507,10 +516,12 @@ impl State {
                 .lease
                 .is_some_and(|l| l.peer == me && lease_live(&l, peers, now, policy));
             // Its own lease (asked again: its fetch failed?) is renewed; a new one is within the cap.
-            if assignments.len() < policy.max_assignments && (mine || (leased < cap && new_allowed > 0)) {
+            let room = leased < cap && new_allowed > 0 && swarm_live < policy.max_swarm_leases;
+            if assignments.len() < policy.max_assignments && (mine || room) {
                 ps.lease = Some(Lease { peer: me, since: now });
                 leased += u32::from(!mine);
                 new_allowed -= u32::from(!mine);
+                swarm_live += u32::from(!mine);
                 assignments.push(Assignment {
                     piece: p,
                     source: Source::Origin,
@@ -942,7 +953,10 @@ mod tests {
 
     #[test]
     fn concurrent_starters_lease_disjoint_pieces_from_the_origin() {
-        let mut s = State::new(Policy::default());
+        let mut s = State::new(Policy {
+            max_swarm_leases: u32::MAX,
+            ..Policy::default()
+        });
         let t = Instant::now();
         let peers: Vec<Peer> = (0..8).map(peer).collect();
         let mut leased_by = vec![None; 16];
@@ -967,7 +981,10 @@ mod tests {
 
     #[test]
     fn lease_cap_bounds_a_peer_on_a_large_task() {
-        let mut s = State::new(Policy::default());
+        let mut s = State::new(Policy {
+            max_swarm_leases: u32::MAX,
+            ..Policy::default()
+        });
         let t = Instant::now();
         let r = ask(&mut s, &peer(0), 200, 0..200, t);
         assert_eq!(origins(&r).len(), 8);
@@ -1092,7 +1109,10 @@ mod tests {
     fn cold_start_fetches_each_piece_from_the_origin_once() {
         let mut s = State::new(Policy {
             max_assignments: 8,
-            ..Policy::default()
+            ..Policy {
+                max_swarm_leases: u32::MAX,
+                ..Policy::default()
+            }
         });
         let t = Instant::now();
         let (nodes, n) = (48, 64u32);
@@ -1199,6 +1219,18 @@ mod tests {
         let got = ask(&mut s, &peer(13), 1, [0], t);
         assert_eq!(peer_ids(&got).len(), 1);
         assert_ne!(peer_ids(&got), vec!["p9".to_string()]);
+    }
+
+    #[test]
+    fn a_swarm_has_few_origin_fetches_at_once() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let mut leased = 0;
+        for i in 0..16 {
+            let r = ask(&mut s, &peer(i), 64, 0..64, t);
+            leased += origins(&r).len();
+        }
+        assert_eq!(leased, 4, "the default cap of live origin leases per swarm");
     }
 
     #[test]
