@@ -169,11 +169,14 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
             }
             continue;
         }
-        // Wait for one piece, or a little while if everything else is waiting, then plan again.
-        let next = if idle || in_flight.len() >= limit {
+        // Wait for one piece; but when pieces are still to be placed (the scheduler said "wait", or there was room
+        // for more), only a little while: a piece may have become available from a peer meanwhile, and blocking until
+        // one of ours finishes (seconds on a slow link) would leave this node's download link idle.
+        let next = if in_flight.len() >= limit {
             jobs.join_next().await
         } else {
-            match tokio::time::timeout(Duration::from_millis(50), jobs.join_next()).await {
+            let pause = if idle { Duration::from_millis(200) } else { Duration::from_millis(50) };
+            match tokio::time::timeout(pause, jobs.join_next()).await {
                 Ok(r) => r,
                 Err(_) => continue,
             }
