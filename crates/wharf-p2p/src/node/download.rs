@@ -175,7 +175,11 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
         let next = if in_flight.len() >= limit {
             jobs.join_next().await
         } else {
-            let pause = if idle { Duration::from_millis(200) } else { Duration::from_millis(50) };
+            let pause = if idle {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_millis(50)
+            };
             match tokio::time::timeout(pause, jobs.join_next()).await {
                 Ok(r) => r,
                 Err(_) => continue,
