@@ -137,6 +137,13 @@ pub(crate) async fn local_store(config: &Config) -> anyhow::Result<(Arc<dyn Regi
             s.backend
         );
     }
+    if config.gc.interval_secs > 0 && redis.is_some() && c.kind == "memory" {
+        anyhow::bail!(
+            "[gc] interval_secs with [cache] kind = \"memory\" on a shared {}: other replicas' memory caches would \
+             not hear of what a collection deletes; use kind = \"redis\" (or \"off\")",
+            s.backend
+        );
+    }
     if config.gc.interval_secs > 0 && redis.is_none() {
         tracing::warn!(
             "garbage collection on {} without [redis]: safe for one server only; replicas must share a Redis",

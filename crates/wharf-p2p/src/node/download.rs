@@ -114,10 +114,15 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
                     }
                     for a in resp.assignments {
                         cooling.retain(|_, since| since.elapsed() < UNREACHABLE_COOLDOWN);
+                        // A peer this node will not use counts as waiting, and waiting too long (for whatever
+                        // reason) goes back to the origin.
                         let source = match a.source {
                             Source::Peer { id, .. } if excluded.contains(&id) || cooling.contains_key(&id) => {
                                 Source::Wait
                             }
+                            s => s,
+                        };
+                        let source = match source {
                             Source::Wait if waiting_since.get(&a.piece).is_some_and(|t| t.elapsed() > WAIT_LIMIT) => {
                                 metrics::counter!("wharf_p2p_back_to_source_total", "why" => "wait").increment(1);
                                 Source::Origin

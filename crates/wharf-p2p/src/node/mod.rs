@@ -297,9 +297,15 @@ impl Node {
             piece_len: task.piece_len,
             expected: task.expected.as_ref().map(|d| d.to_string()),
         };
-        if let Ok(json) = serde_json::to_vec(&record)
-            && let Err(e) = std::fs::write(task.dir.join("done"), json)
-        {
+        // The content is made durable before the record that trusts it after a restart, and the record appears
+        // whole (temp file + rename).
+        let written = task.sync().and_then(|()| {
+            let json = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+            let tmp = task.dir.join("done.tmp");
+            std::fs::write(&tmp, json)?;
+            std::fs::rename(&tmp, task.dir.join("done"))
+        });
+        if let Err(e) = written {
             tracing::warn!(task = %task.id, error = %e, "cannot record a finished task");
         }
         let node = self.clone();

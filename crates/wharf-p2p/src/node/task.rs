@@ -247,6 +247,11 @@ impl Task {
         Ok(buf)
     }
 
+    /// Makes the content durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// Forgets every piece (the whole content failed its digest): the download starts over.
     pub fn reset(&self) {
         self.progress.send_modify(|p| {

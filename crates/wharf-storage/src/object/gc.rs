@@ -181,12 +181,12 @@ async fn sweep(stack: &dyn Collectable, opts: &GcOptions, start: SystemTime, rep
                 report.spared += 1;
                 continue;
             }
-            if !opts.dry_run {
-                store
-                    .op
-                    .delete(&keys::blob(&c.digest))
-                    .await
-                    .map_err(|e| StorageError::backend(format!("delete {}", keys::blob(&c.digest)), e))?;
+            if !opts.dry_run
+                && let Err(e) = store.op.delete(&keys::blob(&c.digest)).await
+            {
+                // What this batch already deleted must still be forgotten by the caches.
+                stack.forget_blobs(&gone).await;
+                return Err(StorageError::backend(format!("delete {}", keys::blob(&c.digest)), e));
             }
             gone.push(c.digest.clone());
             report.blobs.push(c.clone());

@@ -103,7 +103,8 @@ impl ObjectStore {
         start: Option<u64>,
         mut body: ByteStream,
     ) -> Result<UploadStatus> {
-        let lock = self.session_lock(id);
+        // One lock per session, whatever spelling of its UUID the client uses.
+        let lock = self.session_lock(&canonical_id(id).unwrap_or_else(|| id.to_owned()));
         let _held = lock.lock().await;
         let (id, state) = self.session(repo, id).await?;
         if let Some(start) = start
@@ -183,7 +184,8 @@ impl ObjectStore {
     }
 
     pub(crate) async fn upload_commit(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
-        let lock = self.session_lock(id);
+        // One lock per session, whatever spelling of its UUID the client uses.
+        let lock = self.session_lock(&canonical_id(id).unwrap_or_else(|| id.to_owned()));
         let _held = lock.lock().await;
         let (id, state) = self.session(repo, id).await?;
         let computed = if parse_algorithm(&state.algorithm)? == expected.algorithm() {
