@@ -42,6 +42,15 @@ static ENTER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     )
 });
 
+static RENEW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+        return 0
+        ",
+    )
+});
+
 static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -104,15 +113,50 @@ impl Drop for Section {
     }
 }
 
-/// Deletes a held key (`gc:lock` or `gc:run`) when dropped, if it still holds our token.
+/// Deletes a held key (`gc:lock` or `gc:run`) when dropped, if it still holds our token; while held, a background
+/// task renews its expiry (every third of it) so a long batch or run does not outlive its own lock.
 struct Held {
     lock: RedisGcLock,
     key: String,
     token: String,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Held {
+    fn new(lock: RedisGcLock, key: String, token: String, ttl: Duration) -> Held {
+        let renewer =
+            tokio::runtime::Handle::try_current().ok().map(|h| {
+                let (meta, key, token) = (lock.meta.clone(), key.clone(), token.clone());
+                h.spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    let mut call = RENEW.prepare_invoke();
+                    call.key(&key).arg(&token).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+                    match meta.eval::<i64>(&call).await {
+                        Ok(1) => {}
+                        Ok(_) => {
+                            tracing::warn!(key = %key, "a garbage-collection lock was lost before its holder ended");
+                            return;
+                        }
+                        Err(e) => tracing::warn!(key = %key, error = %e, "cannot renew a garbage-collection lock"),
+                    }
+                }
+            })
+            });
+        Held {
+            lock,
+            key,
+            token,
+            renewer,
+        }
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
         self.lock
             .release_later(std::mem::take(&mut self.key), std::mem::take(&mut self.token));
     }
@@ -164,11 +208,7 @@ impl GcLock for RedisGcLock {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let held = Held {
-            lock: self.clone(),
-            key,
-            token,
-        };
+        let held = Held::new(self.clone(), key, token, LOCK_TTL);
         // Wait for the open sections (unexpired ones: a dead replica's expire) to close.
         let writers = self.key("writers");
         loop {
@@ -200,11 +240,7 @@ impl GcLock for RedisGcLock {
         let mut del = redis::cmd("DEL");
         del.arg(self.key("reused"));
         self.meta.run::<i64>(del).await?;
-        Ok(Some(RunHold::new(Held {
-            lock: self.clone(),
-            key,
-            token,
-        })))
+        Ok(Some(RunHold::new(Held::new(self.clone(), key, token, RUN_TTL))))
     }
 
     async fn reused(&self, _hold: &GcHold) -> Result<HashSet<Digest>> {
