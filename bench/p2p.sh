@@ -52,6 +52,13 @@
 #                   link rate: one node's link carrying the image once, with no overhead.
 #                   TCP/IP headers alone cost ~4-5% on these links (tbf counts whole
 #                   frames), so 1.05 is about the best any mode can measure.
+#   link use        (log and JSON) per quarter of the ideal time from the release: the
+#                   origin's upload and the nodes' mean upload and download, in % of the link
+#                   rate, from the switch ports' byte counters sampled every 0.5 s. Where the
+#                   time goes: an idle origin or idle node uploads while nodes still wait.
+#   TCP aborts      (notes and JSON) connections the kernels of origin and nodes reset after
+#                   retransmitting in vain during the case (TcpExtTCPAbortOnTimeout; the JSON
+#                   also has local retransmit failures and retransmitted segments): should be 0.
 #   CPU             CPU seconds used by the wharf processes (nodes, scheduler, origin) during
 #                   the case, and how busy the whole machine was (all cores; includes the
 #                   kernel's packet shaping and other people's work). Near 100% busy means
@@ -176,6 +183,16 @@ xideal() {
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }'; }
 
+# tcp_counters N: net_tcp_counters summed over the origin and nodes n1..nN.
+tcp_counters() {
+    local name a b c t=(0 0 0)
+    for name in origin $(seq -f 'n%g' 1 "$1"); do
+        read -r a b c < <(net_tcp_counters "$name")
+        t=($((t[0] + a)) $((t[1] + b)) $((t[2] + c)))
+    done
+    echo "${t[*]}"
+}
+
 # run_case N MBIT MODE: one measurement; appends a JSON record to $RAW/results.jsonl and a
 # table row to ROWS.
 run_case() {
@@ -228,7 +245,14 @@ run_case() {
         P2P_PULL_TIMEOUT=$(awk -v i="$ideal" -v n="$n" 'BEGIN { printf "%d", 1.5 * n * i + 60 }')
     fi
     log "$tag: $n nodes pull $IMG_BYTES bytes at once (ideal ${ideal}s each; timeout ${P2P_PULL_TIMEOUT}s)"
+    local tcp0
+    tcp0=$(tcp_counters "$n")
+    net_sample_start "$NET_DIR/samples" 0.5
     p2p_pull_all "$REPO" "$TAG" 0 "$NET_DIR/pull" "${specs[@]}"
+    net_sample_stop
+    local tcp
+    tcp=$(awk -v a="$tcp0" -v b="$(tcp_counters "$n")" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        printf "%d %d %d", y[1] - x[1], y[2] - x[2], y[3] - x[3] }')
     wall=$(awk -v t0="$PULL_T0" -v t1="$(date +%s%N)" 'BEGIN { printf "%.1f", (t1 - t0) / 1e9 }')
     read -r -a m1 < <(machine_ticks)
     tx1=$(net_tx_bytes origin)
@@ -266,7 +290,16 @@ run_case() {
         origin_bytes=$(cat "$NET_DIR"/pull/*.res | awk '$1 ~ /^sha256:/ { s += $3 } END { printf "%.0f", s }')
     fi
 
-    local egress wire p50 p99 busy note=""
+    # Link utilization over time, in buckets of a quarter of the ideal time.
+    local bucket ports=()
+    bucket=$(awk -v i="$ideal" 'BEGIN { b = int(i / 4 + 0.5); print b < 1 ? 1 : b }')
+    for ((i = 1; i <= n; i++)); do ports+=("${NET_PORT[n$i]}"); done
+    net_utilization "$NET_DIR/samples" "$mbit" "$bucket" "$PULL_T0" "${NET_PORT[origin]}" "${ports[@]}" \
+        >"$NET_DIR/utilization"
+    log "$tag: link use in % of $mbit Mbit/s per ${bucket} s from the release:"
+    sed 's/^/[bench]     /' "$NET_DIR/utilization" >&2
+
+    local egress wire p50 p99 busy note="" tcpv
     egress=$(ratio "$origin_bytes" "$IMG_BYTES")
     wire=$(ratio "$((tx1 - tx0))" "$IMG_BYTES")
     busy=$(busy_pct "${m0[0]}" "${m0[1]}" "${m1[0]}" "${m1[1]}")
@@ -281,6 +314,8 @@ run_case() {
     ((failed == 0)) || note+="FAILED: $failed of $n nodes incomplete; "
     [[ $mode == p2p ]] && note+="peer bytes $(ratio "$peer_bytes" "$IMG_BYTES")x, back-to-source $back, unreachable reports $unreachable"
     ((bad == 0)) || note+=", bad pieces $bad"
+    read -r -a tcpv <<<"$tcp"
+    ((tcpv[0] == 0)) || note+="${note:+, }TCP connections aborted by the kernel ${tcpv[0]}"
     ROWS+=("$(printf '%4s %6s  %-17s %8s %6s %9s %9s %8s %8s %7s %10s  %s' \
         "$n" "$mbit" "$mode" "$egress" "$wire" "$(xideal "$p50" "$ideal")" "$(xideal "$p99" "$ideal")" \
         "$p50" "$p99" "$ideal" "$cpu1/$busy%" "$note")")
@@ -289,6 +324,8 @@ run_case() {
         --argjson egress "$egress" --argjson wire "$wire" --argjson ob "$origin_bytes" --argjson pb "$peer_bytes" \
         --arg p50 "$p50" --arg p99 "$p99" --argjson wall "$wall" --argjson timeout "$P2P_PULL_TIMEOUT" --argjson cpu "$cpu1" --argjson busy "$busy" \
         --argjson failed "$failed" --argjson back "$back" --argjson bad "$bad" --argjson unreach "$unreachable" \
+        --argjson bucket "$bucket" --argjson tcp "[${tcp// /,}]" \
+        --argjson util "$(jq -Rs 'split("\n") | map(select(length > 0) | split(" ") | {key: .[0], value: (.[1:] | map(tonumber))}) | from_entries' "$NET_DIR/utilization")" \
         --argjson times "$(jq -Rs 'split("\n") | map(select(length > 0) | split(" ") | select(.[1] == "ok") | .[0] | tonumber) | sort' "$NET_DIR/times")" \
         '{nodes: $n, rate_mbit: $r, mode: $mode, computed: false, ideal_s: $ideal,
           origin_egress_x: $egress, origin_wire_tx_x: $wire, origin_payload_bytes: $ob, peer_bytes: $pb,
@@ -298,7 +335,10 @@ run_case() {
           p50_x: (if ($p50 | startswith(">")) then null else ($p50 | tonumber) / $ideal end),
           p99_x: (if ($p99 | startswith(">")) then null else ($p99 | tonumber) / $ideal end),
           completion_s: $times, wharf_cpu_s: $cpu, machine_busy_pct: $busy, failed_nodes: $failed,
-          back_to_source: $back, bad_pieces: $bad, unreachable_reports: $unreach}' >>"$RAW/results.jsonl"
+          back_to_source: $back, bad_pieces: $bad, unreachable_reports: $unreach,
+          link_use_pct: ($util + {bucket_s: $bucket}),
+          tcp: {aborted_on_timeout: $tcp[0], local_retransmit_failures: $tcp[1], retransmitted_segments: $tcp[2]}}' \
+        >>"$RAW/results.jsonl"
     FAILURES=$((FAILURES + failed))
 }
 

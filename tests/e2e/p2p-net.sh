@@ -12,7 +12,13 @@
 #
 # Bandwidth: a token bucket (`tc tbf`; this kernel has no netem) on both ends of each host's
 # veth: the host's end limits what it uploads, the switch's end what it downloads. Burst is
-# 4 ms of traffic (at least 8 KiB), queue 50 ms: ~10 KB and ~125 KB at 20 Mbit/s.
+# 4 ms of traffic (at least 8 KiB). The switch's queue holds 50 ms (~125 KB at 20 Mbit/s):
+# a switch port drops what does not fit, and TCP recovers as from any network loss. The
+# host's own queue is larger (400 ms, at least 1 MiB), as a NIC's queue of 1000 frames is:
+# a packet the sender's own qdisc drops is a local transmit failure, and with a small queue
+# shared by dozens of flows (an origin serving 16 nodes' downloads at once) the kernel soon
+# aborts the starved connections with a reset (TcpExtTCPAbortOnTimeout, TCPRetransFail) —
+# an artifact of the emulation, not of anything under test.
 #
 # Names carry a per-run tag (NET_TAG, default wp<pid>), so a run never collides with a
 # leftover of a crashed one: namespaces are "<tag>-sw", "<tag>-origin", "<tag>-n7", ...
@@ -29,6 +35,9 @@
 #   net_stop PID                 stop one process we started (TERM, then KILL after 10 s)
 #   net_cpu_secs PID...          CPU seconds (user + system) the processes used so far
 #   net_tx_bytes NAME            bytes sent on host NAME's interface (wire level)
+#   net_tcp_counters NAME        TCP aborts, local retransmit failures, retransmissions
+#   net_sample_start FILE [SECS] / net_sample_stop   sample every link's byte counters
+#   net_utilization FILE ...     per-bucket link utilization from such samples
 #   net_cleanup                  stop every process we started, newest first, then delete
 #                                every namespace we made (hosts, then the switch)
 #
@@ -40,7 +49,8 @@
 #   p2p_node_start / p2p_node_wait  the same in two halves, to start many nodes at once
 #   p2p_make_image DIR TAG MIB...   an OCI layout with one random tar+gzip layer per MIB
 #   p2p_push_image NAME LAYOUT REPO TAG ORIGIN_URL   curl it into a registry from host NAME
-#   p2p_pull_all MODE OUT NAME=BASE...   every host pulls every blob at once (see there)
+#   p2p_pull_all REPO TAG SAVE OUT NAME=BASE_URL...   every host pulls the image at once
+#   p2p_pull_check OUT NAME / p2p_pull_secs OUT NAME  did it get every blob; how long it took
 #   p2p_metric NAME URL METRIC [LABEL]   a summed counter from a /metrics page
 #   node_ip N                    the address of node N
 
@@ -98,7 +108,7 @@ net_host() {
 # net_shape NAME MBIT|none: tbf on the host's eth0 (its upload) and on the switch's port
 # (its download), or no shaping at all.
 net_shape() {
-    local name=$1 mbit=$2 ns=$NET_TAG-$1 port=${NET_PORT[$1]} burst
+    local name=$1 mbit=$2 ns=$NET_TAG-$1 port=${NET_PORT[$1]} burst limit
     if [[ "$mbit" == none ]]; then
         tc -n "$ns" qdisc del dev eth0 root 2>/dev/null || true
         tc -n "$NET_SW" qdisc del dev "$port" root 2>/dev/null || true
@@ -107,7 +117,10 @@ net_shape() {
     # 4 ms of traffic, at least 8 KiB (more than one full-size frame).
     burst=$((mbit * 1000000 * 4 / 8 / 1000))
     ((burst >= 8192)) || burst=8192
-    tc -n "$ns" qdisc replace dev eth0 root tbf rate "${mbit}mbit" burst "$burst" latency 50ms
+    # The host's queue: 400 ms of traffic, at least 1 MiB (see the top of this file).
+    limit=$((mbit * 1000000 * 400 / 8 / 1000))
+    ((limit >= 1048576)) || limit=1048576
+    tc -n "$ns" qdisc replace dev eth0 root tbf rate "${mbit}mbit" burst "$burst" limit "$limit"
     tc -n "$NET_SW" qdisc replace dev "$port" root tbf rate "${mbit}mbit" burst "$burst" latency 50ms
 }
 
@@ -178,8 +191,74 @@ net_cpu_secs() {
     awk -v t="$ticks" -v hz="$hz" 'BEGIN { printf "%.2f", t / hz }'
 }
 
+# net_tcp_counters NAME: "aborts retransfail retranssegs" of host NAME's TCP stack so far:
+# connections the kernel reset after retransmitting in vain (TcpExtTCPAbortOnTimeout),
+# retransmissions its own qdisc refused (TcpExtTCPRetransFail), segments retransmitted.
+net_tcp_counters() {
+    ip netns exec "$NET_TAG-$1" nstat -asz TcpExtTCPAbortOnTimeout TcpExtTCPRetransFail TcpRetransSegs 2>/dev/null |
+        awk '{ v[$1] = $2 } END { printf "%d %d %d\n", v["TcpExtTCPAbortOnTimeout"], v["TcpExtTCPRetransFail"], v["TcpRetransSegs"] }'
+}
+
 net_tx_bytes() {
     ip -n "$NET_TAG-$1" -s -j link show dev eth0 | jq '.[0].stats64.tx.bytes'
+}
+
+# net_sample_start FILE [SECONDS]: every SECONDS (default 1), one line in FILE: the time
+# (epoch seconds with microseconds), then "PORT:RX:TX" for every switch port, the byte
+# counters of the switch's end of each host's link (RX: what the host uploaded, TX: what it
+# downloaded). Read inside the switch namespace by one shell loop: no process per sample
+# but `sleep`. NET_PORT maps host names to ports. net_sample_stop ends it.
+net_sample_start() {
+    local file=$1 every=${2:-1}
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    ip netns exec "$NET_SW" bash -c '
+        while :; do
+            line=$EPOCHREALTIME
+            for d in /sys/class/net/p[0-9]*; do
+                read -r rx <"$d/statistics/rx_bytes"
+                read -r tx <"$d/statistics/tx_bytes"
+                line+=" ${d##*/}:$rx:$tx"
+            done
+            echo "$line"
+            sleep "$1"
+        done' sample "$every" >"$file" 2>/dev/null &
+    NET_SAMPLER_PID=$!
+    NET_PIDS+=("$NET_SAMPLER_PID")
+}
+
+net_sample_stop() {
+    [[ -n "${NET_SAMPLER_PID:-}" ]] && net_stop "$NET_SAMPLER_PID"
+    NET_SAMPLER_PID=
+}
+
+# net_utilization FILE MBIT BUCKET_SECS T0_NS PORT_OF_ORIGIN NODE_PORTS...: from a sample
+# file, per BUCKET_SECS from T0: the origin's upload, and the nodes' mean upload and mean
+# download, each in % of MBIT. Prints three lines: "origin_up P P ...", "nodes_up ...",
+# "nodes_down ...".
+net_utilization() {
+    local file=$1 mbit=$2 bucket=$3 t0=$4 origin=$5
+    shift 5
+    awk -v rate="$mbit" -v b="$bucket" -v t0="$t0" -v origin="$origin" -v nodes="$*" '
+        BEGIN { n = split(nodes, np, " "); for (i = 1; i <= n; i++) isnode[np[i]] = 1; cap = rate * 1e6 / 8 }
+        {
+            t = $1 - t0 / 1e9
+            for (i = 2; i <= NF; i++) {
+                split($i, f, ":"); p = f[1]
+                if ((p in lastrx) && t >= 0) {
+                    k = int(t / b)
+                    up = f[2] - lastrx[p]; down = f[3] - lasttx[p]
+                    if (p == origin) oup[k] += up
+                    if (p in isnode) { nup[k] += up; ndown[k] += down }
+                    if (k > kmax) kmax = k
+                }
+                lastrx[p] = f[2]; lasttx[p] = f[3]
+            }
+        }
+        END {
+            printf "origin_up"; for (k = 0; k <= kmax; k++) printf " %.0f", 100 * oup[k] / (cap * b); print ""
+            printf "nodes_up"; for (k = 0; k <= kmax; k++) printf " %.0f", 100 * nup[k] / (n * cap * b); print ""
+            printf "nodes_down"; for (k = 0; k <= kmax; k++) printf " %.0f", 100 * ndown[k] / (n * cap * b); print ""
+        }' "$file"
 }
 
 net_cleanup() {
