@@ -16,6 +16,7 @@
 #   NS, RATES     if either is set, CASES is every N in NS at every MBIT in RATES
 #                 (defaults for the missing one: "4 16 48", "20")
 #   IMAGE_MIB     image size in MiB                       (default 64)
+#   P2P_PIECE     the nodes' --piece-size                (default 4M, the nodes' default)
 #   LAYERS_MIB    layer sizes in MiB, overrides IMAGE_MIB (default IMAGE_MIB split 1/2, 1/4,
 #                 1/8, 1/8: "32 16 8 8")
 #   DIRECT_MAX_N  largest N whose direct pull is run; above it the direct row is computed
@@ -353,6 +354,7 @@ main() {
     net_host sched "$SCHED_IP"
     local i c
     for ((i = 1; i <= MAX_N; i++)); do net_host "n$i" "$(node_ip "$i")"; done
+    net_static_neighbors || die "cannot set the neighbor tables"
     log "network $NET_TAG: origin, scheduler and $MAX_N node namespaces"
 
     # shellcheck disable=SC2086 # a list of sizes
@@ -376,7 +378,7 @@ main() {
         N Mbit/s mode egress/img wire/img p50/ideal p99/ideal "p50 s" "p99 s" "ideal s" "CPU s/busy" notes)
     {
         echo
-        echo "P2P benchmark: image $IMG_BYTES bytes (layers $LAYERS_MIB MiB, 4 MiB pieces), every link shaped both ways"
+        echo "P2P benchmark: image $IMG_BYTES bytes (layers $LAYERS_MIB MiB, ${P2P_PIECE:-4M} pieces), every link shaped both ways"
         echo "wharf $WHARF_SRC ($WHARF_BUILD; tree $(git describe --always --dirty 2>/dev/null || echo unknown))"
         echo "$(nproc) cores; $(date -u +%FT%TZ); $((SECONDS - started)) s"
         echo "$header"
@@ -393,11 +395,11 @@ main() {
 
     jq -s --arg date "$(date -u +%FT%TZ)" --arg wharf "$WHARF_SRC" --argjson bytes "$IMG_BYTES" \
         --arg layers "$LAYERS_MIB" --arg commit "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
-        --arg build "$WHARF_BUILD" \
+        --arg build "$WHARF_BUILD" --arg piece "${P2P_PIECE:-4M}" \
         --argjson cores "$(nproc)" --arg kernel "$(uname -r)" --argjson direct_max "$DIRECT_MAX_N" \
         '{date: $date, tree: $commit, wharf: $wharf, wharf_build: $build, kernel: $kernel, cores: $cores,
-          image_bytes: $bytes, layers_mib: ($layers | split(" ") | map(tonumber)), piece_mib: 4,
-          direct_max_n: $direct_max, shaping: "tc tbf on both ends of every host link, burst 4 ms, latency 50 ms",
+          image_bytes: $bytes, layers_mib: ($layers | split(" ") | map(tonumber)), piece: $piece,
+          direct_max_n: $direct_max, shaping: "tc tbf on both ends of every host link, burst 4 ms; switch port queue 50 ms, host queue 400 ms (at least 1 MiB)",
           results: .}' "$RAW/results.jsonl" >"$OUT_DIR/p2p.json"
     log "results: $OUT_DIR/p2p.json; logs: $RAW"
     ((FAILURES == 0)) || die "$FAILURES node pulls were incomplete (see $RAW/*/failures)"

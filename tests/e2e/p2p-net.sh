@@ -105,6 +105,28 @@ net_host() {
     net_shape "$name" "$mbit"
 }
 
+# net_static_neighbors: every host knows every other host's MAC address for good (no ARP).
+# On this emulated switch an ARP request is flooded into every port's shaped queue and waits
+# (or is dropped) behind whole seconds of data, as is its reply: a new connection then stalls
+# for seconds, or fails with EHOSTUNREACH, for a reason no real switch fabric has. Call it after
+# the last net_host.
+net_static_neighbors() {
+    local name ns batch
+    declare -A mac
+    for name in "${!NET_IP[@]}"; do
+        mac[$name]=$(ip -n "$NET_TAG-$name" -j link show eth0 | jq -r '.[0].address')
+    done
+    for name in "${!NET_IP[@]}"; do
+        ns=$NET_TAG-$name
+        batch=""
+        for other in "${!NET_IP[@]}"; do
+            [[ $other == "$name" ]] && continue
+            batch+="neigh replace ${NET_IP[$other]} lladdr ${mac[$other]} dev eth0 nud permanent"$'\n'
+        done
+        printf '%s' "$batch" | ip -n "$ns" -batch - || return 1
+    done
+}
+
 # net_shape NAME MBIT|none: tbf on the host's eth0 (its upload) and on the switch's port
 # (its download), or no shaping at all.
 net_shape() {
@@ -118,8 +140,8 @@ net_shape() {
     burst=$((mbit * 1000000 * 4 / 8 / 1000))
     ((burst >= 8192)) || burst=8192
     # The host's queue: 400 ms of traffic, at least 1 MiB (see the top of this file).
-    limit=$((mbit * 1000000 * 400 / 8 / 1000))
-    ((limit >= 1048576)) || limit=1048576
+    limit=$((mbit * 1000000 * ${NET_HOST_QUEUE_MS:-400} / 8 / 1000))
+    ((limit >= ${NET_HOST_QUEUE_MIN:-1048576})) || limit=${NET_HOST_QUEUE_MIN:-1048576}
     tc -n "$ns" qdisc replace dev eth0 root tbf rate "${mbit}mbit" burst "$burst" limit "$limit"
     tc -n "$NET_SW" qdisc replace dev "$port" root tbf rate "${mbit}mbit" burst "$burst" latency 50ms
 }
@@ -296,7 +318,7 @@ p2p_origin() {
 p2p_scheduler() {
     local name=$1 ip=$2
     net_start "$name" "$name" "${P2P_ENV[@]}" "$WHARF" scheduler --listen "$ip:0" --token "$P2P_TOKEN" \
-        --log "${P2P_SCHED_LOG:-info}"
+        --log "${P2P_SCHED_LOG:-info}" ${P2P_SCHED_ARGS:-}
     SCHED_PID=$NET_PID
     net_wait_line "$name" '^wharf scheduler: listening on (http://[0-9.]+:[0-9]+)$' || return 1
     SCHED_URL=$NET_MATCH
@@ -311,7 +333,7 @@ p2p_node_start() {
     net_start "$name" "$name" "${P2P_ENV[@]}" "$WHARF" node --root "$root" \
         --listen "$ip:0" --peer-listen "$ip:0" \
         --scheduler "$SCHED_URL" --upstream "$ORIGIN_URL" \
-        --token "$P2P_TOKEN" --piece-size 4M --log "${P2P_NODE_LOG:-info}" "$@"
+        --token "$P2P_TOKEN" --piece-size "${P2P_PIECE:-4M}" --log "${P2P_NODE_LOG:-info}" ${P2P_NODE_ARGS:-} "$@"
     NODE_PID[$name]=$NET_PID
 }
 

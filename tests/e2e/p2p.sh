@@ -107,6 +107,7 @@ setup() {
         net_host "n$i" "$(node_ip "$i")" "$RATE"
     done
     net_host dk "$(node_ip $((NODES + 1)))" "$RATE"
+    net_static_neighbors || return 1
     echo "network $NET_TAG: switch, origin $ORIGIN_IP, scheduler $SCHED_IP, nodes n1..n$NODES" \
         "$(node_ip 1)..$(node_ip "$NODES"), dk ${NET_IP[dk]}; every link ${RATE} Mbit/s each way"
 

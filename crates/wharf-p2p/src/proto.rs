@@ -61,7 +61,23 @@ pub struct ScheduleRequest {
     /// Most new origin leases the node can start now (its free origin slots); `None` = no limit of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_origin: Option<u32>,
+    /// Most transfers (from the origin or peers) the node receives at once, over all its tasks: the scheduler
+    /// answers no more than this less the ones it already assigned to it (or leased it) that are not over.
+    /// `None` = no limit of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    /// What the node fetches the task from (e.g. the upstream's base URL): the scheduler caps the origin fetches in
+    /// flight per origin, over all its tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// If no piece can be assigned now, the scheduler may hold the answer up to this long (capped at
+    /// [`MAX_HOLD_MS`]) and answer as soon as one can: a long poll instead of the node asking again and again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_ms: Option<u32>,
 }
+
+/// Longest a scheduler holds a schedule request ([`ScheduleRequest::hold_ms`]).
+pub const MAX_HOLD_MS: u32 = 5_000;
 
 /// Where to get a piece.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

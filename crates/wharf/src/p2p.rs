@@ -53,9 +53,12 @@ pub struct NodeArgs {
     /// Bytes of finished blobs to keep, e.g. 20G [default: no limit].
     #[arg(long, value_parser = wharf_p2p::ratelimit::parse_rate)]
     pub cache_size: Option<u64>,
-    /// Minimum piece size, e.g. 4M [default: 4M].
+    /// Minimum piece size, e.g. 4M [default: 4M]. Smaller pieces pass through a swarm on slow links sooner.
     #[arg(long, value_parser = wharf_p2p::ratelimit::parse_rate)]
     pub piece_size: Option<u64>,
+    /// Pieces in flight at once, over all blobs [default: 4].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// Log filter [default: info, or RUST_LOG].
     #[arg(long)]
     pub log: Option<String>,
@@ -75,6 +78,12 @@ pub struct SchedulerArgs {
     /// Seconds after which a silent node counts as gone [default: 60].
     #[arg(long)]
     pub peer_ttl_secs: Option<u64>,
+    /// Transfers one node serves at once, over all blobs [default: 4].
+    #[arg(long)]
+    pub max_uploads_per_peer: Option<u32>,
+    /// Range requests in flight to one origin, over all its blobs [default: 4].
+    #[arg(long)]
+    pub max_origin_leases: Option<u32>,
     #[arg(long)]
     pub log: Option<String>,
 }
@@ -99,6 +108,7 @@ struct NodeFile {
     rack: Option<String>,
     cache_size: Option<String>,
     piece_size: Option<String>,
+    concurrency: Option<usize>,
     log: Option<String>,
 }
 
@@ -108,6 +118,8 @@ struct SchedulerFile {
     listen: Option<SocketAddr>,
     token: Option<String>,
     peer_ttl_secs: Option<u64>,
+    max_uploads_per_peer: Option<u32>,
+    max_origin_leases: Option<u32>,
     log: Option<String>,
 }
 
@@ -156,6 +168,10 @@ fn merge_node(mut args: NodeArgs) -> anyhow::Result<NodeArgs> {
         .piece_size
         .or(rate("piece_size", f.piece_size)?)
         .or(Some(wharf_p2p::piece::DEFAULT_PIECE));
+    args.concurrency = args.concurrency.or(f.concurrency);
+    if args.concurrency == Some(0) {
+        anyhow::bail!("--concurrency must be at least 1");
+    }
     args.log = args.log.or(f.log);
     Ok(args)
 }
@@ -271,7 +287,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             upstreams,
             default_upstream: default,
             piece_len: args.piece_size.unwrap_or(wharf_p2p::piece::DEFAULT_PIECE),
-            concurrency: 16,
+            concurrency: args.concurrency.unwrap_or(wharf_p2p::node::DEFAULT_CONCURRENCY),
             origin_concurrency: 4,
             download_rate: args.ratelimit,
             upload_rate: args.upload_ratelimit,
@@ -304,6 +320,17 @@ pub fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8002)));
     let token = args.token.clone().or(f.token);
     let peer_ttl_secs = args.peer_ttl_secs.or(f.peer_ttl_secs).unwrap_or(60);
+    let defaults = wharf_p2p::scheduler::Policy::default();
+    let max_uploads_per_peer = args
+        .max_uploads_per_peer
+        .or(f.max_uploads_per_peer)
+        .unwrap_or(defaults.max_uploads_per_peer)
+        .max(1);
+    let max_origin_leases = args
+        .max_origin_leases
+        .or(f.max_origin_leases)
+        .unwrap_or(defaults.max_origin_leases)
+        .max(1);
     crate::serve::init_logging(args.log.as_deref().or(f.log.as_deref()).unwrap_or("info"), "text")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -319,7 +346,9 @@ pub fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
             .context("cannot install the metrics recorder")?;
         let policy = wharf_p2p::scheduler::Policy {
             peer_ttl: Duration::from_secs(peer_ttl_secs.max(1)),
-            ..Default::default()
+            max_uploads_per_peer,
+            max_origin_leases,
+            ..defaults
         };
         let config = wharf_p2p::scheduler::SchedulerConfig {
             token,
@@ -400,6 +429,7 @@ pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
         rack: None,
         cache_size: None,
         piece_size: Some(wharf_p2p::piece::DEFAULT_PIECE),
+        concurrency: None,
         log: None,
     };
     let ip = if args.schedulers.is_empty() {
@@ -432,7 +462,7 @@ pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
             upstreams: vec![],
             default_upstream: None,
             piece_len: wharf_p2p::piece::DEFAULT_PIECE,
-            concurrency: 16,
+            concurrency: wharf_p2p::node::DEFAULT_CONCURRENCY,
             origin_concurrency: 4,
             download_rate: args.ratelimit,
             upload_rate: None,

@@ -27,7 +27,9 @@ impl Clients {
     pub fn new(schedulers: Vec<String>, token: Option<String>) -> Result<Clients, P2pError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
+            // Long enough for two SYN retransmissions (1 s, then 3 s): on a congested link a SYN is dropped like any
+            // packet, and a peer given up on too early is reported unreachable for nothing.
+            .connect_timeout(Duration::from_secs(10))
             // A peer or scheduler that sends nothing for this long is given up on.
             .read_timeout(Duration::from_secs(15))
             .pool_max_idle_per_host(16)
@@ -100,7 +102,7 @@ impl Clients {
         }
         let resp = req.send().await.map_err(|e| P2pError::Scheduler {
             url: url.to_owned(),
-            reason: e.to_string(),
+            reason: causes(&e),
         })?;
         let status = resp.status();
         if !status.is_success() {
@@ -247,10 +249,26 @@ impl Clients {
             addr: addr.to_owned(),
             reason,
         };
-        let resp = req.send().await.map_err(|e| err(e.to_string()))?;
+        let resp = req.send().await.map_err(|e| err(causes(&e)))?;
         if !resp.status().is_success() {
             return Err(err(format!("answered {}", resp.status())));
         }
-        resp.bytes().await.map_err(|e| err(e.to_string()))
+        resp.bytes().await.map_err(|e| err(causes(&e)))
     }
+}
+
+/// An error with its causes (reqwest's own message hides them: "error sending request" could be a refused
+/// connection, a timeout or a reset).
+pub(crate) fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::task::JoinSet;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::Node;
 use super::task::{Phase, Task};
 use crate::P2pError;
-use crate::proto::{Report, ScheduleRequest, Source, TaskShape};
+use crate::proto::{Report, ScheduleRequest, ScheduleResponse, Source, TaskShape};
 
 /// A piece that has been "wait" this long is fetched from the origin regardless. Longer than the scheduler's origin
 /// lease (60 s), so a stuck lease is first handed to another node; on a slow shared origin link a legitimate origin
@@ -25,6 +26,8 @@ use crate::proto::{Report, ScheduleRequest, Source, TaskShape};
 pub const WAIT_LIMIT: Duration = Duration::from_secs(90);
 /// A peer that could not deliver is not asked again by this node for this long (a corrupt one, never again).
 const UNREACHABLE_COOLDOWN: Duration = Duration::from_secs(10);
+/// How long the scheduler may hold a schedule request that has nothing to assign yet (a long poll).
+const HOLD_MS: u32 = 1_000;
 /// Consecutive origin failures after which the download gives up.
 const ORIGIN_ATTEMPTS: u32 = 5;
 
@@ -33,6 +36,8 @@ enum Fetched {
         n: u32,
         data: Bytes,
         from: Option<String>,
+        /// Its SHA-256 (hex), computed once, where the bytes arrived.
+        digest: String,
     },
     Failed {
         n: u32,
@@ -75,11 +80,14 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
         size: task.size,
         piece_len: task.piece_len,
     };
+    let origin_key = task.origin.as_ref().and_then(|o| o.key());
     let mut in_flight: HashSet<u32> = HashSet::new();
     let mut waiting_since: HashMap<u32, Instant> = HashMap::new();
     let mut excluded: HashSet<String> = HashSet::new();
     let mut cooling: HashMap<String, Instant> = HashMap::new();
     let mut jobs: JoinSet<Fetched> = JoinSet::new();
+    // The schedule request under way (a long poll: the scheduler answers when it has a source for something).
+    let mut poll: Option<JoinHandle<Option<ScheduleResponse>>> = None;
     let mut origin_failures = 0u32;
     let mut back_to_source_logged = false;
     let limit = node.config.concurrency.max(1);
@@ -88,176 +96,254 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
         if missing.is_empty() && in_flight.is_empty() {
             break;
         }
-        let mut idle = false;
-        if !missing.is_empty() && in_flight.len() < limit {
-            let mut plan: Vec<(u32, Source)> = Vec::new();
-            let use_scheduler = !origin_only && node.clients.has_schedulers();
-            let answer = if use_scheduler {
+        // Registered before the slots are counted, so a slot freed in between is not missed.
+        let slot_freed = node.slot_freed.notified();
+        tokio::pin!(slot_freed);
+        slot_freed.as_mut().enable();
+        // Node-wide slots free now (other tasks share them), at most this task's own limit.
+        let free = node
+            .download_slots
+            .available_permits()
+            .min(limit - in_flight.len().min(limit));
+        let use_scheduler = !origin_only && node.clients.has_schedulers();
+        if poll.is_none() && !missing.is_empty() && free > 0 {
+            if use_scheduler {
                 let req = ScheduleRequest {
                     peer: node.peer.clone(),
                     shape: shape.clone(),
                     want: missing.clone(),
                     max_origin: Some(u32::try_from(node.origin_slots.available_permits()).unwrap_or(u32::MAX)),
+                    // All its slots: the scheduler subtracts what it already assigned to this node, in any task.
+                    slots: Some(u32::try_from(limit).unwrap_or(u32::MAX)),
+                    origin: origin_key.clone(),
+                    hold_ms: Some(HOLD_MS),
                 };
-                node.clients.schedule(&task.id, &req).await.ok()
+                let (node, id) = (node.clone(), task.id.clone());
+                poll = Some(tokio::spawn(async move {
+                    node.clients.schedule(&id, &req).await.ok().map(|(_, resp)| resp)
+                }));
             } else {
-                None
-            };
-            match answer {
-                Some((_, resp)) => {
-                    if let Ok(mut d) = task.digests.lock() {
-                        for (slot, known) in d.iter_mut().zip(resp.digests) {
-                            if slot.is_none() {
-                                *slot = known;
+                let plan = missing.iter().map(|n| (*n, Source::Origin)).collect();
+                start(node, task, plan, limit, &mut in_flight, &mut waiting_since, &mut jobs);
+                continue;
+            }
+        }
+        let polling = poll.is_some();
+        let want_slot = !polling && !missing.is_empty() && free == 0 && in_flight.len() < limit;
+        tokio::select! {
+            answer = async {
+                match poll.as_mut() {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
+            }, if polling => {
+                poll = None;
+                let answer = answer.unwrap_or(None);
+                let mut plan: Vec<(u32, Source)> = Vec::new();
+                let mut declined = false;
+                match answer {
+                    Some(resp) => {
+                        if let Ok(mut d) = task.digests.lock() {
+                            for (slot, known) in d.iter_mut().zip(resp.digests) {
+                                if slot.is_none() {
+                                    *slot = known;
+                                }
                             }
                         }
-                    }
-                    for a in resp.assignments {
                         cooling.retain(|_, since| since.elapsed() < UNREACHABLE_COOLDOWN);
-                        // A peer this node will not use counts as waiting, and waiting too long (for whatever
-                        // reason) goes back to the origin.
-                        let source = match a.source {
-                            Source::Peer { id, .. } if excluded.contains(&id) || cooling.contains_key(&id) => {
+                        for a in resp.assignments {
+                            // A peer this node will not use counts as waiting, and waiting too long (for whatever
+                            // reason) goes back to the origin.
+                            let source = match a.source {
+                                Source::Peer { id, .. } if excluded.contains(&id) || cooling.contains_key(&id) => {
+                                    declined = true;
+                                    Source::Wait
+                                }
+                                s => s,
+                            };
+                            let source = match source {
                                 Source::Wait
-                            }
-                            s => s,
-                        };
-                        let source = match source {
-                            Source::Wait if waiting_since.get(&a.piece).is_some_and(|t| t.elapsed() > WAIT_LIMIT) => {
-                                metrics::counter!("wharf_p2p_back_to_source_total", "why" => "wait").increment(1);
-                                Source::Origin
-                            }
-                            s => s,
-                        };
-                        plan.push((a.piece, source));
-                    }
-                }
-                None => {
-                    if use_scheduler && !back_to_source_logged {
-                        tracing::warn!(task = %task.id, "no scheduler answers; fetching from the origin");
-                        back_to_source_logged = true;
-                    }
-                    if use_scheduler {
-                        metrics::counter!("wharf_p2p_back_to_source_total", "why" => "scheduler").increment(1);
-                    }
-                    plan.extend(missing.iter().map(|n| (*n, Source::Origin)));
-                }
-            }
-            let mut started = 0;
-            for (n, source) in plan {
-                if in_flight.len() >= limit || in_flight.contains(&n) || task.has(n) {
-                    continue;
-                }
-                match source {
-                    Source::Wait => {
-                        waiting_since.entry(n).or_insert_with(Instant::now);
-                    }
-                    Source::Origin => {
-                        waiting_since.remove(&n);
-                        in_flight.insert(n);
-                        started += 1;
-                        jobs.spawn(fetch_origin(node.clone(), task.clone(), n));
-                    }
-                    Source::Peer { id, addr } => {
-                        waiting_since.remove(&n);
-                        in_flight.insert(n);
-                        started += 1;
-                        jobs.spawn(fetch_peer(node.clone(), task.clone(), n, id, addr));
-                    }
-                }
-            }
-            idle = started == 0;
-        }
-        if in_flight.is_empty() {
-            if idle {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            continue;
-        }
-        // Wait for one piece; but when pieces are still to be placed (the scheduler said "wait", or there was room
-        // for more), only a little while: a piece may have become available from a peer meanwhile, and blocking until
-        // one of ours finishes (seconds on a slow link) would leave this node's download link idle.
-        let next = if in_flight.len() >= limit {
-            jobs.join_next().await
-        } else {
-            let pause = if idle {
-                Duration::from_millis(200)
-            } else {
-                Duration::from_millis(50)
-            };
-            match tokio::time::timeout(pause, jobs.join_next()).await {
-                Ok(r) => r,
-                Err(_) => continue,
-            }
-        };
-        let Some(joined) = next else { continue };
-        let fetched = joined.map_err(|e| P2pError::Origin(format!("piece task failed: {e}")))?;
-        match fetched {
-            Fetched::Ok { n, data, from } => {
-                in_flight.remove(&n);
-                let origin = from.is_none();
-                let digest = wharf_oci::Digest::sha256_of(&data).hex().to_owned();
-                let t = task.clone();
-                let len = data.len() as u64;
-                tokio::task::spawn_blocking(move || t.store_piece(n, &data))
-                    .await
-                    .map_err(|e| P2pError::Origin(format!("write failed: {e}")))??;
-                let source = if origin { "origin" } else { "peer" };
-                metrics::counter!("wharf_p2p_bytes_total", "source" => source).increment(len);
-                if origin {
-                    origin_failures = 0;
-                    if let Ok(mut d) = task.digests.lock()
-                        && let Some(slot) = d.get_mut(n as usize)
-                    {
-                        *slot = Some(digest.clone());
-                    }
-                }
-                let digests = if origin { vec![(n, digest)] } else { vec![] };
-                node.announce(task, vec![n], digests, false).await;
-            }
-            Fetched::Failed {
-                n,
-                from,
-                error,
-                corrupt,
-            } => {
-                in_flight.remove(&n);
-                match from {
-                    Some((id, _addr)) => {
-                        tracing::debug!(task = %task.id, piece = n, peer = %id, error = %error, "peer failed");
-                        if corrupt {
-                            excluded.insert(id.clone());
-                        } else {
-                            cooling.insert(id.clone(), Instant::now());
+                                    if waiting_since.get(&a.piece).is_some_and(|t| t.elapsed() > WAIT_LIMIT) =>
+                                {
+                                    metrics::counter!("wharf_p2p_back_to_source_total", "why" => "wait").increment(1);
+                                    Source::Origin
+                                }
+                                s => s,
+                            };
+                            plan.push((a.piece, source));
                         }
-                        if corrupt {
-                            metrics::counter!("wharf_p2p_bad_pieces_total").increment(1);
-                            tracing::warn!(task = %task.id, piece = n, peer = %id, "corrupt piece; peer reported");
-                        }
-                        let report = Report {
-                            peer: node.peer.clone(),
-                            bad: id,
-                            piece: n,
-                            reason: if corrupt { "corrupt" } else { "unreachable" }.into(),
-                        };
-                        node.clients.report(&task.id, &report).await;
                     }
                     None => {
-                        origin_failures += 1;
-                        tracing::warn!(task = %task.id, piece = n, error = %error, "origin fetch failed");
-                        if origin_failures >= ORIGIN_ATTEMPTS {
-                            return Err(error);
+                        if !back_to_source_logged {
+                            tracing::warn!(task = %task.id, "no scheduler answers; fetching from the origin");
+                            back_to_source_logged = true;
                         }
-                        tokio::time::sleep(Duration::from_millis(200 * u64::from(origin_failures))).await;
+                        metrics::counter!("wharf_p2p_back_to_source_total", "why" => "scheduler").increment(1);
+                        plan.extend(missing.iter().map(|n| (*n, Source::Origin)));
                     }
                 }
+                let started = start(node, task, plan, limit, &mut in_flight, &mut waiting_since, &mut jobs);
+                if started == 0 && (declined || in_flight.is_empty()) {
+                    // Nothing started: ask again, but not at once. The scheduler held the request while nothing
+                    // could be assigned, so this only paces answers this node declined (a peer it gave up on) and a
+                    // scheduler that answers at once (an old one, or one that fails).
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
+            _ = &mut slot_freed, if want_slot => {
+                // A slot came free (another task's piece ended): look again. (Not by waiting on the semaphore:
+                // its permits go to waiters in turn, and tasks that only look would hand one round forever.)
+            }
+            joined = jobs.join_next(), if !jobs.is_empty() => {
+                let Some(joined) = joined else { continue };
+                let fetched = joined.map_err(|e| P2pError::Origin(format!("piece task failed: {e}")))?;
+                if let Err(e) = finish_piece(node, task, fetched, &mut in_flight, &mut excluded, &mut cooling,
+                    &mut origin_failures).await
+                {
+                    if let Some(p) = poll.take() {
+                        p.abort();
+                    }
+                    return Err(e);
+                }
+            }
+            // Not reached (some branch is always enabled); never spin if it were.
+            else => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
     verify(task).await
 }
 
-async fn fetch_origin(node: Arc<Node>, task: Arc<Task>, n: u32) -> Fetched {
+/// Starts the fetches of `plan` that a free slot allows (a piece already held or under way is skipped; `Wait`
+/// only starts its clock); returns how many started.
+fn start(
+    node: &Arc<Node>,
+    task: &Arc<Task>,
+    plan: Vec<(u32, Source)>,
+    limit: usize,
+    in_flight: &mut HashSet<u32>,
+    waiting_since: &mut HashMap<u32, Instant>,
+    jobs: &mut JoinSet<Fetched>,
+) -> usize {
+    let mut started = 0;
+    for (n, source) in plan {
+        if in_flight.len() >= limit || in_flight.contains(&n) || task.has(n) {
+            continue;
+        }
+        if let Source::Wait = source {
+            waiting_since.entry(n).or_insert_with(Instant::now);
+            continue;
+        }
+        // A transfer the scheduler assigned but no slot is left for: asked for again next time (which ends it
+        // there).
+        let Ok(permit) = node.download_slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let slot = Slot {
+            permit: Some(permit),
+            node: node.clone(),
+        };
+        waiting_since.remove(&n);
+        in_flight.insert(n);
+        started += 1;
+        match source {
+            Source::Origin => {
+                jobs.spawn(fetch_origin(node.clone(), task.clone(), n, slot));
+            }
+            Source::Peer { id, addr } => {
+                jobs.spawn(fetch_peer(node.clone(), task.clone(), n, id, addr, slot));
+            }
+            Source::Wait => {}
+        }
+    }
+    started
+}
+
+/// A download slot held by a fetch; given back (and the tasks waiting for one told) when the fetch ends.
+struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    node: Arc<Node>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.node.slot_freed.notify_waiters();
+    }
+}
+
+/// Stores a fetched piece and announces it, or handles its failure (a peer is reported; the origin failing
+/// [`ORIGIN_ATTEMPTS`] times in a row ends the download).
+async fn finish_piece(
+    node: &Arc<Node>,
+    task: &Arc<Task>,
+    fetched: Fetched,
+    in_flight: &mut HashSet<u32>,
+    excluded: &mut HashSet<String>,
+    cooling: &mut HashMap<String, Instant>,
+    origin_failures: &mut u32,
+) -> Result<(), P2pError> {
+    match fetched {
+        Fetched::Ok { n, data, from, digest } => {
+            in_flight.remove(&n);
+            let origin = from.is_none();
+            let t = task.clone();
+            let len = data.len() as u64;
+            tokio::task::spawn_blocking(move || t.store_piece(n, &data))
+                .await
+                .map_err(|e| P2pError::Origin(format!("write failed: {e}")))??;
+            let source = if origin { "origin" } else { "peer" };
+            metrics::counter!("wharf_p2p_bytes_total", "source" => source).increment(len);
+            if origin {
+                *origin_failures = 0;
+                if let Ok(mut d) = task.digests.lock()
+                    && let Some(slot) = d.get_mut(n as usize)
+                {
+                    *slot = Some(digest.clone());
+                }
+            }
+            let digests = if origin { vec![(n, digest)] } else { vec![] };
+            node.announce(task, vec![n], digests, false).await;
+        }
+        Fetched::Failed {
+            n,
+            from,
+            error,
+            corrupt,
+        } => {
+            in_flight.remove(&n);
+            match from {
+                Some((id, _addr)) => {
+                    tracing::debug!(task = %task.id, piece = n, peer = %id, error = %error, "peer failed");
+                    if corrupt {
+                        excluded.insert(id.clone());
+                        metrics::counter!("wharf_p2p_bad_pieces_total").increment(1);
+                        tracing::warn!(task = %task.id, piece = n, peer = %id, "corrupt piece; peer reported");
+                    } else {
+                        cooling.insert(id.clone(), Instant::now());
+                    }
+                    let report = Report {
+                        peer: node.peer.clone(),
+                        bad: id,
+                        piece: n,
+                        reason: if corrupt { "corrupt" } else { "unreachable" }.into(),
+                    };
+                    node.clients.report(&task.id, &report).await;
+                }
+                None => {
+                    *origin_failures += 1;
+                    tracing::warn!(task = %task.id, piece = n, error = %error, "origin fetch failed");
+                    if *origin_failures >= ORIGIN_ATTEMPTS {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(*origin_failures))).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn fetch_origin(node: Arc<Node>, task: Arc<Task>, n: u32, _slot: Slot) -> Fetched {
     let (start, end) = task.range(n);
     let _slot = node.origin_slots.acquire().await;
     let Some(origin) = &task.origin else {
@@ -271,7 +357,13 @@ async fn fetch_origin(node: Arc<Node>, task: Arc<Task>, n: u32) -> Fetched {
     match origin.fetch(start, end).await {
         Ok(data) => {
             node.download_limit.take(data.len()).await;
-            Fetched::Ok { n, data, from: None }
+            let digest = wharf_oci::Digest::sha256_of(&data).hex().to_owned();
+            Fetched::Ok {
+                n,
+                data,
+                from: None,
+                digest,
+            }
         }
         Err(error) => Fetched::Failed {
             n,
@@ -282,7 +374,7 @@ async fn fetch_origin(node: Arc<Node>, task: Arc<Task>, n: u32) -> Fetched {
     }
 }
 
-async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, id: String, addr: String) -> Fetched {
+async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, id: String, addr: String, _slot: Slot) -> Fetched {
     let (start, end) = task.range(n);
     // No deadline for the whole piece (a busy peer on a slow link may take long, and that is still progress); the
     // client gives up on a connection that delivers nothing for a while (its read timeout).
@@ -322,6 +414,7 @@ async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, id: String, addr: 
                 n,
                 data,
                 from: Some(id),
+                digest: expected,
             }
         }
         Err(error) => fail(error, false),

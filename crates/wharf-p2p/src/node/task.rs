@@ -32,6 +32,22 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// Which origin this is, for the scheduler's per-origin cap: the upstream's base URL, or a file URL's scheme and
+    /// authority (never its path or query, which may carry secrets).
+    pub fn key(&self) -> Option<String> {
+        match self {
+            Origin::Blob { upstream, .. } => Some(upstream.url().trim_end_matches('/').to_owned()),
+            Origin::Url { url, .. } => {
+                let u = reqwest::Url::parse(url).ok()?;
+                let host = u.host_str()?;
+                Some(match u.port() {
+                    Some(port) => format!("{}://{host}:{port}", u.scheme()),
+                    None => format!("{}://{host}", u.scheme()),
+                })
+            }
+        }
+    }
+
     /// Bytes `start..end` from the origin.
     pub async fn fetch(&self, start: u64, end: u64) -> Result<Bytes, P2pError> {
         match self {

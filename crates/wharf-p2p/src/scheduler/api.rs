@@ -14,6 +14,7 @@
 
 use std::fmt::Display;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -26,7 +27,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Scheduler, StateError};
-use crate::proto::{self, Announce, Preheat, Report, ScheduleRequest, Source};
+use tokio::sync::Notify;
+
+use crate::proto::{self, Announce, MAX_HOLD_MS, Preheat, Report, ScheduleRequest, ScheduleResponse, Source};
 
 /// Renders the Prometheus text served at `/metrics`.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -149,7 +152,13 @@ async fn schedule(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes)
     check_task(&task)?;
     let req: ScheduleRequest = parse(&body)?;
     metrics::counter!("wharf_scheduler_schedule_requests_total").increment(1);
-    let answer = ctx.scheduler.with_state(|s, now| s.schedule(&task, &req, now))?;
+    let hold = Duration::from_millis(u64::from(req.hold_ms.unwrap_or(0).min(MAX_HOLD_MS)));
+    let answer = if hold.is_zero() {
+        ctx.scheduler.with_state(|s, now| s.schedule(&task, &req, now))?
+    } else {
+        let watch = ctx.scheduler.watch(&task);
+        hold_schedule(&ctx, &task, &req, &watch, hold).await?
+    };
     let (mut peer, mut origin, mut wait) = (0, 0, 0);
     for a in &answer.assignments {
         match a.source {
@@ -164,6 +173,34 @@ async fn schedule(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes)
     Ok(json(StatusCode::OK, &answer))
 }
 
+/// Schedules `req`, and while nothing can be assigned (only waits), waits for a change in the task (or `hold` to
+/// pass) and schedules again. Asking again changes nothing the first answer did not (its wanted pieces were already
+/// released by it), so repeating it is safe.
+async fn hold_schedule(
+    ctx: &Ctx,
+    task: &str,
+    req: &ScheduleRequest,
+    notify: &Notify,
+    hold: Duration,
+) -> Result<ScheduleResponse, StateError> {
+    let deadline = tokio::time::Instant::now() + hold;
+    loop {
+        // Registered before looking, so a change between the look and the wait is not missed.
+        let changed = notify.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let answer = ctx.scheduler.with_state(|s, now| s.schedule(task, req, now))?;
+        let startable = answer.assignments.iter().any(|a| a.source != Source::Wait);
+        if startable || req.want.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(answer);
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            // Time is up: one last look (leases and transfers may have expired meanwhile).
+            return ctx.scheduler.with_state(|s, now| s.schedule(task, req, now));
+        }
+    }
+}
+
 async fn shape(State(ctx): State<Ctx>, Path(task): Path<String>) -> Result<Response, ApiError> {
     check_task(&task)?;
     match ctx.scheduler.with_state(|s, _| s.shape(&task)) {
@@ -176,7 +213,11 @@ async fn announce(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes)
     check_task(&task)?;
     let a: Announce = parse(&body)?;
     metrics::counter!("wharf_scheduler_announces_total").increment(1);
-    ctx.scheduler.with_state(|s, now| s.announce(&task, &a, now))?;
+    let others = ctx.scheduler.with_state(|s, now| s.announce(&task, &a, now))?;
+    ctx.scheduler.wake(&task);
+    for t in &others {
+        ctx.scheduler.wake(t);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -184,6 +225,7 @@ async fn report(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes) -
     check_task(&task)?;
     let r: Report = parse(&body)?;
     ctx.scheduler.with_state(|s, now| s.report(&task, &r, now))?;
+    ctx.scheduler.wake(&task);
     // Validated: one of two values, so the label set stays small.
     let reason = if r.reason == "corrupt" {
         "corrupt"
@@ -375,6 +417,9 @@ mod tests {
             shape: shape(),
             want: vec![0],
             max_origin: None,
+            slots: None,
+            origin: None,
+            hold_ms: None,
         };
         let path = format!("/v1/tasks/{TASK}/schedule");
         let body = serde_json::to_vec(&req).unwrap();
@@ -395,6 +440,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_held_schedule_answers_when_the_piece_is_announced() {
+        let s = Arc::new(Server::start(Some(TOKEN)).await);
+        let req = |p: Peer, hold_ms: Option<u32>| ScheduleRequest {
+            peer: p,
+            shape: shape(),
+            want: vec![0],
+            max_origin: None,
+            slots: None,
+            origin: None,
+            hold_ms,
+        };
+        let path = format!("/v1/tasks/{TASK}/schedule");
+        let (status, body) = s.post(&path, &req(peer(1), None)).await;
+        assert_eq!(status, 200);
+        let answer: ScheduleResponse = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer.assignments[0].source, Source::Origin);
+
+        // Nothing changes: a held request answers "wait" once its hold is over, not before.
+        let started = std::time::Instant::now();
+        let (_, body) = s.post(&path, &req(peer(2), Some(300))).await;
+        let answer: ScheduleResponse = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer.assignments[0].source, Source::Wait);
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // Held for up to 5 s; node 1 announces the piece meanwhile: the answer names node 1, long before 5 s.
+        let held = tokio::spawn({
+            let (s, r, path) = (s.clone(), req(peer(3), Some(5_000)), path.clone());
+            async move {
+                let started = std::time::Instant::now();
+                let (_, body) = s.post(&path, &r).await;
+                (
+                    started.elapsed(),
+                    serde_json::from_slice::<ScheduleResponse>(&body).unwrap(),
+                )
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let ann = Announce {
+            peer: peer(1),
+            shape: shape(),
+            have: vec![0],
+            digests: vec![(0, "ab".repeat(32))],
+            done: false,
+            gone: false,
+        };
+        let (status, _) = s.post(&format!("/v1/tasks/{TASK}/announce"), &ann).await;
+        assert_eq!(status, 204);
+        let (took, answer) = held.await.unwrap();
+        assert!(
+            matches!(&answer.assignments[0].source, Source::Peer { id, .. } if *id == peer(1).id),
+            "{answer:?}"
+        );
+        assert!(
+            took < Duration::from_secs(4),
+            "woken by the announcement, not the hold's end: {took:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn schedule_announce_report_round_trip() {
         let s = Server::start(Some(TOKEN)).await;
         let (a, b, c) = (peer(1), peer(2), peer(3));
@@ -406,6 +514,9 @@ mod tests {
                     shape: shape(),
                     want: vec![1],
                     max_origin: None,
+                    slots: None,
+                    origin: None,
+                    hold_ms: None,
                 },
             )
             .await;
@@ -431,6 +542,9 @@ mod tests {
                     shape: shape(),
                     want: vec![1],
                     max_origin: None,
+                    slots: None,
+                    origin: None,
+                    hold_ms: None,
                 },
             )
             .await;
@@ -459,6 +573,9 @@ mod tests {
                     shape: shape(),
                     want: vec![1],
                     max_origin: None,
+                    slots: None,
+                    origin: None,
+                    hold_ms: None,
                 },
             )
             .await;
@@ -486,6 +603,9 @@ mod tests {
             },
             want: vec![],
             max_origin: None,
+            slots: None,
+            origin: None,
+            hold_ms: None,
         };
         let (status, body) = s.post(&format!("/v1/tasks/{TASK}/schedule"), &other_shape).await;
         assert_eq!(status, 409);
@@ -500,6 +620,9 @@ mod tests {
             shape: shape(),
             want: vec![0],
             max_origin: None,
+            slots: None,
+            origin: None,
+            hold_ms: None,
         };
         for task in ["sha256:abc", "md5:00", "url:..%2f..%2fetc", &TASK.to_uppercase()] {
             let (status, body) = s.post(&format!("/v1/tasks/{task}/schedule"), &req).await;

@@ -8,10 +8,13 @@
 pub mod api;
 pub mod state;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 pub use api::{MetricsRender, router};
 pub use state::{Policy, State, StateError, Stats};
@@ -52,6 +55,8 @@ impl fmt::Debug for SchedulerConfig {
 pub struct Scheduler {
     state: Mutex<State>,
     config: SchedulerConfig,
+    /// Per task, the schedule requests held until something changes there (long polls).
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 impl Scheduler {
@@ -59,6 +64,26 @@ impl Scheduler {
         Scheduler {
             state: Mutex::new(State::new(config.policy.clone())),
             config,
+            waiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The notifier of `task`'s held requests, while the returned guard lives (dropped, even with the request, it
+    /// removes the entry if nobody else waits there).
+    pub fn watch<'a>(&'a self, task: &'a str) -> Watch<'a> {
+        let mut w = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        Watch {
+            scheduler: self,
+            task,
+            notify: Some(w.entry(task.to_owned()).or_default().clone()),
+        }
+    }
+
+    /// Something changed in `task` (a piece announced, a transfer over): its held requests look again.
+    pub fn wake(&self, task: &str) {
+        let w = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = w.get(task) {
+            n.notify_waiters();
         }
     }
 
@@ -81,6 +106,33 @@ impl Scheduler {
         });
         metrics::gauge!("wharf_scheduler_tasks").set(stats.tasks as f64);
         metrics::gauge!("wharf_scheduler_live_peers").set(stats.live_peers as f64);
+    }
+}
+
+/// A held request's registration (see [`Scheduler::watch`]).
+pub struct Watch<'a> {
+    scheduler: &'a Scheduler,
+    task: &'a str,
+    notify: Option<Arc<Notify>>,
+}
+
+impl std::ops::Deref for Watch<'_> {
+    type Target = Notify;
+    fn deref(&self) -> &Notify {
+        // Set at construction, taken only in drop.
+        self.notify.as_deref().unwrap_or(&NEVER)
+    }
+}
+
+static NEVER: Notify = Notify::const_new();
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        let mut w = self.scheduler.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(self.notify.take());
+        if w.get(self.task).is_some_and(|n| Arc::strong_count(n) == 1) {
+            w.remove(self.task);
+        }
     }
 }
 

@@ -5,21 +5,28 @@
 //! wins), its origin lease, and the transfers in flight. Everything is learnt again from announcements after a
 //! restart or a failover.
 //!
-//! Policy ([`State::schedule`]), for the pieces a node wants (at most [`Policy::max_assignments`] answered):
-//! - pieces no usable peer holds (usable: alive, not excluded, not reported unreachable, not the requester; and the
-//!   piece's digest is known, so its bytes can be checked): unless someone else holds a live lease, the requester
-//!   gets the origin lease, up to its cap of live leases in that swarm, `clamp(pieces / lease_spread, 1,
-//!   max_leases_per_peer)` (so a handful of nodes starting together each fetch different pieces from the origin,
-//!   once); else `Wait`;
-//! - the other pieces come from peers: repeatedly, the holder with the fewest transfers in flight (ties: the
-//!   requester's rack, then non-seeds, then a per-requester hash) serves its rarest wanted piece (ties in a
-//!   per-requester order, so concurrent requesters spread over different pieces). Choosing the holder before the
-//!   piece is what keeps every requester from converging on the few holders of the rarest pieces.
+//! Policy ([`State::schedule`]), for the pieces a node wants (at most [`ScheduleRequest::slots`] transfers started):
+//! - a piece some usable peer holds (usable: alive, not excluded, not reported unreachable in the last
+//!   [`Policy::suspect_for`], not the requester; and the piece's digest is known, so its bytes can be checked)
+//!   comes from a peer: repeatedly, the holder with the fewest transfers in flight (ties: the requester's rack, then
+//!   non-seeds, then a per-requester hash) serves its rarest wanted piece (ties in a per-requester order, so
+//!   concurrent requesters spread over different pieces), while it has fewer than [`Policy::max_uploads_per_peer`]
+//!   transfers in flight over all swarms. Choosing the holder before the piece keeps every requester from
+//!   converging on the few holders of the rarest pieces; the cap makes a new holder's copy whole, and passed on,
+//!   in a few piece-times instead of every requester crawling in at once;
+//! - a piece leased to someone else, or held only by peers that are suspect for now, waits;
+//! - any other piece gets the origin lease, within the requester's cap of live leases in that swarm,
+//!   `clamp(pieces / lease_spread, 1, max_leases_per_peer)`, its free origin slots, and
+//!   [`Policy::max_origin_leases`] over every swarm of the same origin (the origin's link is the scarce one);
+//!   else it waits.
 //!
 //! A transfer is in flight from its assignment until the requester announces the piece, asks for it again, reports
 //! it, leaves the swarm, or [`Policy::transfer_ttl`] passes. A lease is live while it is younger than
-//! [`Policy::lease_ttl`] and its holder is usable; the holder's announcement of the piece ends it. Peers not heard from for [`Policy::peer_ttl`] are dead (never assigned, leases void);
-//! [`State::sweep`] forgets them after [`Policy::forget_after`], and swarms left without members.
+//! [`Policy::lease_ttl`] and its holder is usable; the holder's announcement of the piece ends it. Peers not heard
+//! from for [`Policy::peer_ttl`] are dead (never assigned, leases void); [`State::sweep`] forgets them after
+//! [`Policy::forget_after`], and swarms left without members. The HTTP layer ([`super::api`]) may hold a request
+//! that got only waits until the swarm changes (a long poll); [`State::announce`] names the other swarms a freed
+//! holder can now serve.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -52,11 +59,21 @@ pub struct Policy {
     /// The lease cap is also at most `pieces / lease_spread` (at least 1), so a small task's origin fetches are
     /// spread over about `lease_spread` nodes.
     pub lease_spread: u32,
-    /// Most live origin leases in one swarm, whoever holds them: the origin's link is the scarce one, and a few
+    /// Most live origin leases, whoever holds them, over all the swarms of one origin (the `origin` their nodes
+    /// name; a swarm whose nodes name none is an origin of its own): the origin's link is the scarce one, and a few
     /// pieces at its full rate spread through the peers faster than many at a crawl.
-    pub max_swarm_leases: u32,
+    pub max_origin_leases: u32,
+    /// Most transfers one peer serves at once, over all swarms: a holder at the cap is not assigned (the piece
+    /// waits for a free one), so each transfer gets a fair share of its link and a new piece is whole, and can be
+    /// passed on, in a few piece-times rather than after every requester's share crawled in together.
+    pub max_uploads_per_peer: u32,
     /// Most assignments in one answer.
     pub max_assignments: usize,
+    /// A peer reported unreachable is not assigned for this long.
+    pub suspect_for: Duration,
+    /// Reports (within one suspicion) after which a peer's pieces no longer count as held: they are fetched from
+    /// the origin again rather than waited for.
+    pub unreachable_reports: u32,
     /// [`State::sweep`] forgets peers not heard from for this long, and swarms without members idle as long.
     pub forget_after: Duration,
     /// Preheat requests are dropped after this long.
@@ -71,8 +88,11 @@ impl Default for Policy {
             transfer_ttl: Duration::from_secs(20),
             max_leases_per_peer: 8,
             lease_spread: 8,
-            max_swarm_leases: 4,
+            max_origin_leases: 4,
+            max_uploads_per_peer: 4,
             max_assignments: 32,
+            suspect_for: Duration::from_secs(10),
+            unreachable_reports: 3,
             forget_after: Duration::from_secs(600),
             preheat_ttl: Duration::from_secs(24 * 3600),
         }
@@ -118,12 +138,20 @@ type Key = u32;
 struct PeerEntry {
     peer: Peer,
     last_seen: Instant,
-    /// Reported unreachable: dead until it schedules or announces again.
-    unreachable: bool,
+    /// Reported unreachable: not assigned until then (a peer that talks to the scheduler may still be unreachable
+    /// from its peers; and on a congested network a connection may just have timed out).
+    suspect_until: Option<Instant>,
+    /// Unreachable reports, counted since the first one less than [`Policy::peer_ttl`] after the one before; at
+    /// [`Policy::unreachable_reports`] its pieces no longer count as held while it is suspect (they go back to the
+    /// origin).
+    reports: u32,
+    last_report: Option<Instant>,
     /// Reported for a corrupt piece: never a source again.
     excluded: bool,
     /// Transfers it serves (assigned, not yet announced by their requester).
     inflight: u32,
+    /// Transfers from peers it receives (assigned to it, not yet announced).
+    downloads: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -190,6 +218,10 @@ impl Member {
 #[derive(Debug)]
 struct Swarm {
     shape: TaskShape,
+    /// What its nodes fetch from (the first `origin` a request named): the group its origin leases count in.
+    origin: Option<String>,
+    /// Pieces with a lease set (live or not): swarms without any are skipped when leases are counted.
+    leases: u32,
     pieces: Vec<PieceState>,
     members: HashMap<Key, Member>,
     /// Transfers in flight: (requester, piece) → (source, since).
@@ -197,10 +229,13 @@ struct Swarm {
     last_active: Instant,
 }
 
-/// A transfer `source` was serving is over.
-fn release(peers: &mut [Option<PeerEntry>], source: Key) {
+/// A transfer from `source` to `requester` is over.
+fn release(peers: &mut [Option<PeerEntry>], requester: Key, source: Key) {
     if let Some(e) = peers[source as usize].as_mut() {
         e.inflight = e.inflight.saturating_sub(1);
+    }
+    if let Some(e) = peers[requester as usize].as_mut() {
+        e.downloads = e.downloads.saturating_sub(1);
     }
 }
 
@@ -209,6 +244,8 @@ impl Swarm {
         let n = piece::count(shape.size, shape.piece_len);
         Swarm {
             shape,
+            origin: None,
+            leases: 0,
             pieces: (0..n).map(|_| PieceState::default()).collect(),
             members: HashMap::new(),
             inflight: HashMap::new(),
@@ -225,16 +262,18 @@ impl Swarm {
         self.members.entry(key).or_insert_with(|| Member::new(n))
     }
 
-    /// Records that `key` holds `p`, ending its lease on it and its transfer of it.
-    fn add_holder(&mut self, key: Key, p: u32, peers: &mut [Option<PeerEntry>]) {
+    /// Records that `key` holds `p`, ending its lease on it and its transfer of it (returns the transfer's source).
+    fn add_holder(&mut self, key: Key, p: u32, peers: &mut [Option<PeerEntry>]) -> Option<Key> {
         if self.member(key).set(p) {
             self.pieces[p as usize].holders.push(key);
         }
-        self.end_transfer(key, p, peers);
+        let source = self.end_transfer(key, p, peers);
         let ps = &mut self.pieces[p as usize];
         if ps.lease.is_some_and(|l| l.peer == key) {
             ps.lease = None;
+            self.leases -= 1;
         }
+        source
     }
 
     fn remove_holder(&mut self, key: Key, p: u32) {
@@ -246,10 +285,11 @@ impl Swarm {
         }
     }
 
-    fn end_transfer(&mut self, requester: Key, p: u32, peers: &mut [Option<PeerEntry>]) {
-        if let Some((source, _)) = self.inflight.remove(&(requester, p)) {
-            release(peers, source);
-        }
+    /// Ends `requester`'s transfer of `p`, if any; returns its source.
+    fn end_transfer(&mut self, requester: Key, p: u32, peers: &mut [Option<PeerEntry>]) -> Option<Key> {
+        let (source, _) = self.inflight.remove(&(requester, p))?;
+        release(peers, requester, source);
+        Some(source)
     }
 
     /// Ends the transfers `keep` refuses.
@@ -257,7 +297,7 @@ impl Swarm {
         self.inflight.retain(|&(requester, _), &mut (source, since)| {
             let kept = keep(requester, source, since);
             if !kept {
-                release(peers, source);
+                release(peers, requester, source);
             }
             kept
         });
@@ -274,6 +314,7 @@ impl Swarm {
         for ps in &mut self.pieces {
             if ps.lease.is_some_and(|l| l.peer == key) {
                 ps.lease = None;
+                self.leases -= 1;
             }
         }
     }
@@ -349,8 +390,22 @@ fn mix(a: u64, b: u64) -> u64 {
 }
 
 impl PeerEntry {
+    fn suspect(&self, now: Instant) -> bool {
+        self.suspect_until.is_some_and(|until| now < until)
+    }
+
+    fn alive(&self, now: Instant, ttl: Duration) -> bool {
+        !self.excluded && now.saturating_duration_since(self.last_seen) < ttl
+    }
+
+    /// May be assigned as a source.
     fn usable(&self, now: Instant, ttl: Duration) -> bool {
-        !self.excluded && !self.unreachable && now.saturating_duration_since(self.last_seen) < ttl
+        self.alive(now, ttl) && !self.suspect(now)
+    }
+
+    /// Its pieces count as held when deciding whether the origin must serve one (else the piece waits for it).
+    fn holds(&self, now: Instant, policy: &Policy) -> bool {
+        self.alive(now, policy.peer_ttl) && !(self.suspect(now) && self.reports >= policy.unreachable_reports)
     }
 }
 
@@ -358,8 +413,13 @@ fn usable(peers: &[Option<PeerEntry>], key: Key, now: Instant, ttl: Duration) ->
     peers[key as usize].as_ref().is_some_and(|e| e.usable(now, ttl))
 }
 
+/// A lease holds while its holder is alive (talks to the scheduler), whether or not peers reach it: it fetches
+/// from the origin, not from them.
 fn lease_live(lease: &Lease, peers: &[Option<PeerEntry>], now: Instant, policy: &Policy) -> bool {
-    now.saturating_duration_since(lease.since) < policy.lease_ttl && usable(peers, lease.peer, now, policy.peer_ttl)
+    now.saturating_duration_since(lease.since) < policy.lease_ttl
+        && peers[lease.peer as usize]
+            .as_ref()
+            .is_some_and(|e| e.alive(now, policy.peer_ttl))
 }
 
 impl State {
@@ -383,7 +443,8 @@ impl State {
         self.peers[key as usize].as_ref().expect("a key names a live slot")
     }
 
-    /// Registers the peer or refreshes what is known of it; it is alive again (even if reported unreachable).
+    /// Registers the peer or refreshes what is known of it (alive; a suspicion of being unreachable stays: talking to
+    /// the scheduler says nothing of whether peers reach it).
     fn touch(&mut self, peer: &Peer, now: Instant) -> Key {
         if let Some(&key) = self.ids.get(&peer.id) {
             let e = self.peers[key as usize].as_mut().expect("a key names a live slot");
@@ -391,15 +452,17 @@ impl State {
                 e.peer = peer.clone();
             }
             e.last_seen = now;
-            e.unreachable = false;
             return key;
         }
         let entry = PeerEntry {
             peer: peer.clone(),
             last_seen: now,
-            unreachable: false,
+            suspect_until: None,
+            reports: 0,
+            last_report: None,
             excluded: self.excluded.contains(&peer.id),
             inflight: 0,
+            downloads: 0,
         };
         let key = match self.free.pop() {
             Some(k) => {
@@ -437,14 +500,30 @@ impl State {
         let n = check_shape(&req.shape)?;
         check_peer(&req.peer)?;
         check_pieces(req.want.iter().copied(), n)?;
+        if let Some(origin) = &req.origin
+            && (origin.is_empty() || origin.len() > MAX_ADDR_LEN || origin.chars().any(char::is_control))
+        {
+            return Err(StateError::Invalid(format!("origin {origin:?}")));
+        }
         self.check_swarm_shape(task, &req.shape)?;
         let me = self.touch(&req.peer, now);
-        let policy = &self.policy;
-        let peers = &mut self.peers;
         let swarm = self
             .swarms
             .entry(task.to_owned())
             .or_insert_with(|| Swarm::new(req.shape.clone(), now));
+        if swarm.origin.is_none() {
+            swarm.origin.clone_from(&req.origin);
+        }
+        let group = swarm.origin.clone().unwrap_or_else(|| task.to_owned());
+        // Live origin leases over the origin's swarms (this one included), for the per-origin cap; and the
+        // requester's own over all swarms, which take its download slots.
+        let mut origin_live = self.live_origin_leases(&group, now);
+        let my_leases = self.live_leases_of(me, now);
+        let policy = &self.policy;
+        let peers = &mut self.peers;
+        let Some(swarm) = self.swarms.get_mut(task) else {
+            return Err(StateError::Invalid(format!("{task}: swarm vanished")));
+        };
         swarm.last_active = now;
         swarm.member(me);
 
@@ -461,7 +540,7 @@ impl State {
             .count() as u32;
 
         // Pieces some usable peer holds, listed under each such holder as (rarity, tie-break, piece); pieces nobody
-        // usable holds get the origin (under the lease cap) or wait.
+        // usable holds get the origin (under the lease caps) or wait.
         let mut by_holder: HashMap<Key, Vec<(usize, u64, u32)>> = HashMap::new();
         let mut origin: Vec<(u64, u32)> = Vec::new();
         let mut waits: Vec<u32> = Vec::new();
@@ -493,35 +572,51 @@ impl State {
             } else if ps
                 .lease
                 .is_some_and(|l| l.peer != me && lease_live(&l, peers, now, policy))
+                || (ps.digest.is_some()
+                    && ps
+                        .holders
+                        .iter()
+                        .any(|&k| k != me && peers[k as usize].as_ref().is_some_and(|e| e.holds(now, policy))))
             {
+                // Leased to another node, or held by a peer that is only suspect for now: the origin sends each
+                // piece once.
                 waits.push(p);
             } else {
                 origin.push((tie, p));
             }
         }
 
+        // Transfers (from the origin or a peer) it can start now: its slots less what it receives already, as far as
+        // this scheduler knows (the wanted pieces' transfers were just ended). Several of its tasks may ask at once:
+        // each answer sees the transfers the others were given.
+        let busy = peers[me as usize].as_ref().map_or(0, |e| e.downloads) + my_leases;
+        let mut slots = req
+            .slots
+            .map_or(u32::MAX, |s| s.saturating_sub(busy))
+            .min(policy.max_assignments as u32);
+
         let mut assignments = Vec::new();
         // Origin leases first: they are the pieces nobody can serve yet. A node says how many it can start now; a
         // lease it could only queue would keep the piece from everyone else.
         let mut new_allowed = req.max_origin.unwrap_or(u32::MAX);
-        let mut swarm_live = swarm
-            .pieces
-            .iter()
-            .filter(|ps| ps.lease.is_some_and(|l| lease_live(&l, peers, now, policy)))
-            .count() as u32;
         origin.sort_unstable();
         for (_, p) in origin {
             let ps = &mut swarm.pieces[p as usize];
             let mine = ps
                 .lease
                 .is_some_and(|l| l.peer == me && lease_live(&l, peers, now, policy));
-            // Its own lease (asked again: its fetch failed?) is renewed; a new one is within the cap.
-            let room = leased < cap && new_allowed > 0 && swarm_live < policy.max_swarm_leases;
-            if assignments.len() < policy.max_assignments && (mine || room) {
+            // Its own lease (asked again: its fetch failed?) is renewed; a new one is within the caps.
+            let room = leased < cap && new_allowed > 0 && origin_live < policy.max_origin_leases;
+            // Its own lease is already counted in what it receives.
+            if mine || (room && slots > 0) {
+                if ps.lease.is_none() {
+                    swarm.leases += 1;
+                }
                 ps.lease = Some(Lease { peer: me, since: now });
                 leased += u32::from(!mine);
                 new_allowed -= u32::from(!mine);
-                swarm_live += u32::from(!mine);
+                origin_live += u32::from(!mine);
+                slots -= u32::from(!mine);
                 assignments.push(Assignment {
                     piece: p,
                     source: Source::Origin,
@@ -531,7 +626,8 @@ impl State {
             }
         }
 
-        // Then peers: the holder with the fewest transfers in flight serves its rarest wanted piece, again and again.
+        // Then peers: the holder with the fewest transfers in flight serves its rarest wanted piece, again and again,
+        // as long as it has a free upload slot.
         let me_rack = peers[me as usize].as_ref().and_then(|e| e.peer.rack.clone());
         let mut heap = BinaryHeap::with_capacity(by_holder.len());
         for (&k, pieces) in &mut by_holder {
@@ -542,9 +638,13 @@ impl State {
             heap.push(Reverse((e.inflight, !same_rack, e.peer.seed, tie, k)));
         }
         let mut assigned = vec![0u64; n.div_ceil(64) as usize];
-        while assignments.len() < policy.max_assignments
+        while slots > 0
             && let Some(Reverse((load, far, seed, tie, k))) = heap.pop()
         {
+            if load >= policy.max_uploads_per_peer {
+                // The least loaded holder is full: so is every other one.
+                break;
+            }
             let pieces = by_holder.get_mut(&k).expect("heap entries have a piece list");
             let Some(p) = std::iter::from_fn(|| pieces.pop())
                 .map(|(_, _, p)| p)
@@ -553,9 +653,13 @@ impl State {
                 continue;
             };
             assigned[(p / 64) as usize] |= 1 << (p % 64);
+            if let Some(e) = peers[me as usize].as_mut() {
+                e.downloads += 1;
+            }
             let e = peers[k as usize].as_mut().expect("a holder names a live slot");
             e.inflight += 1;
             swarm.inflight.insert((me, p), (k, now));
+            slots -= 1;
             assignments.push(Assignment {
                 piece: p,
                 source: Source::Peer {
@@ -584,9 +688,43 @@ impl State {
         })
     }
 
+    /// Live origin leases `peer` holds, over all swarms.
+    fn live_leases_of(&self, peer: Key, now: Instant) -> u32 {
+        self.swarms
+            .values()
+            .filter(|s| s.leases > 0)
+            .map(|s| {
+                s.pieces
+                    .iter()
+                    .filter(|ps| {
+                        ps.lease
+                            .is_some_and(|l| l.peer == peer && lease_live(&l, &self.peers, now, &self.policy))
+                    })
+                    .count() as u32
+            })
+            .sum()
+    }
+
+    /// Live origin leases over the swarms of origin `group` (a swarm without an origin is the group of its name).
+    fn live_origin_leases(&self, group: &str, now: Instant) -> u32 {
+        self.swarms
+            .iter()
+            .filter(|(name, s)| s.leases > 0 && s.origin.as_deref().unwrap_or(name.as_str()) == group)
+            .map(|(_, s)| {
+                s.pieces
+                    .iter()
+                    .filter(|ps| ps.lease.is_some_and(|l| lease_live(&l, &self.peers, now, &self.policy)))
+                    .count() as u32
+            })
+            .sum()
+    }
+
     /// Records what a peer now holds (and the digests of what it fetched from the origin), or that it is done or
     /// gone. An excluded peer's pieces and digests are ignored.
-    pub fn announce(&mut self, task: &str, a: &Announce, now: Instant) -> Result<(), StateError> {
+    ///
+    /// Returns the other swarms whose waiting requests may now be answered: those of a holder this announcement
+    /// freed from its upload cap.
+    pub fn announce(&mut self, task: &str, a: &Announce, now: Instant) -> Result<Vec<String>, StateError> {
         let n = check_shape(&a.shape)?;
         check_peer(&a.peer)?;
         check_pieces(a.have.iter().copied().chain(a.digests.iter().map(|(p, _)| *p)), n)?;
@@ -602,7 +740,7 @@ impl State {
                 swarm.remove_member(me, &mut self.peers);
                 swarm.last_active = now;
             }
-            return Ok(());
+            return Ok(Vec::new());
         }
         if self.entry(me).excluded {
             // Still, the transfers it received are over.
@@ -613,7 +751,7 @@ impl State {
                 }
             }
             tracing::debug!(task, peer = %a.peer.id, "announcement of an excluded peer ignored");
-            return Ok(());
+            return Ok(Vec::new());
         }
         let peers = &mut self.peers;
         let swarm = self
@@ -641,12 +779,14 @@ impl State {
         } else {
             Box::new(a.have.iter().copied())
         };
+        let mut released = Vec::new();
         for p in pieces {
-            if conflicting.contains(&p) {
-                swarm.end_transfer(me, p, peers);
+            let source = if conflicting.contains(&p) {
+                swarm.end_transfer(me, p, peers)
             } else {
-                swarm.add_holder(me, p, peers);
-            }
+                swarm.add_holder(me, p, peers)
+            };
+            released.extend(source);
         }
         if a.done {
             swarm.member(me).done = conflicting.is_empty();
@@ -654,11 +794,24 @@ impl State {
                 e.done_by.insert(a.peer.id.clone());
             }
         }
-        Ok(())
+        // A holder that was at its upload cap can serve again, in any swarm it holds pieces of.
+        let cap = self.policy.max_uploads_per_peer;
+        released.retain(|&k| self.peers[k as usize].as_ref().is_some_and(|e| e.inflight + 1 == cap));
+        released.dedup();
+        if released.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .swarms
+            .iter()
+            .filter(|(name, s)| name.as_str() != task && released.iter().any(|k| s.members.contains_key(k)))
+            .map(|(name, _)| name.clone())
+            .collect())
     }
 
-    /// A peer reports another: `corrupt` excludes it everywhere for good; `unreachable` makes it dead until it is
-    /// heard from again and forgets what it held or leased in this task.
+    /// A peer reports another: `corrupt` excludes it everywhere for good; `unreachable` makes it suspect (not
+    /// assigned, its leases void) for [`Policy::suspect_for`], and after [`Policy::unreachable_reports`] reports
+    /// its pieces are fetched from the origin again if nobody else holds them.
     pub fn report(&mut self, task: &str, r: &Report, now: Instant) -> Result<(), StateError> {
         check_peer(&r.peer)?;
         if r.reason != "corrupt" && r.reason != "unreachable" {
@@ -690,14 +843,16 @@ impl State {
                     .excluded = true;
             }
         } else if let Some(k) = bad {
-            tracing::info!(task, peer = %r.bad, reporter = %r.peer.id, "peer reported unreachable");
-            self.peers[k as usize]
-                .as_mut()
-                .expect("a key names a live slot")
-                .unreachable = true;
-            if let Some(swarm) = self.swarms.get_mut(task) {
-                swarm.remove_member(k, &mut self.peers);
+            let e = self.peers[k as usize].as_mut().expect("a key names a live slot");
+            if e.last_report
+                .is_none_or(|last| now.saturating_duration_since(last) >= self.policy.peer_ttl)
+            {
+                e.reports = 0;
             }
+            e.reports += 1;
+            e.last_report = Some(now);
+            e.suspect_until = Some(now + self.policy.suspect_for);
+            tracing::info!(task, peer = %r.bad, reporter = %r.peer.id, reports = e.reports, "peer reported unreachable");
         }
         Ok(())
     }
@@ -891,6 +1046,9 @@ mod tests {
             shape: shape(pieces),
             want: want.into_iter().collect(),
             max_origin: None,
+            slots: None,
+            origin: None,
+            hold_ms: None,
         };
         s.schedule(TASK, &req, now).unwrap()
     }
@@ -954,7 +1112,7 @@ mod tests {
     #[test]
     fn concurrent_starters_lease_disjoint_pieces_from_the_origin() {
         let mut s = State::new(Policy {
-            max_swarm_leases: u32::MAX,
+            max_origin_leases: u32::MAX,
             ..Policy::default()
         });
         let t = Instant::now();
@@ -982,7 +1140,7 @@ mod tests {
     #[test]
     fn lease_cap_bounds_a_peer_on_a_large_task() {
         let mut s = State::new(Policy {
-            max_swarm_leases: u32::MAX,
+            max_origin_leases: u32::MAX,
             ..Policy::default()
         });
         let t = Instant::now();
@@ -1038,8 +1196,10 @@ mod tests {
     /// in every round no source is handed more than twice the mean over the peers that could serve, and returns
     /// the number of rounds.
     fn simulate(nodes: usize, n: u32, per_round: usize, step: Duration) -> usize {
+        // Every transfer of a round ends with it, whatever the holder's load: the upload cap is another test's.
         let policy = Policy {
             max_assignments: per_round,
+            max_uploads_per_peer: u32::MAX,
             ..Policy::default()
         };
         let mut s = State::new(policy);
@@ -1110,7 +1270,8 @@ mod tests {
         let mut s = State::new(Policy {
             max_assignments: 8,
             ..Policy {
-                max_swarm_leases: u32::MAX,
+                max_origin_leases: u32::MAX,
+                max_uploads_per_peer: u32::MAX,
                 ..Policy::default()
             }
         });
@@ -1246,6 +1407,9 @@ mod tests {
             },
             want: (0..64).collect(),
             max_origin: Some(2),
+            slots: None,
+            origin: None,
+            hold_ms: None,
         };
         let r = s.schedule(TASK, &req, t).unwrap();
         let leased: Vec<u32> = r
@@ -1259,6 +1423,9 @@ mod tests {
         let other = (0..64).find(|p| !leased.contains(p)).unwrap();
         let again = ScheduleRequest {
             max_origin: Some(0),
+            slots: None,
+            origin: None,
+            hold_ms: None,
             want: vec![leased[0], leased[1], other],
             ..req
         };
@@ -1299,10 +1466,10 @@ mod tests {
         s.policy.peer_ttl = Duration::from_secs(10);
         assert_eq!(waits(&ask(&mut s, &b, 1, [0], t + Duration::from_secs(9))), vec![0]);
         assert_eq!(origins(&ask(&mut s, &b, 1, [0], t + Duration::from_secs(11))), vec![0]);
-        // Unreachable report: immediately.
+        // An unreachable report does not end it: b fetches from the origin, not from its peers.
         let c = peer(2);
         report(&mut s, &c, &b, "unreachable", t + Duration::from_secs(12));
-        assert_eq!(origins(&ask(&mut s, &c, 1, [0], t + Duration::from_secs(12))), vec![0]);
+        assert_eq!(waits(&ask(&mut s, &c, 1, [0], t + Duration::from_secs(12))), vec![0]);
     }
 
     #[test]
@@ -1332,6 +1499,9 @@ mod tests {
             shape: shape(2),
             want: vec![0],
             max_origin: None,
+            slots: None,
+            origin: None,
+            hold_ms: None,
         };
         let r = s.schedule(OTHER, &req, t).unwrap();
         assert_eq!(source_of(&r, 0), &Source::Origin);
@@ -1350,7 +1520,7 @@ mod tests {
     }
 
     #[test]
-    fn unreachable_peer_is_skipped_until_heard_from() {
+    fn unreachable_peer_is_skipped_for_a_while() {
         let mut s = State::new(Policy::default());
         let t = Instant::now();
         let (gone, other, me) = (peer(0), peer(1), peer(2));
@@ -1361,12 +1531,34 @@ mod tests {
             let r = ask(&mut s, &me, 1, [0], t);
             assert_eq!(peer_ids(&r), vec![other.id.clone()]);
         }
-        assert_eq!(s.swarms(t).tasks[0].holders, vec![(other.id.clone(), 1)]);
-        // It announces again: alive and a holder again (and, with me's transfer from `other` in flight, the least
-        // loaded).
-        have(&mut s, &gone, 1, &[0], t);
-        let r = ask(&mut s, &peer(3), 1, [0], t);
+        // It still holds the piece (a timeout on a congested network is no proof it is gone) and talking to the
+        // scheduler does not end the suspicion...
+        assert_eq!(s.swarms(t).tasks[0].holders.len(), 2);
+        have(&mut s, &gone, 1, &[0], t + Duration::from_secs(5));
+        let r = ask(&mut s, &peer(3), 1, [0], t + Duration::from_secs(5));
+        assert_eq!(peer_ids(&r), vec![other.id.clone()]);
+        // ...its end does (and, with two transfers from `other` in flight, it is the least loaded).
+        let later = t + s.policy.suspect_for + Duration::from_secs(1);
+        have(&mut s, &gone, 1, &[0], later);
+        let r = ask(&mut s, &peer(4), 1, [0], later);
         assert_eq!(peer_ids(&r), vec![gone.id.clone()]);
+    }
+
+    #[test]
+    fn a_suspect_only_holder_is_waited_for_until_reported_enough() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let (holder, a, b, c) = (peer(0), peer(1), peer(2), peer(3));
+        have(&mut s, &holder, 1, &[0], t);
+        report(&mut s, &a, &holder, "unreachable", t);
+        // One report: it may just be congested; the piece waits for it rather than leave the origin again.
+        assert_eq!(waits(&ask(&mut s, &a, 1, [0], t)), vec![0]);
+        report(&mut s, &b, &holder, "unreachable", t);
+        assert_eq!(waits(&ask(&mut s, &b, 1, [0], t)), vec![0]);
+        // Three reports in a row: gone for practical purposes; the origin serves the piece once more.
+        report(&mut s, &c, &holder, "unreachable", t);
+        assert_eq!(origins(&ask(&mut s, &c, 1, [0], t)), vec![0]);
+        assert_eq!(waits(&ask(&mut s, &a, 1, [0], t)), vec![0], "one lease at a time");
     }
 
     #[test]
@@ -1411,6 +1603,9 @@ mod tests {
             shape: shape(5),
             want: vec![0],
             max_origin: None,
+            slots: None,
+            origin: None,
+            hold_ms: None,
         };
         let e = s.schedule(TASK, &req, t).unwrap_err();
         assert!(e.is_conflict(), "{e}");
@@ -1427,6 +1622,9 @@ mod tests {
             shape: shape(4),
             want: vec![4],
             max_origin: None,
+            slots: None,
+            origin: None,
+            hold_ms: None,
             ..req
         };
         assert_eq!(
@@ -1440,6 +1638,9 @@ mod tests {
             },
             want: vec![],
             max_origin: None,
+            slots: None,
+            origin: None,
+            hold_ms: None,
             ..req.clone()
         };
         assert!(matches!(s.schedule(OTHER, &huge, t), Err(StateError::BadShape(_))));
@@ -1555,5 +1756,184 @@ mod tests {
         let r = ask(&mut s, &a, 2, [0], t);
         assert_eq!(origins(&r), vec![0]);
         assert_eq!(s.swarms(t).tasks[0].holders, vec![(a.id.clone(), 1)]);
+    }
+
+    #[test]
+    fn a_holder_serves_at_most_its_upload_cap() {
+        let mut s = State::new(Policy {
+            max_uploads_per_peer: 2,
+            ..Policy::default()
+        });
+        let t = Instant::now();
+        let seed = peer(100);
+        have(&mut s, &seed, 8, &(0..8).collect::<Vec<_>>(), t);
+        // Three requesters of everything: the seed serves two transfers, then nothing more is startable.
+        let r1 = ask(&mut s, &peer(1), 8, 0..8, t);
+        assert_eq!(peer_ids(&r1).len(), 2, "{r1:?}");
+        let r2 = ask(&mut s, &peer(2), 8, 0..8, t);
+        assert!(peer_ids(&r2).is_empty(), "the seed is full: {r2:?}");
+        assert_eq!(inflight(&s, "p100"), 2);
+        // One transfer ends (its piece announced): one slot for the next requester.
+        let p = r1.assignments[0].piece;
+        have(&mut s, &peer(1), 8, &[p], t);
+        let r3 = ask(&mut s, &peer(3), 8, 0..8, t);
+        let from_seed = peer_ids(&r3).iter().filter(|i| **i == seed.id).count();
+        assert_eq!(from_seed, 1, "{r3:?}");
+        assert_eq!(inflight(&s, "p100"), 2);
+        // peer 1 holds a piece now and has a free slot: peer 2 gets it from there although the seed is full.
+        let r2 = ask(&mut s, &peer(2), 8, 0..8, t);
+        assert_eq!(peer_ids(&r2), vec![peer(1).id], "{r2:?}");
+    }
+
+    #[test]
+    fn announce_names_the_other_swarms_of_a_holder_freed_from_its_cap() {
+        let mut s = State::new(Policy {
+            max_uploads_per_peer: 1,
+            ..Policy::default()
+        });
+        let t = Instant::now();
+        let (seed, a) = (peer(100), peer(1));
+        let other = format!("sha256:{}", "b".repeat(64));
+        have(&mut s, &seed, 4, &[0, 1, 2, 3], t);
+        let digests = vec![(0, "0".repeat(64))];
+        let shape = shape(4);
+        s.announce(
+            &other,
+            &Announce {
+                peer: seed.clone(),
+                shape: shape.clone(),
+                have: vec![0],
+                digests,
+                done: false,
+                gone: false,
+            },
+            t,
+        )
+        .unwrap();
+        let r = ask(&mut s, &a, 4, [0], t);
+        assert_eq!(peer_ids(&r), vec![seed.id.clone()]);
+        // Its only slot is taken: announcing the piece frees it, and the seed's other swarm is named.
+        let woken = s
+            .announce(
+                TASK,
+                &Announce {
+                    peer: a.clone(),
+                    shape: shape.clone(),
+                    have: vec![0],
+                    digests: vec![],
+                    done: false,
+                    gone: false,
+                },
+                t,
+            )
+            .unwrap();
+        assert_eq!(woken, vec![other.clone()]);
+        // A second announcement frees nothing.
+        let woken = s
+            .announce(
+                TASK,
+                &Announce {
+                    peer: a,
+                    shape,
+                    have: vec![0],
+                    digests: vec![],
+                    done: false,
+                    gone: false,
+                },
+                t,
+            )
+            .unwrap();
+        assert!(woken.is_empty());
+    }
+
+    #[test]
+    fn origin_leases_are_capped_per_origin_over_its_swarms() {
+        let mut s = State::new(Policy {
+            max_origin_leases: 3,
+            ..Policy::default()
+        });
+        let t = Instant::now();
+        let shape = TaskShape { size: 64, piece_len: 1 };
+        let req = |i: usize, origin: &str| ScheduleRequest {
+            peer: peer(i),
+            shape: shape.clone(),
+            want: (0..64).collect(),
+            max_origin: Some(1),
+            slots: None,
+            origin: Some(origin.to_owned()),
+            hold_ms: None,
+        };
+        let tasks: Vec<String> = (0..5)
+            .map(|i| format!("sha256:{}", format!("{i}").repeat(64)))
+            .collect();
+        let mut leases = 0;
+        for (i, task) in tasks.iter().enumerate() {
+            let r = s.schedule(task, &req(i, "https://registry.test"), t).unwrap();
+            leases += origins(&r).len();
+        }
+        assert_eq!(leases, 3, "one origin, five swarms: three leases in all");
+        // Another origin has its own budget.
+        let r = s.schedule(&tasks[0], &req(9, "https://other.test"), t).unwrap();
+        assert!(
+            origins(&r).is_empty(),
+            "a swarm keeps the origin it was first named with"
+        );
+        let other = format!("sha256:{}", "f".repeat(64));
+        let r = s.schedule(&other, &req(9, "https://other.test"), t).unwrap();
+        assert_eq!(origins(&r).len(), 1);
+    }
+
+    #[test]
+    fn slots_bound_what_is_started() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        have(&mut s, &peer(100), 8, &(0..8).collect::<Vec<_>>(), t);
+        have(&mut s, &peer(101), 8, &(0..8).collect::<Vec<_>>(), t);
+        let r = s
+            .schedule(
+                TASK,
+                &ScheduleRequest {
+                    peer: peer(1),
+                    shape: shape(8),
+                    want: (0..8).collect(),
+                    max_origin: None,
+                    slots: Some(3),
+                    origin: None,
+                    hold_ms: None,
+                },
+                t,
+            )
+            .unwrap();
+        assert_eq!(peer_ids(&r).len(), 3, "{r:?}");
+        assert_eq!(inflight(&s, "p100") + inflight(&s, "p101"), 3);
+        // Its other task asks with the same slots: one left (the three above are still in flight).
+        have(&mut s, &peer(100), 8, &[], t);
+        let other = ScheduleRequest {
+            peer: peer(1),
+            shape: shape(8),
+            want: (0..8).collect(),
+            max_origin: None,
+            slots: Some(4),
+            origin: None,
+            hold_ms: None,
+        };
+        for p in 0..8 {
+            let a = Announce {
+                peer: peer(100),
+                shape: shape(8),
+                have: vec![p],
+                digests: vec![(p, digest(p))],
+                done: false,
+                gone: false,
+            };
+            s.announce(OTHER, &a, t).unwrap();
+        }
+        let r2 = s.schedule(OTHER, &other, t).unwrap();
+        assert_eq!(peer_ids(&r2).len(), 1, "{r2:?}");
+        // One of the first three is announced, and OTHER asks again for everything (ending its own transfer, which
+        // it evidently gave up): two slots.
+        have(&mut s, &peer(1), 8, &[r.assignments[0].piece], t);
+        let r3 = s.schedule(OTHER, &other, t).unwrap();
+        assert_eq!(peer_ids(&r3).len(), 2, "{r3:?}");
     }
 }
