@@ -19,7 +19,9 @@
 #      node) pulls `p2pimg:v1` (docker.io/library/p2pimg -> mirror -> node -> peers): the
 #      pushed manifest digest, image ID and file contents, every blob from the peers and
 #      none from the origin; after `docker rmi`, a second pull is served from the node's
-#      own cache (no byte from peers or origin, no blob request at the origin).
+#      own cache (no byte from peers or origin, no blob request at the origin);
+#   4. a peer killed mid-transfer (SIGKILL once it has served a piece of a second image, links
+#      at 20 Mbit/s): the other nodes finish byte-identical, the origin sending under 2x.
 #
 # Needs root (ip netns, tc), iproute2, curl, jq, openssl, and docker.io for step 3. Takes
 # ~1 minute. Nothing comes from the internet; only processes and namespaces this script
@@ -274,7 +276,57 @@ test_docker() {
     expect_eq "second docker pull: origin served no blob" "$(origin_blob_gets "$omark")" 0
 }
 
+# 4. A peer killed mid-transfer: a second image at 20 Mbit/s; as soon as node n1 has served a
+#    piece to another node, it is killed (SIGKILL). The other nodes finish, byte-identical,
+#    from the other peers or the origin, and the origin sends well under a copy per node.
+test_peer_killed() {
+    local i name d size bad=0 incomplete=0 before=0 after=0 served=0 waited=0 served0
+    for ((i = 1; i <= NODES; i++)); do net_shape "n$i" 20; done
+    net_shape origin 20
+    p2p_make_image "$WORK/layout2" v2 8 6 4 || die "second image not made"
+    p2p_push_image origin "$WORK/layout2" "$REPO" v2 "$ORIGIN_URL" || die "push of the second image failed"
+    for ((i = 2; i <= NODES; i++)); do before=$((before + $(node_bytes "n$i" origin))); done
+    served0=$(p2p_metric n1 "${NODE_MIRROR[n1]}" wharf_p2p_pieces_served_total)
+    local specs=()
+    for ((i = 1; i <= NODES; i++)); do specs+=("n$i=${NODE_MIRROR[n$i]}"); done
+    local t0
+    t0=$(date +%s%N)
+    p2p_pull_all "$REPO" v2 1 "$WORK/pull2" "${specs[@]}" &
+    local puller=$!
+    # Killed once it has served something (not after a guessed delay): mid-transfer by then.
+    while ((waited < 300)); do
+        served=$(($(p2p_metric n1 "${NODE_MIRROR[n1]}" wharf_p2p_pieces_served_total 2>/dev/null || echo 0) - served0))
+        ((served > 0)) && break
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    kill -KILL "${NODE_PID[n1]}" 2>/dev/null || true
+    echo "     n1 killed after serving $served piece(s), $((waited / 10)).$((waited % 10)) s into the pull"
+    wait "$puller" || true
+    echo "     the others' completion (s from the start; ideal $(awk -v b="$IMG_BYTES" 'BEGIN { printf "%.1f", b * 8 / 20e6 }')):" \
+        "$(for ((i = 2; i <= NODES; i++)); do cat "$WORK/pull2/n$i.res" 2>/dev/null; done | awk -v t0="$t0" '$1 == "end" { printf "%.1f ", ($2 - t0) / 1e9 }')"
+    for ((i = 2; i <= NODES; i++)); do
+        name=n$i
+        if ! p2p_pull_check "$WORK/pull2" "$name"; then
+            incomplete=$((incomplete + 1))
+            cat "$WORK/pull2/$name.err" >&2
+        fi
+        while read -r d size; do
+            if [[ "sha256:$(p2p_sha256 "$WORK/pull2/$name/${d#sha256:}" 2>/dev/null)" != "$d" ]]; then
+                bad=$((bad + 1))
+            fi
+        done <<<"$IMG_BLOBS"
+        after=$((after + $(node_bytes "$name" origin)))
+    done
+    expect_between "n1 was killed mid-transfer (it had served pieces of the second image)" "$served" 1 1000000
+    expect_eq "the $((NODES - 1)) other nodes finished the pull (within ${P2P_PULL_TIMEOUT}s)" "$incomplete" 0
+    expect_eq "every blob byte-identical on the other nodes" "$bad" 0
+    expect_between "origin egress for the second image, over the other nodes, under 2x the image" \
+        "$(awk -v o="$((after - before))" -v s="$IMG_BYTES" 'BEGIN { printf "%.4f", o / s }')" 0.5 2.0
+}
+
 setup
 test_swarm_pull
 test_advertised
 test_docker
+test_peer_killed

@@ -8,6 +8,8 @@ pub enum P2pError {
     Scheduler { url: String, reason: String },
     #[error("peer {addr}: {reason}")]
     Peer { addr: String, reason: String },
+    #[error("peer {addr}: connection refused or cut (its process is not there)")]
+    PeerRefused { addr: String },
     #[error("origin: {0}")]
     Origin(String),
     #[error("piece {piece} of {task} does not match its digest")]

@@ -129,7 +129,8 @@ pub struct Report {
     /// The peer that misbehaved.
     pub bad: String,
     pub piece: u32,
-    /// `corrupt` (its bytes did not match the digest) or `unreachable`.
+    /// `corrupt` (its bytes did not match the digest), `refused` (its port refused the connection: gone) or
+    /// `unreachable` (no answer: gone, or a congested network).
     pub reason: String,
 }
 

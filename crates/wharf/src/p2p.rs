@@ -75,7 +75,7 @@ pub struct SchedulerArgs {
     /// Cluster token shared by nodes and schedulers.
     #[arg(long, env = "WHARF_P2P_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Seconds after which a silent node counts as gone [default: 60].
+    /// Seconds after which a silent node counts as gone (nodes re-announce every 5 s) [default: 20].
     #[arg(long)]
     pub peer_ttl_secs: Option<u64>,
     /// Transfers one node serves at once, over all blobs [default: 4].
@@ -319,7 +319,7 @@ pub fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         .or(f.listen)
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8002)));
     let token = args.token.clone().or(f.token);
-    let peer_ttl_secs = args.peer_ttl_secs.or(f.peer_ttl_secs).unwrap_or(60);
+    let peer_ttl_secs = args.peer_ttl_secs.or(f.peer_ttl_secs).unwrap_or(20);
     let defaults = wharf_p2p::scheduler::Policy::default();
     let max_uploads_per_peer = args
         .max_uploads_per_peer

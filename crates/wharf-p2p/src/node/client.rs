@@ -249,12 +249,50 @@ impl Clients {
             addr: addr.to_owned(),
             reason,
         };
-        let resp = req.send().await.map_err(|e| err(causes(&e)))?;
+        let resp = req.send().await.map_err(|e| {
+            if refused(&e) {
+                P2pError::PeerRefused { addr: addr.to_owned() }
+            } else {
+                err(causes(&e))
+            }
+        })?;
         if !resp.status().is_success() {
             return Err(err(format!("answered {}", resp.status())));
         }
-        resp.bytes().await.map_err(|e| err(causes(&e)))
+        resp.bytes().await.map_err(|e| {
+            if refused(&e) {
+                P2pError::PeerRefused { addr: addr.to_owned() }
+            } else {
+                err(causes(&e))
+            }
+        })
     }
+}
+
+/// The connection was refused, or reset or closed before the piece was whole: the host answered, but the node's
+/// process is not there (gone, or restarting), which a timeout on a congested network does not show.
+fn refused(e: &reqwest::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionRefused, ConnectionReset, UnexpectedEof};
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            )
+        {
+            return true;
+        }
+        // hyper's "connection closed before message completed" / an incomplete body carry no io::Error.
+        let text = s.to_string();
+        if text.contains("connection closed before message completed")
+            || text.contains("end of file before message length reached")
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// An error with its causes (reqwest's own message hides them: "error sending request" could be a refused

@@ -321,11 +321,18 @@ async fn finish_piece(
                     } else {
                         cooling.insert(id.clone(), Instant::now());
                     }
+                    let reason = if corrupt {
+                        "corrupt"
+                    } else if matches!(error, P2pError::PeerRefused { .. }) {
+                        "refused"
+                    } else {
+                        "unreachable"
+                    };
                     let report = Report {
                         peer: node.peer.clone(),
                         bad: id,
                         piece: n,
-                        reason: if corrupt { "corrupt" } else { "unreachable" }.into(),
+                        reason: reason.into(),
                     };
                     node.clients.report(&task.id, &report).await;
                 }

@@ -384,7 +384,9 @@ impl Node {
             for t in tasks {
                 let p = t.progress();
                 let have: Vec<u32> = (0..t.pieces).filter(|n| p.have[*n as usize]).collect();
-                if have.is_empty() {
+                // A download that holds nothing yet still says it is alive: the scheduler voids the origin
+                // leases of a node it has not heard from for its peer ttl.
+                if have.is_empty() && p.phase != Phase::Running {
                     continue;
                 }
                 let digests: Vec<(u32, String)> = t

@@ -9,7 +9,7 @@
 //! - `wharf_scheduler_schedule_requests_total`
 //! - `wharf_scheduler_assignments_total{source="peer"|"origin"|"wait"}`
 //! - `wharf_scheduler_announces_total`
-//! - `wharf_scheduler_reports_total{reason="corrupt"|"unreachable"}`
+//! - `wharf_scheduler_reports_total{reason="corrupt"|"refused"|"unreachable"}`
 //! - `wharf_scheduler_tasks`, `wharf_scheduler_live_peers` (gauges, refreshed by the sweeper)
 
 use std::fmt::Display;
@@ -227,10 +227,10 @@ async fn report(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes) -
     ctx.scheduler.with_state(|s, now| s.report(&task, &r, now))?;
     ctx.scheduler.wake(&task);
     // Validated: one of two values, so the label set stays small.
-    let reason = if r.reason == "corrupt" {
-        "corrupt"
-    } else {
-        "unreachable"
+    let reason = match r.reason.as_str() {
+        "corrupt" => "corrupt",
+        "refused" => "refused",
+        _ => "unreachable",
     };
     metrics::counter!("wharf_scheduler_reports_total", "reason" => reason).increment(1);
     Ok(StatusCode::NO_CONTENT)

@@ -83,7 +83,7 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            peer_ttl: Duration::from_secs(60),
+            peer_ttl: Duration::from_secs(20),
             lease_ttl: Duration::from_secs(60),
             transfer_ttl: Duration::from_secs(20),
             max_leases_per_peer: 8,
@@ -403,9 +403,14 @@ impl PeerEntry {
         self.alive(now, ttl) && !self.suspect(now)
     }
 
+    /// Reported unreachable often enough (or refused) to count as gone while the suspicion lasts.
+    fn gone(&self, now: Instant, policy: &Policy) -> bool {
+        self.suspect(now) && self.reports >= policy.unreachable_reports
+    }
+
     /// Its pieces count as held when deciding whether the origin must serve one (else the piece waits for it).
     fn holds(&self, now: Instant, policy: &Policy) -> bool {
-        self.alive(now, policy.peer_ttl) && !(self.suspect(now) && self.reports >= policy.unreachable_reports)
+        self.alive(now, policy.peer_ttl) && !self.gone(now, policy)
     }
 }
 
@@ -413,13 +418,13 @@ fn usable(peers: &[Option<PeerEntry>], key: Key, now: Instant, ttl: Duration) ->
     peers[key as usize].as_ref().is_some_and(|e| e.usable(now, ttl))
 }
 
-/// A lease holds while its holder is alive (talks to the scheduler), whether or not peers reach it: it fetches
-/// from the origin, not from them.
+/// A lease holds while its holder is alive (talks to the scheduler) and not reported gone; a mere suspicion of
+/// being unreachable does not end it: it fetches from the origin, not from its peers.
 fn lease_live(lease: &Lease, peers: &[Option<PeerEntry>], now: Instant, policy: &Policy) -> bool {
     now.saturating_duration_since(lease.since) < policy.lease_ttl
         && peers[lease.peer as usize]
             .as_ref()
-            .is_some_and(|e| e.alive(now, policy.peer_ttl))
+            .is_some_and(|e| e.holds(now, policy))
 }
 
 impl State {
@@ -810,13 +815,14 @@ impl State {
     }
 
     /// A peer reports another: `corrupt` excludes it everywhere for good; `unreachable` makes it suspect (not
-    /// assigned, its leases void) for [`Policy::suspect_for`], and after [`Policy::unreachable_reports`] reports
-    /// its pieces are fetched from the origin again if nobody else holds them.
+    /// assigned) for [`Policy::suspect_for`], and after [`Policy::unreachable_reports`] reports, or one `refused`,
+    /// it counts as gone meanwhile: its leases are void and its pieces fetched again (from the origin if nobody
+    /// else holds them).
     pub fn report(&mut self, task: &str, r: &Report, now: Instant) -> Result<(), StateError> {
         check_peer(&r.peer)?;
-        if r.reason != "corrupt" && r.reason != "unreachable" {
+        if !matches!(r.reason.as_str(), "corrupt" | "refused" | "unreachable") {
             return Err(StateError::Invalid(format!(
-                "reason {:?}: expected corrupt or unreachable",
+                "reason {:?}: expected corrupt, refused or unreachable",
                 r.reason
             )));
         }
@@ -850,6 +856,10 @@ impl State {
                 e.reports = 0;
             }
             e.reports += 1;
+            if r.reason == "refused" {
+                // Nothing listens there: gone, not congested.
+                e.reports = e.reports.max(self.policy.unreachable_reports);
+            }
             e.last_report = Some(now);
             e.suspect_until = Some(now + self.policy.suspect_for);
             tracing::info!(task, peer = %r.bad, reporter = %r.peer.id, reports = e.reports, "peer reported unreachable");
@@ -1312,7 +1322,11 @@ mod tests {
 
     #[test]
     fn least_loaded_holder_is_chosen() {
-        let mut s = State::new(Policy::default());
+        // Holders stay alive over the clock jumps below.
+        let mut s = State::new(Policy {
+            peer_ttl: Duration::from_secs(60),
+            ..Policy::default()
+        });
         let t = Instant::now();
         let (a, b) = (peer(0), peer(1));
         have(&mut s, &a, 4, &[0, 1, 2, 3], t);
@@ -1559,6 +1573,23 @@ mod tests {
         report(&mut s, &c, &holder, "unreachable", t);
         assert_eq!(origins(&ask(&mut s, &c, 1, [0], t)), vec![0]);
         assert_eq!(waits(&ask(&mut s, &a, 1, [0], t)), vec![0], "one lease at a time");
+    }
+
+    #[test]
+    fn a_refused_connection_makes_a_peer_gone_at_once() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let (dead, a, b) = (peer(0), peer(1), peer(2));
+        have(&mut s, &dead, 2, &[0], t);
+        // It also holds the origin lease of piece 1.
+        assert_eq!(origins(&ask(&mut s, &dead, 2, [1], t)), vec![1]);
+        assert_eq!(waits(&ask(&mut s, &b, 2, [1], t)), vec![1]);
+        report(&mut s, &a, &dead, "refused", t);
+        // Its piece and its lease are free again at once.
+        let r = ask(&mut s, &a, 2, [0, 1], t);
+        assert_eq!(origins(&r).len(), 1, "{r:?}");
+        assert_eq!(waits(&r).len(), 1, "one origin fetch per piece at a time: {r:?}");
+        assert_eq!(origins(&ask(&mut s, &b, 2, [0, 1], t)).len(), 1);
     }
 
     #[test]
