@@ -4,7 +4,7 @@
 //!
 //! Back to source is always possible: with no scheduler answering, every missing piece comes from the origin; a
 //! piece a peer fails to deliver (dead, slow, corrupt) is asked for again, and a piece that has only been "wait" for
-//! [`WAIT_LIMIT`] is fetched from the origin anyway. A peer that sent a corrupt piece is reported and not used again
+//! [`WAIT_LIMIT`] while the node stored no piece at all is fetched from the origin anyway. A peer that sent a corrupt piece is reported and not used again
 //! by this node. If the whole content does not match its digest, everything is fetched again from the origin alone.
 
 use std::collections::{HashMap, HashSet};
@@ -20,9 +20,11 @@ use super::task::{Phase, Task};
 use crate::P2pError;
 use crate::proto::{Report, ScheduleRequest, ScheduleResponse, Source, TaskShape};
 
-/// A piece that has been "wait" this long is fetched from the origin regardless. Longer than the scheduler's origin
-/// lease (60 s), so a stuck lease is first handed to another node; on a slow shared origin link a legitimate origin
-/// fetch of one piece can take tens of seconds, and going around it would double origin traffic.
+/// A piece that has been "wait" this long, while the node stored no piece of any task either, is fetched from the
+/// origin regardless: the swarm is stuck, not slow. (Not while pieces keep arriving: an image whose origin alone
+/// needs minutes to send it keeps pieces waiting that long in a healthy swarm, and 48 nodes then going around the
+/// scheduler to the origin at once would bury it.) Longer than the scheduler's origin lease (60 s), so a stuck
+/// lease is first handed to another node.
 pub const WAIT_LIMIT: Duration = Duration::from_secs(90);
 /// A peer that could not deliver is not asked again by this node for this long (a corrupt one, never again).
 const UNREACHABLE_COOLDOWN: Duration = Duration::from_secs(10);
@@ -163,7 +165,8 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
                             };
                             let source = match source {
                                 Source::Wait
-                                    if waiting_since.get(&a.piece).is_some_and(|t| t.elapsed() > WAIT_LIMIT) =>
+                                    if waiting_since.get(&a.piece).is_some_and(|t| t.elapsed() > WAIT_LIMIT)
+                                        && node.idle_for() > WAIT_LIMIT =>
                                 {
                                     metrics::counter!("wharf_p2p_back_to_source_total", "why" => "wait").increment(1);
                                     Source::Origin
@@ -291,6 +294,7 @@ async fn finish_piece(
             tokio::task::spawn_blocking(move || t.store_piece(n, &data))
                 .await
                 .map_err(|e| P2pError::Origin(format!("write failed: {e}")))??;
+            node.progressed();
             let source = if origin { "origin" } else { "peer" };
             metrics::counter!("wharf_p2p_bytes_total", "source" => source).increment(len);
             if origin {

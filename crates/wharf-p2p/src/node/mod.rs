@@ -78,6 +78,8 @@ pub struct Node {
     pub download_slots: Arc<Semaphore>,
     /// Told when a download slot is given back.
     pub slot_freed: tokio::sync::Notify,
+    /// When this node last stored a piece (of any task), or started.
+    last_progress: Mutex<std::time::Instant>,
     pub download_limit: RateLimit,
     pub upload_limit: RateLimit,
 }
@@ -106,12 +108,25 @@ impl Node {
             origin_slots: Semaphore::new(config.origin_concurrency.max(1)),
             download_slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
             slot_freed: tokio::sync::Notify::new(),
+            last_progress: Mutex::new(std::time::Instant::now()),
             download_limit: RateLimit::new(config.download_rate),
             upload_limit: RateLimit::new(config.upload_rate),
             config,
         });
         node.load_finished();
         Ok(node)
+    }
+
+    /// A piece was stored: the swarm is moving.
+    pub fn progressed(&self) {
+        if let Ok(mut t) = self.last_progress.lock() {
+            *t = std::time::Instant::now();
+        }
+    }
+
+    /// How long since this node last stored a piece (or started).
+    pub fn idle_for(&self) -> Duration {
+        self.last_progress.lock().map(|t| t.elapsed()).unwrap_or_default()
     }
 
     /// Tasks finished before a restart, from their `done` records.
