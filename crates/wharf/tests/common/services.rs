@@ -65,15 +65,18 @@ impl S3Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Creates a bucket (moto takes unsigned requests).
+    /// Creates a bucket (moto takes unsigned requests). Retried: a moto that just opened its port can still answer
+    /// an error while it loads (seen under a loaded CI machine); creating a bucket again is harmless.
     pub fn create_bucket(&self, name: &str) {
         let out = Command::new("curl")
-            .args(["-sf", "-X", "PUT", &format!("{}/{name}", self.endpoint())])
+            .args(["-sS", "-f", "--retry", "5", "--retry-all-errors", "--retry-delay", "1"])
+            .args(["-X", "PUT", &format!("{}/{name}", self.endpoint())])
             .output()
             .expect("run curl");
         assert!(
             out.status.success(),
-            "create bucket {name}: {}",
+            "create bucket {name}: {} {}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         );
     }
