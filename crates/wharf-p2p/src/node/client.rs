@@ -283,10 +283,10 @@ fn refused(e: &reqwest::Error) -> bool {
         {
             return true;
         }
-        // hyper's "connection closed before message completed" / an incomplete body carry no io::Error.
-        let text = s.to_string();
-        if text.contains("connection closed before message completed")
-            || text.contains("end of file before message length reached")
+        // The connection closed before the response was whole: hyper says so without an io::Error (a body cut short
+        // is an io::Error of kind UnexpectedEof, above).
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
         {
             return true;
         }
@@ -309,4 +309,55 @@ pub(crate) fn causes(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A peer on loopback that reads the request, writes `reply` and closes the connection.
+    async fn peer_replying(reply: &'static [u8]) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            if let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock.write_all(reply).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    const TASK: &str = "sha256:00000000000000000000000000000000000000000000000000000000000000aa";
+
+    #[tokio::test]
+    async fn refused_and_cut_connections_are_told_from_other_failures() {
+        let clients = Clients::new(vec![], None).unwrap();
+        // Nothing listens: refused.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let e = clients.piece(&closed, TASK, 0).await.unwrap_err();
+        assert!(matches!(e, P2pError::PeerRefused { .. }), "{e}");
+        // Closed before any response: cut.
+        let e = clients.piece(&peer_replying(b"").await, TASK, 0).await.unwrap_err();
+        assert!(matches!(e, P2pError::PeerRefused { .. }), "{e}");
+        // Closed in the middle of the body: cut.
+        let partial = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
+        let e = clients.piece(&peer_replying(partial).await, TASK, 0).await.unwrap_err();
+        assert!(matches!(e, P2pError::PeerRefused { .. }), "{e}");
+        // An answer, just not the piece: an ordinary failure.
+        let e = clients
+            .piece(
+                &peer_replying(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await,
+                TASK,
+                0,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, P2pError::Peer { .. }), "{e}");
+    }
 }

@@ -400,6 +400,19 @@ mod tests {
         }
     }
 
+    /// `p` wants piece `want` of the test task, with no limits of its own and no hold.
+    fn request(p: Peer, want: u32) -> ScheduleRequest {
+        ScheduleRequest {
+            peer: p,
+            shape: shape(),
+            want: vec![want],
+            max_origin: None,
+            slots: None,
+            origin: None,
+            hold_ms: None,
+        }
+    }
+
     #[tokio::test]
     async fn token_is_required_on_v1_only() {
         let s = Server::start(Some(TOKEN)).await;
@@ -412,15 +425,7 @@ mod tests {
             s.send(get.clone(), "/v1/swarms", Some("cluster-secre"), None).await.0,
             401
         );
-        let req = ScheduleRequest {
-            peer: peer(1),
-            shape: shape(),
-            want: vec![0],
-            max_origin: None,
-            slots: None,
-            origin: None,
-            hold_ms: None,
-        };
+        let req = request(peer(1), 0);
         let path = format!("/v1/tasks/{TASK}/schedule");
         let body = serde_json::to_vec(&req).unwrap();
         assert_eq!(s.send(reqwest::Method::POST, &path, None, Some(body)).await.0, 401);
@@ -443,13 +448,8 @@ mod tests {
     async fn a_held_schedule_answers_when_the_piece_is_announced() {
         let s = Arc::new(Server::start(Some(TOKEN)).await);
         let req = |p: Peer, hold_ms: Option<u32>| ScheduleRequest {
-            peer: p,
-            shape: shape(),
-            want: vec![0],
-            max_origin: None,
-            slots: None,
-            origin: None,
             hold_ms,
+            ..request(p, 0)
         };
         let path = format!("/v1/tasks/{TASK}/schedule");
         let (status, body) = s.post(&path, &req(peer(1), None)).await;
@@ -507,18 +507,7 @@ mod tests {
         let s = Server::start(Some(TOKEN)).await;
         let (a, b, c) = (peer(1), peer(2), peer(3));
         let (status, body) = s
-            .post(
-                &format!("/v1/tasks/{TASK}/schedule"),
-                &ScheduleRequest {
-                    peer: a.clone(),
-                    shape: shape(),
-                    want: vec![1],
-                    max_origin: None,
-                    slots: None,
-                    origin: None,
-                    hold_ms: None,
-                },
-            )
+            .post(&format!("/v1/tasks/{TASK}/schedule"), &request(a.clone(), 1))
             .await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         let answer: ScheduleResponse = serde_json::from_slice(&body).unwrap();
@@ -535,18 +524,7 @@ mod tests {
         };
         assert_eq!(s.post(&format!("/v1/tasks/{TASK}/announce"), &ann).await.0, 204);
         let (_, body) = s
-            .post(
-                &format!("/v1/tasks/{TASK}/schedule"),
-                &ScheduleRequest {
-                    peer: b.clone(),
-                    shape: shape(),
-                    want: vec![1],
-                    max_origin: None,
-                    slots: None,
-                    origin: None,
-                    hold_ms: None,
-                },
-            )
+            .post(&format!("/v1/tasks/{TASK}/schedule"), &request(b.clone(), 1))
             .await;
         let answer: ScheduleResponse = serde_json::from_slice(&body).unwrap();
         assert_eq!(
@@ -566,18 +544,7 @@ mod tests {
         };
         assert_eq!(s.post(&format!("/v1/tasks/{TASK}/report"), &rep).await.0, 204);
         let (_, body) = s
-            .post(
-                &format!("/v1/tasks/{TASK}/schedule"),
-                &ScheduleRequest {
-                    peer: c.clone(),
-                    shape: shape(),
-                    want: vec![1],
-                    max_origin: None,
-                    slots: None,
-                    origin: None,
-                    hold_ms: None,
-                },
-            )
+            .post(&format!("/v1/tasks/{TASK}/schedule"), &request(c.clone(), 1))
             .await;
         let answer: ScheduleResponse = serde_json::from_slice(&body).unwrap();
         assert_eq!(
@@ -615,15 +582,7 @@ mod tests {
     #[tokio::test]
     async fn bad_task_ids_and_bodies_are_400() {
         let s = Server::start(Some(TOKEN)).await;
-        let req = ScheduleRequest {
-            peer: peer(1),
-            shape: shape(),
-            want: vec![0],
-            max_origin: None,
-            slots: None,
-            origin: None,
-            hold_ms: None,
-        };
+        let req = request(peer(1), 0);
         for task in ["sha256:abc", "md5:00", "url:..%2f..%2fetc", &TASK.to_uppercase()] {
             let (status, body) = s.post(&format!("/v1/tasks/{task}/schedule"), &req).await;
             assert_eq!(status, 400, "{task}");

@@ -522,8 +522,9 @@ impl State {
         let group = swarm.origin.clone().unwrap_or_else(|| task.to_owned());
         // Live origin leases over the origin's swarms (this one included), for the per-origin cap; and the
         // requester's own over all swarms, which take its download slots.
-        let mut origin_live = self.live_origin_leases(&group, now);
-        let my_leases = self.live_leases_of(me, now);
+        // (A swarm without an origin is the group of its name.)
+        let mut origin_live = self.live_leases(now, |name, s, _| s.origin.as_deref().unwrap_or(name) == group);
+        let my_leases = self.live_leases(now, |_, _, l| l.peer == me);
         let policy = &self.policy;
         let peers = &mut self.peers;
         let Some(swarm) = self.swarms.get_mut(task) else {
@@ -693,35 +694,15 @@ impl State {
         })
     }
 
-    /// Live origin leases `peer` holds, over all swarms.
-    fn live_leases_of(&self, peer: Key, now: Instant) -> u32 {
-        self.swarms
-            .values()
-            .filter(|s| s.leases > 0)
-            .map(|s| {
-                s.pieces
-                    .iter()
-                    .filter(|ps| {
-                        ps.lease
-                            .is_some_and(|l| l.peer == peer && lease_live(&l, &self.peers, now, &self.policy))
-                    })
-                    .count() as u32
-            })
-            .sum()
-    }
-
-    /// Live origin leases over the swarms of origin `group` (a swarm without an origin is the group of its name).
-    fn live_origin_leases(&self, group: &str, now: Instant) -> u32 {
-        self.swarms
-            .iter()
-            .filter(|(name, s)| s.leases > 0 && s.origin.as_deref().unwrap_or(name.as_str()) == group)
-            .map(|(_, s)| {
-                s.pieces
-                    .iter()
-                    .filter(|ps| ps.lease.is_some_and(|l| lease_live(&l, &self.peers, now, &self.policy)))
-                    .count() as u32
-            })
-            .sum()
+    /// Live origin leases, over all swarms, that `counts` accepts (given the swarm's name, the swarm, the lease).
+    fn live_leases(&self, now: Instant, counts: impl Fn(&str, &Swarm, &Lease) -> bool) -> u32 {
+        let mut n = 0;
+        for (name, swarm) in self.swarms.iter().filter(|(_, s)| s.leases > 0) {
+            for l in swarm.pieces.iter().filter_map(|ps| ps.lease.as_ref()) {
+                n += u32::from(counts(name, swarm, l) && lease_live(l, &self.peers, now, &self.policy));
+            }
+        }
+        n
     }
 
     /// Records what a peer now holds (and the digests of what it fetched from the origin), or that it is done or
@@ -1044,14 +1025,9 @@ mod tests {
         }
     }
 
-    fn ask(
-        s: &mut State,
-        p: &Peer,
-        pieces: u64,
-        want: impl IntoIterator<Item = u32>,
-        now: Instant,
-    ) -> ScheduleResponse {
-        let req = ScheduleRequest {
+    /// `p` wants `want` of a task of `pieces` pieces, with no limits of its own.
+    fn request(p: &Peer, pieces: u64, want: impl IntoIterator<Item = u32>) -> ScheduleRequest {
+        ScheduleRequest {
             peer: p.clone(),
             shape: shape(pieces),
             want: want.into_iter().collect(),
@@ -1059,8 +1035,17 @@ mod tests {
             slots: None,
             origin: None,
             hold_ms: None,
-        };
-        s.schedule(TASK, &req, now).unwrap()
+        }
+    }
+
+    fn ask(
+        s: &mut State,
+        p: &Peer,
+        pieces: u64,
+        want: impl IntoIterator<Item = u32>,
+        now: Instant,
+    ) -> ScheduleResponse {
+        s.schedule(TASK, &request(p, pieces, want), now).unwrap()
     }
 
     fn digest(p: u32) -> String {
@@ -1437,9 +1422,6 @@ mod tests {
         let other = (0..64).find(|p| !leased.contains(p)).unwrap();
         let again = ScheduleRequest {
             max_origin: Some(0),
-            slots: None,
-            origin: None,
-            hold_ms: None,
             want: vec![leased[0], leased[1], other],
             ..req
         };
@@ -1508,16 +1490,7 @@ mod tests {
         assert_eq!(peer_ids(&r), vec![good.id.clone()]);
         // In another task too, and even after it announces again.
         s.announce(OTHER, &other, t).unwrap();
-        let req = ScheduleRequest {
-            peer: me.clone(),
-            shape: shape(2),
-            want: vec![0],
-            max_origin: None,
-            slots: None,
-            origin: None,
-            hold_ms: None,
-        };
-        let r = s.schedule(OTHER, &req, t).unwrap();
+        let r = s.schedule(OTHER, &request(&me, 2, [0]), t).unwrap();
         assert_eq!(source_of(&r, 0), &Source::Origin);
         let info = s.swarms(t);
         assert!(info.peers.iter().find(|p| p.id == bad.id).unwrap().excluded);
@@ -1629,15 +1602,7 @@ mod tests {
         let mut s = State::new(Policy::default());
         let t = Instant::now();
         ask(&mut s, &peer(0), 4, [0], t);
-        let req = ScheduleRequest {
-            peer: peer(1),
-            shape: shape(5),
-            want: vec![0],
-            max_origin: None,
-            slots: None,
-            origin: None,
-            hold_ms: None,
-        };
+        let req = request(&peer(1), 5, [0]);
         let e = s.schedule(TASK, &req, t).unwrap_err();
         assert!(e.is_conflict(), "{e}");
         let a = Announce {
@@ -1652,10 +1617,6 @@ mod tests {
         let req = ScheduleRequest {
             shape: shape(4),
             want: vec![4],
-            max_origin: None,
-            slots: None,
-            origin: None,
-            hold_ms: None,
             ..req
         };
         assert_eq!(
@@ -1668,10 +1629,6 @@ mod tests {
                 piece_len: 1,
             },
             want: vec![],
-            max_origin: None,
-            slots: None,
-            origin: None,
-            hold_ms: None,
             ..req.clone()
         };
         assert!(matches!(s.schedule(OTHER, &huge, t), Err(StateError::BadShape(_))));
@@ -1884,15 +1841,10 @@ mod tests {
             ..Policy::default()
         });
         let t = Instant::now();
-        let shape = TaskShape { size: 64, piece_len: 1 };
         let req = |i: usize, origin: &str| ScheduleRequest {
-            peer: peer(i),
-            shape: shape.clone(),
-            want: (0..64).collect(),
             max_origin: Some(1),
-            slots: None,
             origin: Some(origin.to_owned()),
-            hold_ms: None,
+            ..request(&peer(i), 64, 0..64)
         };
         let tasks: Vec<String> = (0..5)
             .map(|i| format!("sha256:{}", format!("{i}").repeat(64)))
@@ -1924,13 +1876,8 @@ mod tests {
             .schedule(
                 TASK,
                 &ScheduleRequest {
-                    peer: peer(1),
-                    shape: shape(8),
-                    want: (0..8).collect(),
-                    max_origin: None,
                     slots: Some(3),
-                    origin: None,
-                    hold_ms: None,
+                    ..request(&peer(1), 8, 0..8)
                 },
                 t,
             )
@@ -1940,13 +1887,8 @@ mod tests {
         // Its other task asks with the same slots: one left (the three above are still in flight).
         have(&mut s, &peer(100), 8, &[], t);
         let other = ScheduleRequest {
-            peer: peer(1),
-            shape: shape(8),
-            want: (0..8).collect(),
-            max_origin: None,
             slots: Some(4),
-            origin: None,
-            hold_ms: None,
+            ..request(&peer(1), 8, 0..8)
         };
         for p in 0..8 {
             let a = Announce {
