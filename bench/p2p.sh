@@ -24,6 +24,9 @@
 #   MODES         "p2p direct", or one of them            (default both)
 #   PULL_TIMEOUT_X  a P2P pull not done after this many times the ideal time (at least 60 s)
 #                 has failed; direct pulls get 1.5 x N x ideal + 60 s        (default 8)
+#   NET_MTU       MTU of every link (default 1500; 9000 = jumbo frames, a sixth of the packets
+#                 for this machine's kernel to switch and shape)
+#   NET_SWITCH_QUEUE_MS  a switch port's queue, ms (default 50)
 #   BENCH_TMP     parent of the scratch dir: origin storage, node caches, the image (needs
 #                 ~(max N + 3) x image); tmpfs is right here, the disk is not what is measured
 #                 (default /dev/shm)
@@ -399,7 +402,7 @@ main() {
         --argjson cores "$(nproc)" --arg kernel "$(uname -r)" --argjson direct_max "$DIRECT_MAX_N" \
         '{date: $date, tree: $commit, wharf: $wharf, wharf_build: $build, kernel: $kernel, cores: $cores,
           image_bytes: $bytes, layers_mib: ($layers | split(" ") | map(tonumber)), piece: $piece,
-          direct_max_n: $direct_max, shaping: "tc tbf on both ends of every host link, burst 4 ms; switch port queue 50 ms, host queue 400 ms (at least 1 MiB)",
+          direct_max_n: $direct_max, shaping: "tc tbf on both ends of every host link, burst 4 ms; switch port queue \(env.NET_SWITCH_QUEUE_MS // "50") ms, host queue 400 ms (at least 1 MiB); MTU \(env.NET_MTU // "1500")",
           results: .}' "$RAW/results.jsonl" >"$OUT_DIR/p2p.json"
     log "results: $OUT_DIR/p2p.json; logs: $RAW"
     ((FAILURES == 0)) || die "$FAILURES node pulls were incomplete (see $RAW/*/failures)"

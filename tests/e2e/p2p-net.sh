@@ -12,13 +12,18 @@
 #
 # Bandwidth: a token bucket (`tc tbf`; this kernel has no netem) on both ends of each host's
 # veth: the host's end limits what it uploads, the switch's end what it downloads. Burst is
-# 4 ms of traffic (at least 8 KiB). The switch's queue holds 50 ms (~125 KB at 20 Mbit/s):
+# 4 ms of traffic (at least 8 KiB). The switch's queue holds 50 ms (~125 KB at 20 Mbit/s;
+# NET_SWITCH_QUEUE_MS sets it):
 # a switch port drops what does not fit, and TCP recovers as from any network loss. The
 # host's own queue is larger (400 ms, at least 1 MiB), as a NIC's queue of 1000 frames is:
 # a packet the sender's own qdisc drops is a local transmit failure, and with a small queue
 # shared by dozens of flows (an origin serving 16 nodes' downloads at once) the kernel soon
 # aborts the starved connections with a reset (TcpExtTCPAbortOnTimeout, TCPRetransFail) —
 # an artifact of the emulation, not of anything under test.
+#
+# Frames: MTU 1500 unless NET_MTU says otherwise (9000: jumbo frames, as many datacenter
+# networks run; a sixth of the packets for the kernel to switch and shape, which is most of
+# the CPU an emulated 48-node network costs on a small machine).
 #
 # Names carry a per-run tag (NET_TAG, default wp<pid>), so a run never collides with a
 # leftover of a crashed one: namespaces are "<tag>-sw", "<tag>-origin", "<tag>-n7", ...
@@ -95,7 +100,7 @@ net_host() {
     NET_NS+=("$ns")
     ip -n "$ns" link set lo up
     # Both ends are made from the switch namespace: the pair never exists in the root one.
-    ip -n "$NET_SW" link add "$port" type veth peer name eth0 netns "$ns"
+    ip -n "$NET_SW" link add "$port" mtu "${NET_MTU:-1500}" type veth peer name eth0 mtu "${NET_MTU:-1500}" netns "$ns"
     ip -n "$NET_SW" link set "$port" master br0
     ip -n "$NET_SW" link set "$port" up
     ip -n "$ns" addr add "$ip/16" dev eth0
@@ -136,14 +141,15 @@ net_shape() {
         tc -n "$NET_SW" qdisc del dev "$port" root 2>/dev/null || true
         return 0
     fi
-    # 4 ms of traffic, at least 8 KiB (more than one full-size frame).
+    # 4 ms of traffic, at least 8 KiB and two full-size frames (tbf drops a frame larger than its burst).
     burst=$((mbit * 1000000 * 4 / 8 / 1000))
     ((burst >= 8192)) || burst=8192
+    ((burst >= 2 * (${NET_MTU:-1500} + 14))) || burst=$((2 * (${NET_MTU:-1500} + 14)))
     # The host's queue: 400 ms of traffic, at least 1 MiB (see the top of this file).
     limit=$((mbit * 1000000 * ${NET_HOST_QUEUE_MS:-400} / 8 / 1000))
     ((limit >= ${NET_HOST_QUEUE_MIN:-1048576})) || limit=${NET_HOST_QUEUE_MIN:-1048576}
     tc -n "$ns" qdisc replace dev eth0 root tbf rate "${mbit}mbit" burst "$burst" limit "$limit"
-    tc -n "$NET_SW" qdisc replace dev "$port" root tbf rate "${mbit}mbit" burst "$burst" latency 50ms
+    tc -n "$NET_SW" qdisc replace dev "$port" root tbf rate "${mbit}mbit" burst "$burst" latency "${NET_SWITCH_QUEUE_MS:-50}ms"
 }
 
 net_exec() {

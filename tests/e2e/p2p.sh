@@ -20,8 +20,11 @@
 #      pushed manifest digest, image ID and file contents, every blob from the peers and
 #      none from the origin; after `docker rmi`, a second pull is served from the node's
 #      own cache (no byte from peers or origin, no blob request at the origin);
-#   4. a peer killed mid-transfer (SIGKILL once it has served a piece of a second image, links
-#      at 20 Mbit/s): the other nodes finish byte-identical, the origin sending under 2x.
+#   4. a peer killed mid-transfer (the first node to serve a piece of a second image, SIGKILL,
+#      links at 20 Mbit/s): the other nodes finish byte-identical, the origin sending under 2x;
+#   5. containerd (Docker's, via `ctr`) with a hosts.toml naming node dk as the mirror of the
+#      origin's registry host pulls the second image: dk picks the upstream by ?ns=, the
+#      blobs come from the peers.
 #
 # Needs root (ip netns, tc), iproute2, curl, jq, openssl, and docker.io for step 3. Takes
 # ~1 minute. Nothing comes from the internet; only processes and namespaces this script
@@ -276,37 +279,51 @@ test_docker() {
     expect_eq "second docker pull: origin served no blob" "$(origin_blob_gets "$omark")" 0
 }
 
-# 4. A peer killed mid-transfer: a second image at 20 Mbit/s; as soon as node n1 has served a
-#    piece to another node, it is killed (SIGKILL). The other nodes finish, byte-identical,
-#    from the other peers or the origin, and the origin sends well under a copy per node.
+# 4. A peer killed mid-transfer: a second image at 20 Mbit/s; as soon as one of the nodes has
+#    served a piece to another node, it is killed (SIGKILL). The other nodes finish,
+#    byte-identical, from the other peers or the origin, and the origin sends well under a
+#    copy per node.
 test_peer_killed() {
-    local i name d size bad=0 incomplete=0 before=0 after=0 served=0 waited=0 served0
+    local i name d size bad=0 incomplete=0 after=0 served=0 waited=0 victim="" n
     for ((i = 1; i <= NODES; i++)); do net_shape "n$i" 20; done
     net_shape origin 20
     p2p_make_image "$WORK/layout2" v2 8 6 4 || die "second image not made"
     p2p_push_image origin "$WORK/layout2" "$REPO" v2 "$ORIGIN_URL" || die "push of the second image failed"
-    for ((i = 2; i <= NODES; i++)); do before=$((before + $(node_bytes "n$i" origin))); done
-    served0=$(p2p_metric n1 "${NODE_MIRROR[n1]}" wharf_p2p_pieces_served_total)
+    declare -A served0 origin0
+    for ((i = 1; i <= NODES; i++)); do
+        served0[n$i]=$(p2p_metric "n$i" "${NODE_MIRROR[n$i]}" wharf_p2p_pieces_served_total)
+        origin0[n$i]=$(node_bytes "n$i" origin)
+    done
     local specs=()
     for ((i = 1; i <= NODES; i++)); do specs+=("n$i=${NODE_MIRROR[n$i]}"); done
     local t0
     t0=$(date +%s%N)
     p2p_pull_all "$REPO" v2 1 "$WORK/pull2" "${specs[@]}" &
     local puller=$!
-    # Killed once it has served something (not after a guessed delay): mid-transfer by then.
-    while ((waited < 300)); do
-        served=$(($(p2p_metric n1 "${NODE_MIRROR[n1]}" wharf_p2p_pieces_served_total 2>/dev/null || echo 0) - served0))
-        ((served > 0)) && break
+    # The first node to serve something (not one chosen in advance, which the scheduler may
+    # never pick as a source; not after a guessed delay) is killed: mid-transfer by then.
+    while [[ -z $victim ]] && ((waited < 300)); do
+        for ((i = 1; i <= NODES; i++)); do
+            name=n$i
+            n=$(p2p_metric "$name" "${NODE_MIRROR[$name]}" wharf_p2p_pieces_served_total 2>/dev/null || echo 0)
+            if ((n > ${served0[$name]})); then
+                victim=$name served=$((n - ${served0[$name]}))
+                break
+            fi
+        done
+        [[ -n $victim ]] && break
         sleep 0.1
         waited=$((waited + 1))
     done
-    kill -KILL "${NODE_PID[n1]}" 2>/dev/null || true
-    echo "     n1 killed after serving $served piece(s), $((waited / 10)).$((waited % 10)) s into the pull"
+    [[ -n $victim ]] || victim=n1
+    kill -KILL "${NODE_PID[$victim]}" 2>/dev/null || true
+    echo "     $victim killed after serving $served piece(s), $((waited / 10)).$((waited % 10)) s into the pull"
     wait "$puller" || true
+    local others=()
+    for ((i = 1; i <= NODES; i++)); do [[ n$i == "$victim" ]] || others+=("n$i"); done
     echo "     the others' completion (s from the start; ideal $(awk -v b="$IMG_BYTES" 'BEGIN { printf "%.1f", b * 8 / 20e6 }')):" \
-        "$(for ((i = 2; i <= NODES; i++)); do cat "$WORK/pull2/n$i.res" 2>/dev/null; done | awk -v t0="$t0" '$1 == "end" { printf "%.1f ", ($2 - t0) / 1e9 }')"
-    for ((i = 2; i <= NODES; i++)); do
-        name=n$i
+        "$(for name in "${others[@]}"; do cat "$WORK/pull2/$name.res" 2>/dev/null; done | awk -v t0="$t0" '$1 == "end" { printf "%.1f ", ($2 - t0) / 1e9 }')"
+    for name in "${others[@]}"; do
         if ! p2p_pull_check "$WORK/pull2" "$name"; then
             incomplete=$((incomplete + 1))
             cat "$WORK/pull2/$name.err" >&2
@@ -316,13 +333,48 @@ test_peer_killed() {
                 bad=$((bad + 1))
             fi
         done <<<"$IMG_BLOBS"
-        after=$((after + $(node_bytes "$name" origin)))
+        after=$((after + $(node_bytes "$name" origin) - origin0[$name]))
     done
-    expect_between "n1 was killed mid-transfer (it had served pieces of the second image)" "$served" 1 1000000
+    expect_between "$victim was killed mid-transfer (it had served pieces of the second image)" "$served" 1 1000000
     expect_eq "the $((NODES - 1)) other nodes finished the pull (within ${P2P_PULL_TIMEOUT}s)" "$incomplete" 0
     expect_eq "every blob byte-identical on the other nodes" "$bad" 0
     expect_between "origin egress for the second image, over the other nodes, under 2x the image" \
-        "$(awk -v o="$((after - before))" -v s="$IMG_BYTES" 'BEGIN { printf "%.4f", o / s }')" 0.5 2.0
+        "$(awk -v o="$after" -v s="$IMG_BYTES" 'BEGIN { printf "%.4f", o / s }')" 0.5 2.0
+}
+
+# 5. containerd behind node dk, configured the containerd way: a hosts.toml for the origin's
+#    registry host names node dk as a mirror, so containerd asks it with ?ns=<origin host>
+#    and the node picks the upstream by that name. containerd is Docker's own (started by
+#    the dockerd of step 3, private namespace); `ctr` resolves and fetches from dk's network
+#    namespace. It pulls (and unpacks) the second image, which only the peers hold.
+ctr_dk() { timeout 120 nsenter --net="/run/netns/$NET_TAG-dk" ctr --address "$CTR_SOCK" --namespace wharf-e2e-ctr "$@"; }
+test_containerd() {
+    local host omark peer0 origin0
+    CTR_SOCK=$(find "$WORK/exec" -name containerd.sock -print -quit 2>/dev/null)
+    [[ -S "$CTR_SOCK" ]] || die "dockerd's containerd socket not found under $WORK/exec"
+    host=${ORIGIN_URL#http://}
+    mkdir -p "$WORK/certs.d/$host"
+    printf 'server = "%s"\n\n[host."%s"]\n  capabilities = ["pull", "resolve"]\n' \
+        "$ORIGIN_URL" "${NODE_MIRROR[dk]}" >"$WORK/certs.d/$host/hosts.toml"
+    omark=$(wc -l <"$NET_DIR/origin.log")
+    peer0=$(node_bytes dk peer)
+    origin0=$(node_bytes dk origin)
+    run_quiet "$WORK/ctr-pull.log" ctr_dk images pull --hosts-dir "$WORK/certs.d" "$host/$REPO:v2"
+    echo "     ctr images pull: $(tail -n 1 "$WORK/ctr-pull.log")"
+    expect_eq "containerd (hosts.toml mirror = node dk) pulled $host/$REPO:v2: the pushed manifest digest" \
+        "$(ctr_dk images ls | awk -v r="$host/$REPO:v2" '$1 == r { print $3 }')" "$IMG_MANIFEST_DIGEST"
+    expect_eq "containerd unpacked the image (ctr images check: complete, unpacked)" \
+        "$(ctr_dk images check 2>/dev/null | awk -v r="$host/$REPO:v2" '$1 == r { print $4, $NF }')" "complete true"
+    expect_eq "containerd's pull came from the peers through node dk" \
+        "$(($(node_bytes dk peer) - peer0)) $(($(node_bytes dk origin) - origin0))" "$IMG_BYTES 0"
+    expect_eq "origin served no blob during containerd's pull" "$(origin_blob_gets "$omark")" 0
+    # The namespace is what picks the upstream: a registry host the node has no upstream for is refused.
+    expect_eq "node dk: a manifest with ?ns=$host is found, with ?ns=198.18.255.254:5000 (no such upstream) it is not" \
+        "$(for ns in "$host" 198.18.255.254:5000; do
+            net_exec dk curl -s -o /dev/null -w '%{http_code} ' \
+                "${NODE_MIRROR[dk]}/v2/$REPO/manifests/v2?ns=$ns" -H 'Accept: application/vnd.oci.image.manifest.v1+json'
+        done)" "200 404 "
+    ctr_dk images rm "$host/$REPO:v2" >/dev/null 2>&1 || true
 }
 
 setup
@@ -330,3 +382,4 @@ test_swarm_pull
 test_advertised
 test_docker
 test_peer_killed
+test_containerd

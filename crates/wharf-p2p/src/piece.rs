@@ -9,8 +9,12 @@ const TARGET_PIECES: u64 = 1000;
 /// The piece length for a task of `size` bytes, given the configured minimum.
 pub fn piece_len(size: u64, min: u64) -> u64 {
     let min = min.max(64 << 10);
-    let want = size.div_ceil(TARGET_PIECES).max(min);
-    // Round up to a whole MiB so ranges stay aligned.
+    let want = size.div_ceil(TARGET_PIECES);
+    if want <= min {
+        // The configured length as it is: small pieces (down to 64 KiB) pass a piece on sooner on slow links.
+        return min;
+    }
+    // Above it, round up to a whole MiB so the ranges of large blobs stay aligned.
     want.div_ceil(1 << 20)
         .saturating_mul(1 << 20)
         .clamp(min, MAX_PIECE.max(min))
@@ -41,6 +45,10 @@ mod tests {
         assert_eq!(count(1, DEFAULT_PIECE), 1);
         assert_eq!(count(8 << 20, DEFAULT_PIECE), 2);
         assert_eq!(count((8 << 20) + 1, DEFAULT_PIECE), 3);
+        assert_eq!(piece_len(64 << 20, 256 << 10), 256 << 10);
+        assert_eq!(piece_len(32 << 20, 1), 64 << 10);
+        assert_eq!(piece_len(64 << 20, 1), 1 << 20); // over 1000 pieces: larger, a whole MiB
+        assert_eq!(piece_len(1 << 30, 256 << 10), 2 << 20);
         assert_eq!(range(2, (8 << 20) + 1, DEFAULT_PIECE), (8 << 20, (8 << 20) + 1));
     }
 }

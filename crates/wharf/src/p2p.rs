@@ -53,7 +53,8 @@ pub struct NodeArgs {
     /// Bytes of finished blobs to keep, e.g. 20G [default: no limit].
     #[arg(long, value_parser = wharf_p2p::ratelimit::parse_rate)]
     pub cache_size: Option<u64>,
-    /// Minimum piece size, e.g. 4M [default: 4M]. Smaller pieces pass through a swarm on slow links sooner.
+    /// Piece size, e.g. 512K (at least 64K; a blob over ~1000 pieces gets larger ones) [default: 4M]. Smaller
+    /// pieces pass through a swarm on slow links sooner.
     #[arg(long, value_parser = wharf_p2p::ratelimit::parse_rate)]
     pub piece_size: Option<u64>,
     /// Pieces in flight at once, over all blobs [default: 4].

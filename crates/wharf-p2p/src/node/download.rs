@@ -248,6 +248,11 @@ fn start(
         waiting_since.remove(&n);
         in_flight.insert(n);
         started += 1;
+        let from = match &source {
+            Source::Peer { id, .. } => id.as_str(),
+            Source::Origin | Source::Wait => "origin",
+        };
+        tracing::debug!(task = %task.id, piece = n, from, "piece fetch started");
         match source {
             Source::Origin => {
                 jobs.spawn(fetch_origin(node.clone(), task.clone(), n, slot));
@@ -288,6 +293,7 @@ async fn finish_piece(
     match fetched {
         Fetched::Ok { n, data, from, digest } => {
             in_flight.remove(&n);
+            tracing::debug!(task = %task.id, piece = n, from = from.as_deref().unwrap_or("origin"), "piece stored");
             let origin = from.is_none();
             let t = task.clone();
             let len = data.len() as u64;
