@@ -90,6 +90,10 @@ struct DoneRecord {
     size: u64,
     piece_len: u64,
     expected: Option<String>,
+    /// Every piece's SHA-256 (hex), so that after a restart peers can still verify what this node serves, even
+    /// from a scheduler that has never seen the blob. (Empty in records of older versions.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    digests: Vec<String>,
 }
 
 impl Node {
@@ -153,6 +157,14 @@ impl Node {
                 let expected = r.expected.and_then(|d| d.parse().ok());
                 match Task::complete(id.clone(), dir, r.piece_len, expected) {
                     Ok(t) if t.size == r.size => {
+                        let valid =
+                            |d: &String| d.len() == 64 && d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                        if r.digests.len() == t.pieces as usize
+                            && r.digests.iter().all(valid)
+                            && let Ok(mut d) = t.digests.lock()
+                        {
+                            *d = r.digests.into_iter().map(Some).collect();
+                        }
                         let cell = Arc::new(OnceCell::new_with(Some(Arc::new(t))));
                         if let Ok(mut m) = self.tasks.lock() {
                             m.insert(id, cell);
@@ -319,10 +331,17 @@ impl Node {
 
     /// A download finished: record it on disk, then keep the cache within its size.
     pub fn finished(self: &Arc<Self>, task: &Arc<Task>) {
+        let digests = task
+            .digests
+            .lock()
+            .ok()
+            .and_then(|d| d.iter().cloned().collect::<Option<Vec<String>>>())
+            .unwrap_or_default();
         let record = DoneRecord {
             size: task.size,
             piece_len: task.piece_len,
             expected: task.expected.as_ref().map(|d| d.to_string()),
+            digests,
         };
         // The content is made durable before the record that trusts it after a restart, and the record appears
         // whole (temp file + rename).
