@@ -163,6 +163,35 @@ async fn nodes_pull_one_image_at_once_for_about_one_origin_copy() {
         .map(|i| node(tmp.path(), &format!("n{i}"), &origin, &[&s], &[]))
         .collect();
 
+    // A HEAD answers with the blob's size and starts no download (no byte fetched, no task).
+    for (d, data) in &img.blobs {
+        let r = c
+            .head(format!("{}/v2/p2p/app/blobs/{d}", nodes[0].url(0)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "HEAD {d}");
+        let len = r.headers().get("content-length").and_then(|v| v.to_str().ok());
+        assert_eq!(len, Some(data.len().to_string().as_str()), "HEAD {d}");
+    }
+    let page = c
+        .get(format!("{}/metrics", nodes[0].url(0)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(metric(&page, "wharf_p2p_bytes_total", ""), 0.0, "{page}");
+    assert_eq!(metric(&page, "wharf_p2p_active_tasks", ""), 0.0, "{page}");
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let r = c
+        .head(format!("{}/v2/p2p/app/blobs/{unknown}", nodes[0].url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
     let pulls = nodes.iter().map(|n| pull_all(&c, n, &img));
     let results = futures_util::future::join_all(pulls).await;
     for (i, r) in results.iter().enumerate() {

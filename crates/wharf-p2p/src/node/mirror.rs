@@ -120,18 +120,23 @@ async fn handle(State(s): State<AppState>, req: Request) -> Response {
                 return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "invalid digest");
             };
             let repo = wharf_mirror::config::upstream_repository(&upstream.config.name, name);
-            let task = match s.node.blob_task(upstream, &repo, &digest).await {
-                Ok(Some(t)) => t,
-                Ok(None) => return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown upstream"),
-                Err(e) => return error(StatusCode::BAD_GATEWAY, "UNKNOWN", &e.to_string()),
-            };
-            let mut resp = if method == Method::HEAD {
-                Response::new(Body::empty())
+            // A HEAD asks whether the blob exists and its size: answered without starting a download.
+            let (size, body) = if method == Method::HEAD {
+                match s.node.blob_size(&upstream, &repo, &digest).await {
+                    Ok(Some(size)) => (size, Body::empty()),
+                    Ok(None) => return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown upstream"),
+                    Err(e) => return error(StatusCode::BAD_GATEWAY, "UNKNOWN", &e.to_string()),
+                }
             } else {
-                Response::new(Body::from_stream(stream(task.clone())))
+                match s.node.blob_task(upstream, &repo, &digest).await {
+                    Ok(Some(t)) => (t.size, Body::from_stream(stream(t))),
+                    Ok(None) => return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown upstream"),
+                    Err(e) => return error(StatusCode::BAD_GATEWAY, "UNKNOWN", &e.to_string()),
+                }
             };
+            let mut resp = Response::new(body);
             let h = resp.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&task.size.to_string()) {
+            if let Ok(v) = HeaderValue::from_str(&size.to_string()) {
                 h.insert(header::CONTENT_LENGTH, v);
             }
             if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {

@@ -216,15 +216,8 @@ impl Node {
         let node = self.clone();
         let result = cell
             .get_or_try_init(|| async move {
-                let size = match upstream.blob_size(&repo, &digest2).await {
-                    Ok(Some(size)) => size,
-                    Ok(None) => return Err(P2pError::Origin(format!("{repo}@{digest2}: not found upstream"))),
-                    // The origin is down: the swarm may still have the blob.
-                    Err(e) if e.is_outage() => match node.clients.shape(&digest2.to_string()).await {
-                        Some(shape) => shape.size,
-                        None => return Err(P2pError::Origin(e.to_string())),
-                    },
-                    Err(e) => return Err(P2pError::Origin(e.to_string())),
+                let Some(size) = node.upstream_blob_size(&upstream, &repo, &digest2).await? else {
+                    return Err(P2pError::Origin(format!("{repo}@{digest2}: not found upstream")));
                 };
                 let origin = Origin::Blob {
                     upstream,
@@ -244,6 +237,32 @@ impl Node {
                 self.drop_cell(&id);
                 Err(e)
             }
+        }
+    }
+
+    /// The size of blob `digest` of `repo` upstream, without downloading it (a HEAD): from this node's task if it has
+    /// one, else from the upstream, else (the origin down) from the scheduler's swarm. `None`: not found upstream.
+    pub async fn blob_size(&self, upstream: &Upstream, repo: &str, digest: &Digest) -> Result<Option<u64>, P2pError> {
+        if let Some(t) = self.task(&digest.to_string()) {
+            return Ok(Some(t.size));
+        }
+        self.upstream_blob_size(upstream, repo, digest).await
+    }
+
+    async fn upstream_blob_size(
+        &self,
+        upstream: &Upstream,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>, P2pError> {
+        match upstream.blob_size(repo, digest).await {
+            Ok(size) => Ok(size),
+            // The origin is down: the swarm may still have the blob.
+            Err(e) if e.is_outage() => match self.clients.shape(&digest.to_string()).await {
+                Some(shape) => Ok(Some(shape.size)),
+                None => Err(P2pError::Origin(e.to_string())),
+            },
+            Err(e) => Err(P2pError::Origin(e.to_string())),
         }
     }
 
