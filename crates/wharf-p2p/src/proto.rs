@@ -20,9 +20,12 @@ pub fn valid_task(task: &str) -> bool {
     let Some((kind, hex)) = task.split_once(':') else {
         return false;
     };
-    matches!(kind, "sha256" | "url")
-        && hex.len() == 64
-        && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    matches!(kind, "sha256" | "url") && is_sha256_hex(hex)
+}
+
+/// A SHA-256 in lowercase hex (a piece digest, the hex of a task id).
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The task id of a file URL.

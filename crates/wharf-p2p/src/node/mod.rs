@@ -157,10 +157,8 @@ impl Node {
                 let expected = r.expected.and_then(|d| d.parse().ok());
                 match Task::complete(id.clone(), dir, r.piece_len, expected) {
                     Ok(t) if t.size == r.size => {
-                        let valid =
-                            |d: &String| d.len() == 64 && d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
                         if r.digests.len() == t.pieces as usize
-                            && r.digests.iter().all(valid)
+                            && r.digests.iter().all(|d| crate::proto::is_sha256_hex(d))
                             && let Ok(mut d) = t.digests.lock()
                         {
                             *d = r.digests.into_iter().map(Some).collect();

@@ -374,10 +374,6 @@ fn check_peer(peer: &Peer) -> Result<(), StateError> {
     Ok(())
 }
 
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -714,7 +710,7 @@ impl State {
         let n = check_shape(&a.shape)?;
         check_peer(&a.peer)?;
         check_pieces(a.have.iter().copied().chain(a.digests.iter().map(|(p, _)| *p)), n)?;
-        if let Some((p, d)) = a.digests.iter().find(|(_, d)| !is_sha256_hex(d)) {
+        if let Some((p, d)) = a.digests.iter().find(|(_, d)| !crate::proto::is_sha256_hex(d)) {
             return Err(StateError::Invalid(format!(
                 "digest of piece {p}: {d:?} is not lowercase SHA-256 hex"
             )));
