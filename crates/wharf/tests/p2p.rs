@@ -135,18 +135,21 @@ async fn pull_all(c: &reqwest::Client, node: &Proc, img: &common::Image) -> Resu
     Ok(())
 }
 
+/// A node's `/metrics` page.
+async fn metrics(c: &reqwest::Client, node: &Proc) -> String {
+    c.get(format!("{}/metrics", node.url(0)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn origin_bytes(c: &reqwest::Client, nodes: &[&Proc]) -> f64 {
     let mut total = 0.0;
     for n in nodes {
-        let page = c
-            .get(format!("{}/metrics", n.url(0)))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        total += metric(&page, "wharf_p2p_bytes_total", "source=\"origin\"");
+        total += metric(&metrics(c, n).await, "wharf_p2p_bytes_total", "source=\"origin\"");
     }
     total
 }
@@ -174,14 +177,7 @@ async fn nodes_pull_one_image_at_once_for_about_one_origin_copy() {
         let len = r.headers().get("content-length").and_then(|v| v.to_str().ok());
         assert_eq!(len, Some(data.len().to_string().as_str()), "HEAD {d}");
     }
-    let page = c
-        .get(format!("{}/metrics", nodes[0].url(0)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = metrics(&c, &nodes[0]).await;
     assert_eq!(metric(&page, "wharf_p2p_bytes_total", ""), 0.0, "{page}");
     assert_eq!(metric(&page, "wharf_p2p_active_tasks", ""), 0.0, "{page}");
     let unknown = format!("sha256:{}", "0".repeat(64));
@@ -246,15 +242,7 @@ async fn a_corrupt_peer_is_caught_reported_and_avoided() {
     }
     let mut bad_pieces = 0.0;
     for n in &good {
-        let page = c
-            .get(format!("{}/metrics", n.url(0)))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        bad_pieces += metric(&page, "wharf_p2p_bad_pieces_total", "");
+        bad_pieces += metric(&metrics(&c, n).await, "wharf_p2p_bad_pieces_total", "");
     }
     assert!(bad_pieces >= 1.0, "no node ever met the corrupt peer");
     let swarms: serde_json::Value = serde_json::from_slice(
@@ -351,14 +339,7 @@ async fn a_restarted_node_serves_what_it_had_finished_to_a_new_scheduler() {
     }
     assert!(last.is_ok(), "node b, from the restarted node a only: {last:?}");
     let size: usize = img.blobs.iter().map(|(_, b)| b.len()).sum();
-    let page = c
-        .get(format!("{}/metrics", b.url(0)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = metrics(&c, &b).await;
     // (At least the image: a try before node a re-announced may have fetched some pieces in vain.)
     assert!(
         metric(&page, "wharf_p2p_bytes_total", "source=\"peer\"") as usize >= size,
