@@ -320,8 +320,11 @@ pub fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         .or(f.listen)
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8002)));
     let token = args.token.clone().or(f.token);
-    let peer_ttl_secs = args.peer_ttl_secs.or(f.peer_ttl_secs).unwrap_or(20);
     let defaults = wharf_p2p::scheduler::Policy::default();
+    let peer_ttl_secs = args
+        .peer_ttl_secs
+        .or(f.peer_ttl_secs)
+        .unwrap_or(defaults.peer_ttl.as_secs());
     let max_uploads_per_peer = args
         .max_uploads_per_peer
         .or(f.max_uploads_per_peer)

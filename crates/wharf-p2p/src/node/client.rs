@@ -249,23 +249,18 @@ impl Clients {
             addr: addr.to_owned(),
             reason,
         };
-        let resp = req.send().await.map_err(|e| {
+        let failed = |e: reqwest::Error| {
             if refused(&e) {
                 P2pError::PeerRefused { addr: addr.to_owned() }
             } else {
                 err(causes(&e))
             }
-        })?;
+        };
+        let resp = req.send().await.map_err(failed)?;
         if !resp.status().is_success() {
             return Err(err(format!("answered {}", resp.status())));
         }
-        resp.bytes().await.map_err(|e| {
-            if refused(&e) {
-                P2pError::PeerRefused { addr: addr.to_owned() }
-            } else {
-                err(causes(&e))
-            }
-        })
+        resp.bytes().await.map_err(failed)
     }
 }
 

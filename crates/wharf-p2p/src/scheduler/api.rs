@@ -194,10 +194,8 @@ async fn hold_schedule(
         if startable || req.want.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(answer);
         }
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            // Time is up: one last look (leases and transfers may have expired meanwhile).
-            return ctx.scheduler.with_state(|s, now| s.schedule(task, req, now));
-        }
+        // Woken, or time is up: either way, one more look (leases and transfers may have expired meanwhile).
+        let _ = tokio::time::timeout_at(deadline, changed).await;
     }
 }
 
@@ -226,7 +224,7 @@ async fn report(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes) -
     let r: Report = parse(&body)?;
     ctx.scheduler.with_state(|s, now| s.report(&task, &r, now))?;
     ctx.scheduler.wake(&task);
-    // Validated: one of two values, so the label set stays small.
+    // Validated: one of three values, so the label set stays small.
     let reason = match r.reason.as_str() {
         "corrupt" => "corrupt",
         "refused" => "refused",

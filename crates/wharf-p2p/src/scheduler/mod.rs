@@ -75,7 +75,7 @@ impl Scheduler {
         Watch {
             scheduler: self,
             task,
-            notify: Some(w.entry(task.to_owned()).or_default().clone()),
+            notify: w.entry(task.to_owned()).or_default().clone(),
         }
     }
 
@@ -113,24 +113,21 @@ impl Scheduler {
 pub struct Watch<'a> {
     scheduler: &'a Scheduler,
     task: &'a str,
-    notify: Option<Arc<Notify>>,
+    notify: Arc<Notify>,
 }
 
 impl std::ops::Deref for Watch<'_> {
     type Target = Notify;
     fn deref(&self) -> &Notify {
-        // Set at construction, taken only in drop.
-        self.notify.as_deref().unwrap_or(&NEVER)
+        &self.notify
     }
 }
-
-static NEVER: Notify = Notify::const_new();
 
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
         let mut w = self.scheduler.waiters.lock().unwrap_or_else(PoisonError::into_inner);
-        drop(self.notify.take());
-        if w.get(self.task).is_some_and(|n| Arc::strong_count(n) == 1) {
+        // The map's and this one's are the last (clones are made only under this lock).
+        if w.get(self.task).is_some_and(|n| Arc::strong_count(n) == 2) {
             w.remove(self.task);
         }
     }
