@@ -478,6 +478,13 @@ async fn gc_on_s3_while_replicas_push_keeps_every_tagged_image_and_drops_orphans
     let (accepted, a, b) = pushes.await.unwrap();
     let reports = gc.await.unwrap();
     assert!(!accepted.is_empty(), "no push got through");
+    // The second collection ran: the first one's run mark was released when its process ended.
+    for r in &reports {
+        assert_eq!(
+            r["interrupted"], false,
+            "a collection found another one under way: {reports:?}"
+        );
+    }
     let spared: u64 = reports.iter().map(|r| r["spared"].as_u64().unwrap_or(0)).sum();
     eprintln!(
         "{} of 12 pushes accepted during the collections; {spared} candidates spared as reused",

@@ -95,6 +95,14 @@ fn stopped(opts: &GcOptions) -> bool {
 /// Collects garbage in the object store under `stack`. Safe while any number of replicas serve it, when they share
 /// its [`GcLock`]. Returns an empty report with `interrupted` set if another run is under way.
 pub async fn collect(stack: &dyn Collectable, opts: &GcOptions) -> Result<GcReport> {
+    let result = collect_run(stack, opts).await;
+    // Every hold is released on drop, some on the error paths: make sure they reached the lock before returning
+    // (a `wharf gc` process exits right after).
+    stack.object_store().gc.settle().await;
+    result
+}
+
+async fn collect_run(stack: &dyn Collectable, opts: &GcOptions) -> Result<GcReport> {
     let store = stack.object_store();
     if opts.delete_untagged {
         return Err(StorageError::backend(

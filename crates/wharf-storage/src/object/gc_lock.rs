@@ -59,6 +59,9 @@ pub trait GcLock: Send + Sync + 'static {
     async fn reused(&self, hold: &GcHold) -> Result<HashSet<Digest>>;
     /// Ends the run: write sections stop recording.
     async fn end(&self, run: RunHold) -> Result<()>;
+    /// Waits (a bounded time) until what dropped holds and sections released has taken effect: a process calls it
+    /// before it exits, or a release still under way would die with it.
+    async fn settle(&self) {}
 }
 
 /// For one process: a read/write lock and a set in memory.

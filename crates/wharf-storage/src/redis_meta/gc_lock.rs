@@ -22,8 +22,14 @@ use crate::{Result, StorageError};
 const SECTION_TTL: Duration = Duration::from_secs(60);
 /// How long the exclusive side is held at most without renewal (one batch of deletions).
 const LOCK_TTL: Duration = Duration::from_secs(120);
-/// How long a run stays marked without renewal.
-const RUN_TTL: Duration = Duration::from_secs(6 * 3600);
+/// How long a run stays marked without renewal (renewed every third of it while it runs): a collector killed
+/// mid-run keeps the next one out only this long.
+const RUN_TTL: Duration = Duration::from_secs(10 * 60);
+/// How long the reused set outlives its last write: longer than any run, since losing it would let a batch delete
+/// what a push just made reachable.
+const REUSED_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long [`GcLock::settle`] waits for releases still on their way to Redis.
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
 /// How long a write section waits for a collection's batch before giving up with 503.
 const ENTER_WAIT: Duration = Duration::from_secs(120);
 
@@ -69,11 +75,17 @@ fn unix_ms(t: SystemTime) -> u64 {
 #[derive(Clone)]
 pub struct RedisGcLock {
     meta: RedisMeta,
+    /// Releases started by drops (no await there), so that [`GcLock::settle`] can wait for them before a process
+    /// exits: a runtime shut down under them would leave `gc:lock` set for its whole TTL, and every push waiting.
+    releases: tokio_util::task::TaskTracker,
 }
 
 impl RedisGcLock {
     pub fn new(meta: RedisMeta) -> Self {
-        RedisGcLock { meta }
+        RedisGcLock {
+            meta,
+            releases: tokio_util::task::TaskTracker::new(),
+        }
     }
 
     fn key(&self, name: &str) -> String {
@@ -84,11 +96,14 @@ impl RedisGcLock {
     fn release_later(&self, key: String, token: String) {
         let meta = self.meta.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let mut call = RELEASE.prepare_invoke();
-                call.key(key).arg(token);
-                let _ = meta.eval::<i64>(&call).await;
-            });
+            self.releases.spawn_on(
+                async move {
+                    let mut call = RELEASE.prepare_invoke();
+                    call.key(key).arg(token);
+                    let _ = meta.eval::<i64>(&call).await;
+                },
+                &handle,
+            );
         }
     }
 }
@@ -104,11 +119,14 @@ impl Drop for Section {
         let meta = self.lock.meta.clone();
         let (key, id) = (self.lock.key("writers"), std::mem::take(&mut self.id));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let mut cmd = redis::cmd("ZREM");
-                cmd.arg(key).arg(id);
-                let _ = meta.run::<i64>(cmd).await;
-            });
+            self.lock.releases.spawn_on(
+                async move {
+                    let mut cmd = redis::cmd("ZREM");
+                    cmd.arg(key).arg(id);
+                    let _ = meta.run::<i64>(cmd).await;
+                },
+                &handle,
+            );
         }
     }
 }
@@ -176,7 +194,7 @@ impl GcLock for RedisGcLock {
                 .key(self.key("reused"))
                 .arg(&id)
                 .arg(expiry)
-                .arg(u64::try_from(RUN_TTL.as_millis()).unwrap_or(u64::MAX));
+                .arg(u64::try_from(REUSED_TTL.as_millis()).unwrap_or(u64::MAX));
             for d in reused {
                 call.arg(d.to_string());
             }
@@ -256,5 +274,63 @@ impl GcLock for RedisGcLock {
         let result = self.meta.run::<i64>(del).await.map(|_| ());
         drop(run);
         result
+    }
+
+    async fn settle(&self) {
+        self.releases.close();
+        if tokio::time::timeout(SETTLE_WAIT, self.releases.wait()).await.is_err() {
+            tracing::warn!("garbage-collection locks not released in time; they expire on their own");
+        }
+        self.releases.reopen();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis_meta::testing::{RedisServer, meta};
+
+    /// What `wharf gc` does: a run and a batch in a runtime of its own, which shuts down as soon as the collection
+    /// returns. `settle` must have delivered the releases by then, or the lock (120 s) and the run (10 min) would
+    /// stay and keep every push and the next collection waiting.
+    #[test]
+    fn holds_released_by_drop_reach_redis_before_a_collectors_runtime_shuts_down() {
+        let Some(redis) = RedisServer::start() else { return };
+        let url = redis.url();
+        for _ in 0..5 {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let lock = RedisGcLock::new(meta(&url).await);
+                let hold = lock.exclusive().await.unwrap();
+                let run = lock.begin(&hold).await.unwrap().expect("no other run");
+                drop(hold);
+                let hold = lock.exclusive().await.unwrap();
+                drop(hold);
+                lock.end(run).await.unwrap();
+                lock.settle().await;
+            });
+            drop(runtime);
+
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let lock = RedisGcLock::new(meta(&url).await);
+                // A push gets in at once, and the next collection may run.
+                let section = tokio::time::timeout(Duration::from_secs(2), lock.enter(&[])).await;
+                assert!(section.is_ok(), "the exclusive side was left held");
+                drop(section);
+                let hold = lock.exclusive().await.unwrap();
+                let run = lock.begin(&hold).await.unwrap();
+                assert!(run.is_some(), "the previous run was left marked");
+                drop(hold);
+                lock.end(run.unwrap()).await.unwrap();
+                lock.settle().await;
+            });
+        }
     }
 }
