@@ -9,8 +9,9 @@
 //! - `POST /v1/preheat` [`Preheat`] → 202: seed nodes should fetch these tasks.
 //! - `GET /v1/swarms` → [`Swarms`]; `GET /metrics`; `GET /healthz`.
 //!
-//! Peer API: `GET /p2p/v1/tasks/{task}/pieces/{n}` → the piece's bytes, only if this node holds it verified (404
-//! otherwise); same bearer token.
+//! Peer API: `GET /p2p/v1/tasks/{task}/pieces/{n}` → the piece's bytes, if this node holds it verified, or as they
+//! arrive if it is receiving it from a peer (all but the last slice until it has verified the whole; cut short if
+//! that fails); 404 otherwise. Same bearer token.
 
 use serde::{Deserialize, Serialize};
 
@@ -86,8 +87,16 @@ pub const MAX_HOLD_MS: u32 = 5_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Source {
-    /// From this peer, which holds it verified.
-    Peer { id: String, addr: String },
+    /// From this peer, which holds it verified, or (`relay`) is receiving it from another peer right now and passes
+    /// the bytes on as they arrive (cut-through: a new piece spreads at the speed of the links, not one whole
+    /// piece-time per hop). A relay withholds the end of the piece until it has verified the whole, so a relay's
+    /// cut-short answer is its source's failure, not its own.
+    Peer {
+        id: String,
+        addr: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        relay: bool,
+    },
     /// From the origin: this node is the one fetching it (a lease; announce it when done).
     Origin,
     /// Someone is fetching it from the origin; ask again soon.
@@ -209,9 +218,13 @@ mod tests {
         let s = serde_json::to_string(&Source::Peer {
             id: "a".into(),
             addr: "http://x".into(),
+            relay: false,
         })
         .unwrap();
         assert_eq!(s, r#"{"kind":"peer","id":"a","addr":"http://x"}"#);
+        let relay = r#"{"kind":"peer","id":"a","addr":"http://x","relay":true}"#;
+        let parsed: Source = serde_json::from_str(relay).unwrap();
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), relay);
         assert_eq!(serde_json::to_string(&Source::Wait).unwrap(), r#"{"kind":"wait"}"#);
     }
 }

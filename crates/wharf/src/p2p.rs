@@ -85,6 +85,9 @@ pub struct SchedulerArgs {
     /// Range requests in flight to one origin, over all its blobs [default: 4].
     #[arg(long)]
     pub max_origin_leases: Option<u32>,
+    /// Let a node pass on a piece it is still receiving (cut-through) [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub relay: Option<bool>,
     #[arg(long)]
     pub log: Option<String>,
 }
@@ -121,6 +124,7 @@ struct SchedulerFile {
     peer_ttl_secs: Option<u64>,
     max_uploads_per_peer: Option<u32>,
     max_origin_leases: Option<u32>,
+    relay: Option<bool>,
     log: Option<String>,
 }
 
@@ -335,6 +339,7 @@ pub fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         .or(f.max_origin_leases)
         .unwrap_or(defaults.max_origin_leases)
         .max(1);
+    let relay = args.relay.or(f.relay).unwrap_or(defaults.relay);
     crate::serve::init_logging(args.log.as_deref().or(f.log.as_deref()).unwrap_or("info"), "text")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -352,6 +357,7 @@ pub fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
             peer_ttl: Duration::from_secs(peer_ttl_secs.max(1)),
             max_uploads_per_peer,
             max_origin_leases,
+            relay,
             ..defaults
         };
         let config = wharf_p2p::scheduler::SchedulerConfig {

@@ -8,9 +8,11 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::relay::Incoming;
 use crate::P2pError;
 use crate::hrw;
 use crate::proto::{Announce, Report, ScheduleRequest, ScheduleResponse};
+use crate::ratelimit::RateLimit;
 
 pub struct Clients {
     pub http: reqwest::Client,
@@ -239,7 +241,18 @@ impl Clients {
     }
 
     /// Fetches piece `n` of `task` from the peer at `addr` (given up when it stalls: the client's read timeout).
-    pub async fn piece(&self, addr: &str, task: &str, n: u32) -> Result<Bytes, P2pError> {
+    /// Each chunk also goes to `sink` as it arrives, for the peers this node relays the piece to; `len` is the
+    /// piece's size (more is refused). Reads are paced by `limit` as they go (not after the whole piece): the socket's
+    /// receive window then closes, and the senders slow down before they overrun this node's link.
+    pub async fn piece(
+        &self,
+        addr: &str,
+        task: &str,
+        n: u32,
+        len: usize,
+        sink: &Incoming,
+        limit: &RateLimit,
+    ) -> Result<Bytes, P2pError> {
         let url = format!("{}/p2p/v1/tasks/{task}/pieces/{n}", addr.trim_end_matches('/'));
         let mut req = self.http.get(&url);
         if let Some(t) = &self.token {
@@ -249,18 +262,30 @@ impl Clients {
             addr: addr.to_owned(),
             reason,
         };
-        let failed = |e: reqwest::Error| {
+        let failed = |e: reqwest::Error, mid_answer: bool| {
             if refused(&e) {
-                P2pError::PeerRefused { addr: addr.to_owned() }
+                P2pError::PeerRefused {
+                    addr: addr.to_owned(),
+                    mid_answer,
+                }
             } else {
                 err(causes(&e))
             }
         };
-        let resp = req.send().await.map_err(failed)?;
+        let mut resp = req.send().await.map_err(|e| failed(e, false))?;
         if !resp.status().is_success() {
             return Err(err(format!("answered {}", resp.status())));
         }
-        resp.bytes().await.map_err(failed)
+        let mut data = bytes::BytesMut::with_capacity(len);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| failed(e, true))? {
+            if data.len() + chunk.len() > len {
+                return Err(err(format!("sent more than the piece's {len} bytes")));
+            }
+            limit.take(chunk.len()).await;
+            data.extend_from_slice(&chunk);
+            sink.push(chunk);
+        }
+        Ok(data.freeze())
     }
 }
 
@@ -330,26 +355,40 @@ mod tests {
     #[tokio::test]
     async fn refused_and_cut_connections_are_told_from_other_failures() {
         let clients = Clients::new(vec![], None).unwrap();
+        let sink = Incoming::default();
+        let unlimited = RateLimit::new(None);
         // Nothing listens: refused.
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}", l.local_addr().unwrap())
         };
-        let e = clients.piece(&closed, TASK, 0).await.unwrap_err();
-        assert!(matches!(e, P2pError::PeerRefused { .. }), "{e}");
+        let e = clients
+            .piece(&closed, TASK, 0, 100, &sink, &unlimited)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, P2pError::PeerRefused { mid_answer: false, .. }), "{e}");
         // Closed before any response: cut.
-        let e = clients.piece(&peer_replying(b"").await, TASK, 0).await.unwrap_err();
-        assert!(matches!(e, P2pError::PeerRefused { .. }), "{e}");
+        let e = clients
+            .piece(&peer_replying(b"").await, TASK, 0, 100, &sink, &unlimited)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, P2pError::PeerRefused { mid_answer: false, .. }), "{e}");
         // Closed in the middle of the body: cut.
         let partial = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
-        let e = clients.piece(&peer_replying(partial).await, TASK, 0).await.unwrap_err();
-        assert!(matches!(e, P2pError::PeerRefused { .. }), "{e}");
+        let e = clients
+            .piece(&peer_replying(partial).await, TASK, 0, 100, &sink, &unlimited)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, P2pError::PeerRefused { mid_answer: true, .. }), "{e}");
         // An answer, just not the piece: an ordinary failure.
         let e = clients
             .piece(
                 &peer_replying(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await,
                 TASK,
                 0,
+                100,
+                &sink,
+                &unlimited,
             )
             .await
             .unwrap_err();

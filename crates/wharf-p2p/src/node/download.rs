@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::Node;
-use super::task::{Phase, Task};
+use super::task::{Phase, Receiving, Task};
 use crate::P2pError;
 use crate::proto::{Report, ScheduleRequest, ScheduleResponse, Source, TaskShape};
 
@@ -40,12 +40,16 @@ enum Fetched {
         from: Option<String>,
         /// Its SHA-256 (hex), computed once, where the bytes arrived.
         digest: String,
+        /// Peers may read it from memory until it is stored (a piece from a peer).
+        receiving: Option<Receiving>,
     },
     Failed {
         n: u32,
         from: Option<(String, String)>,
         error: P2pError,
         corrupt: bool,
+        /// The source was a relay: cut short or absent, it is its own source that failed.
+        relay: bool,
     },
 }
 
@@ -257,8 +261,8 @@ fn start(
             Source::Origin => {
                 jobs.spawn(fetch_origin(node.clone(), task.clone(), n, slot));
             }
-            Source::Peer { id, addr } => {
-                jobs.spawn(fetch_peer(node.clone(), task.clone(), n, id, addr, slot));
+            Source::Peer { id, addr, relay } => {
+                jobs.spawn(fetch_peer(node.clone(), task.clone(), n, (id, addr, relay), slot));
             }
             Source::Wait => {}
         }
@@ -291,7 +295,13 @@ async fn finish_piece(
     origin_failures: &mut u32,
 ) -> Result<(), P2pError> {
     match fetched {
-        Fetched::Ok { n, data, from, digest } => {
+        Fetched::Ok {
+            n,
+            data,
+            from,
+            digest,
+            receiving,
+        } => {
             in_flight.remove(&n);
             tracing::debug!(task = %task.id, piece = n, from = from.as_deref().unwrap_or("origin"), "piece stored");
             let origin = from.is_none();
@@ -311,6 +321,8 @@ async fn finish_piece(
                     *slot = Some(digest.clone());
                 }
             }
+            // Stored: peers read it from the disk from now on.
+            drop(receiving);
             let digests = if origin { vec![(n, digest)] } else { vec![] };
             node.announce(task, vec![n], digests, false).await;
         }
@@ -319,9 +331,22 @@ async fn finish_piece(
             from,
             error,
             corrupt,
+            relay,
         } => {
             in_flight.remove(&n);
             match from {
+                Some((id, _addr))
+                    if relay
+                        && matches!(
+                            error,
+                            P2pError::PeerRefused { mid_answer: true, .. } | P2pError::Peer { .. }
+                        ) =>
+                {
+                    // Cut short or not there (404): its own source failed, or its fetch had not started in time.
+                    // Nobody to blame; asked for again. (A refused connection is the relay itself gone: reported.)
+                    tracing::debug!(task = %task.id, piece = n, peer = %id, error = %error, "relay failed");
+                    metrics::counter!("wharf_p2p_relay_failures_total").increment(1);
+                }
                 Some((id, _addr)) => {
                     tracing::debug!(task = %task.id, piece = n, peer = %id, error = %error, "peer failed");
                     if corrupt {
@@ -369,6 +394,7 @@ async fn fetch_origin(node: Arc<Node>, task: Arc<Task>, n: u32, _slot: Slot) -> 
             from: None,
             error: P2pError::Origin("no origin known".into()),
             corrupt: false,
+            relay: false,
         };
     };
     match origin.fetch(start, end).await {
@@ -380,6 +406,7 @@ async fn fetch_origin(node: Arc<Node>, task: Arc<Task>, n: u32, _slot: Slot) -> 
                 data,
                 from: None,
                 digest,
+                receiving: None,
             }
         }
         Err(error) => Fetched::Failed {
@@ -387,11 +414,13 @@ async fn fetch_origin(node: Arc<Node>, task: Arc<Task>, n: u32, _slot: Slot) -> 
             from: None,
             error,
             corrupt: false,
+            relay: false,
         },
     }
 }
 
-async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, id: String, addr: String, _slot: Slot) -> Fetched {
+async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, peer: (String, String, bool), _slot: Slot) -> Fetched {
+    let (id, addr, relay) = peer;
     let (start, end) = task.range(n);
     // No deadline for the whole piece (a busy peer on a slow link may take long, and that is still progress); the
     // client gives up on a connection that delivers nothing for a while (its read timeout).
@@ -400,6 +429,7 @@ async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, id: String, addr: 
         from: Some((id.clone(), addr.clone())),
         error,
         corrupt,
+        relay,
     };
     let Some(expected) = task
         .digests
@@ -415,9 +445,16 @@ async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, id: String, addr: 
             false,
         );
     };
-    match node.clients.piece(&addr, &task.id, n).await {
+    // Peers may relay it from here while it arrives (dropped on failure: their answers are cut short).
+    let receiving = task.receive(n);
+    let len = usize::try_from(end - start).unwrap_or(usize::MAX);
+    let got = node
+        .clients
+        .piece(&addr, &task.id, n, len, &receiving.incoming, &node.download_limit)
+        .await;
+    match got {
         Ok(data) => {
-            if data.len() as u64 != end - start || wharf_oci::Digest::sha256_of(&data).hex() != expected {
+            if data.len() != len || wharf_oci::Digest::sha256_of(&data).hex() != expected {
                 return fail(
                     P2pError::BadPiece {
                         task: task.id.clone(),
@@ -426,12 +463,13 @@ async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, id: String, addr: 
                     true,
                 );
             }
-            node.download_limit.take(data.len()).await;
+            receiving.incoming.complete();
             Fetched::Ok {
                 n,
                 data,
                 from: Some(id),
                 digest: expected,
+                receiving: Some(receiving),
             }
         }
         Err(error) => fail(error, false),

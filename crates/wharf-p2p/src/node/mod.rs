@@ -13,6 +13,7 @@ mod client;
 pub mod download;
 pub mod mirror;
 pub mod peer;
+pub mod relay;
 pub mod task;
 
 use std::collections::HashMap;

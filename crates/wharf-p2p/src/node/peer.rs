@@ -1,6 +1,7 @@
 //! The peer API: `GET /p2p/v1/tasks/{task}/pieces/{n}` answers with a piece this node holds verified, and nothing
-//! else from its disk (the task id is validated; the piece must be marked held). Cluster token required when set.
-//! Upload bytes are paced by `--upload-ratelimit`.
+//! else from its disk (the task id is validated; the piece must be marked held), or relays one it is receiving from
+//! a peer as the bytes arrive (relay.rs). Cluster token required when set. Upload bytes are paced by
+//! `--upload-ratelimit`.
 
 use std::sync::Arc;
 
@@ -11,6 +12,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::Node;
+
+/// How long a request for a piece this node neither holds nor receives waits for it to start arriving.
+const RELAY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub fn router(node: Arc<Node>) -> axum::Router {
     axum::Router::new()
@@ -37,10 +41,36 @@ async fn piece(State(node): State<Arc<Node>>, Path((task, n)): Path<(String, u32
     if !crate::proto::valid_task(&task) {
         return StatusCode::BAD_REQUEST.into_response();
     }
-    let Some(t) = node.task(&task).filter(|t| t.has(n)) else {
+    let Some(t) = node.task(&task) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let guard = t.reader();
+    // A relay's requester may come a moment before this node's own fetch of the piece has started.
+    let deadline = tokio::time::Instant::now() + RELAY_WAIT;
+    loop {
+        let changed = t.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if t.has(n) {
+            break;
+        }
+        if let Some(incoming) = t.incoming(n) {
+            metrics::counter!("wharf_p2p_pieces_relayed_total").increment(1);
+            let chunks = Box::pin(incoming.read());
+            let stream = futures_util::stream::unfold((chunks, node, guard), |(mut chunks, node, guard)| async move {
+                let chunk = futures_util::StreamExt::next(&mut chunks).await?;
+                if let Ok(c) = &chunk {
+                    node.upload_limit.take(c.len()).await;
+                    metrics::counter!("wharf_p2p_bytes_served_total").increment(c.len() as u64);
+                }
+                Some((chunk, (chunks, node, guard)))
+            });
+            return Response::new(Body::from_stream(stream));
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+    }
     let reader = t.clone();
     let data = match tokio::task::spawn_blocking(move || reader.read_piece(n)).await {
         Ok(Ok(d)) => d,
@@ -76,5 +106,111 @@ mod fault {
             *b ^= 0xff;
         }
         data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::node::NodeConfig;
+    use crate::node::task::{Origin, Task};
+    use crate::proto::Peer;
+
+    const TASK: &str = "sha256:00000000000000000000000000000000000000000000000000000000000000cc";
+
+    /// A node with one task of three 64 KiB pieces, holding none, and its peer API on a loopback port.
+    async fn node_with_task(root: &std::path::Path) -> (Arc<Task>, String) {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config = NodeConfig {
+            root: root.to_path_buf(),
+            listen: any,
+            peer_listen: any,
+            peer: Peer {
+                id: "n".into(),
+                addr: "http://127.0.0.1:1".into(),
+                rack: None,
+                seed: false,
+            },
+            schedulers: vec![],
+            token: None,
+            upstreams: vec![],
+            default_upstream: None,
+            piece_len: 64 << 10,
+            concurrency: 4,
+            origin_concurrency: 1,
+            download_rate: None,
+            upload_rate: None,
+            cache_bytes: 0,
+            timeout: Duration::from_secs(5),
+        };
+        let node = crate::node::Node::new(config).unwrap();
+        let origin = Origin::Url {
+            client: reqwest::Client::new(),
+            url: "http://127.0.0.1:1/unused".into(),
+            headers: vec![],
+        };
+        let task = Arc::new(Task::create(TASK.into(), 3 << 16, 64 << 10, root.join("t"), origin, None).unwrap());
+        let cell = Arc::new(tokio::sync::OnceCell::new());
+        assert!(cell.set(task.clone()).is_ok());
+        node.tasks.lock().unwrap().insert(TASK.into(), cell);
+        let listener = tokio::net::TcpListener::bind(any).await.unwrap();
+        let url = format!("http://{}/p2p/v1/tasks/{TASK}/pieces", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router(node)).await });
+        (task, url)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_piece_being_received_is_relayed_as_it_arrives_and_cut_short_if_it_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (task, url) = node_with_task(dir.path()).await;
+        let c = reqwest::Client::new();
+
+        // Asked for a moment before the node's own fetch starts: the request waits for it.
+        let early = tokio::spawn({
+            let (c, url) = (c.clone(), url.clone());
+            async move { c.get(format!("{url}/1")).send().await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let receiving = task.receive(1);
+        receiving.incoming.push(Bytes::from(vec![1u8; 40 << 10]));
+        receiving.incoming.push(Bytes::from(vec![2u8; 24 << 10]));
+        let mut resp = early.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        // The first chunk arrives before the piece is whole here; the last one only once it is verified.
+        let first = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut got = first.expect("a first chunk").to_vec();
+        assert!(got.iter().all(|b| *b == 1));
+        receiving.incoming.complete();
+        while let Some(c) = resp.chunk().await.unwrap() {
+            got.extend_from_slice(&c);
+        }
+        assert_eq!(got.len(), 64 << 10);
+        assert!(got[..40 << 10].iter().all(|b| *b == 1) && got[40 << 10..].iter().all(|b| *b == 2));
+        drop(receiving);
+
+        // A piece whose fetch fails here: the relayed answer is cut short, never a whole body.
+        let receiving = task.receive(2);
+        receiving.incoming.push(Bytes::from(vec![3u8; 1000]));
+        receiving.incoming.push(Bytes::from(vec![4u8; 1000]));
+        let resp = c.get(format!("{url}/2")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        drop(receiving);
+        assert!(
+            resp.bytes().await.is_err(),
+            "a failed relay must not end like a whole piece"
+        );
+
+        // Neither held nor arriving: 404 after a short wait.
+        let resp = c.get(format!("{url}/0")).send().await.unwrap();
+        assert_eq!(resp.status(), 404);
     }
 }

@@ -1,6 +1,7 @@
 //! One task on a node: its content file, which pieces it holds (a `watch` channel that readers wait on), the piece
 //! digests, and where its origin is. The download itself is in `download.rs`.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -9,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+
+use super::relay::Incoming;
 
 use crate::P2pError;
 use crate::piece;
@@ -121,6 +124,10 @@ pub struct Task {
     /// Responses and peers reading it: never evicted while nonzero.
     readers: AtomicUsize,
     last_used: Mutex<Instant>,
+    /// Pieces being received from peers, readable as they arrive (relay.rs).
+    incoming: Mutex<HashMap<u32, Arc<Incoming>>>,
+    /// Told when a piece starts to arrive or is stored (a peer asking for a piece may be a moment early).
+    pub changed: Notify,
 }
 
 impl Task {
@@ -173,6 +180,8 @@ impl Task {
             digests: Mutex::new(vec![None; pieces as usize]),
             readers: AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
+            incoming: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
         })
     }
 
@@ -218,6 +227,8 @@ impl Task {
             digests: Mutex::new(vec![None; pieces as usize]),
             readers: AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
+            incoming: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
         })
     }
 
@@ -252,7 +263,28 @@ impl Task {
                 p.count += 1;
             }
         });
+        self.changed.notify_waiters();
         Ok(())
+    }
+
+    /// Marks piece `n` as arriving from a peer: peers can read it through the returned guard's [`Incoming`] until
+    /// the guard is dropped (after the piece is stored, or when its fetch failed).
+    pub fn receive(self: &Arc<Self>, n: u32) -> Receiving {
+        let incoming = Arc::new(Incoming::default());
+        if let Ok(mut map) = self.incoming.lock() {
+            map.insert(n, incoming.clone());
+        }
+        self.changed.notify_waiters();
+        Receiving {
+            task: self.clone(),
+            n,
+            incoming,
+        }
+    }
+
+    /// Piece `n` as it arrives, if it is arriving.
+    pub fn incoming(&self, n: u32) -> Option<Arc<Incoming>> {
+        self.incoming.lock().ok().and_then(|m| m.get(&n).cloned())
     }
 
     /// Reads a held piece.
@@ -305,6 +337,25 @@ impl Task {
 }
 
 pub struct ReaderGuard(Arc<Task>);
+
+/// A piece arriving from a peer ([`Task::receive`]); dropping it ends the relay of its bytes (cut short if it was
+/// not completed).
+pub struct Receiving {
+    task: Arc<Task>,
+    n: u32,
+    pub incoming: Arc<Incoming>,
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.incoming.fail();
+        if let Ok(mut map) = self.task.incoming.lock()
+            && map.get(&self.n).is_some_and(|i| Arc::ptr_eq(i, &self.incoming))
+        {
+            map.remove(&self.n);
+        }
+    }
+}
 
 impl Drop for ReaderGuard {
     fn drop(&mut self) {

@@ -529,7 +529,8 @@ mod tests {
             answer.assignments[0].source,
             Source::Peer {
                 id: a.id.clone(),
-                addr: a.addr.clone()
+                addr: a.addr.clone(),
+                relay: false,
             }
         );
         assert_eq!(answer.digests[1].as_deref(), Some("ab".repeat(32).as_str()));

@@ -6,9 +6,9 @@
 //! restart or a failover.
 //!
 //! Policy ([`State::schedule`]), for the pieces a node wants (at most [`ScheduleRequest::slots`] transfers started):
-//! - a piece some usable peer holds (usable: alive, not excluded, not reported unreachable in the last
-//!   [`Policy::suspect_for`], not the requester; and the piece's digest is known, so its bytes can be checked)
-//!   comes from a peer: repeatedly, the holder with the fewest transfers in flight (ties: the requester's rack, then
+//! - a piece some usable peer holds, or receives from a usable peer right now (a relay, [`Policy::relay`]; usable:
+//!   alive, not excluded, not reported unreachable in the last [`Policy::suspect_for`], not the requester; and the
+//!   piece's digest is known, so its bytes can be checked) comes from a peer: repeatedly, the holder with the fewest transfers in flight (ties: the requester's rack, then
 //!   non-seeds, then a per-requester hash) serves its rarest wanted piece (ties in a per-requester order, so
 //!   concurrent requesters spread over different pieces), while it has fewer than [`Policy::max_uploads_per_peer`]
 //!   transfers in flight over all swarms. Choosing the holder before the piece keeps every requester from
@@ -21,7 +21,8 @@
 //!   else it waits.
 //!
 //! A transfer is in flight from its assignment until the requester announces the piece, asks for it again, reports
-//! it, leaves the swarm, or [`Policy::transfer_ttl`] passes. A lease is live while it is younger than
+//! it, leaves the swarm, or [`Policy::transfer_ttl`] passes; when a node asks again for a piece, the transfers it
+//! relayed of it are over too (its own broke). A lease is live while it is younger than
 //! [`Policy::lease_ttl`] and its holder is usable; the holder's announcement of the piece ends it. Peers not heard
 //! from for [`Policy::peer_ttl`] are dead (never assigned, leases void); [`State::sweep`] forgets them after
 //! [`Policy::forget_after`], and swarms left without members. The HTTP layer ([`super::api`]) may hold a request
@@ -69,6 +70,10 @@ pub struct Policy {
     pub max_uploads_per_peer: u32,
     /// Most assignments in one answer.
     pub max_assignments: usize,
+    /// A node receiving a piece from a peer is a source of it too, a relay ([`Source::Peer::relay`]): it passes
+    /// the bytes on as they arrive, so a new piece reaches every node in about one piece-time instead of one per
+    /// hop.
+    pub relay: bool,
     /// A peer reported unreachable is not assigned for this long.
     pub suspect_for: Duration,
     /// Reports (within one suspicion) after which a peer's pieces no longer count as held: they are fetched from
@@ -91,6 +96,7 @@ impl Default for Policy {
             max_origin_leases: 4,
             max_uploads_per_peer: 4,
             max_assignments: 32,
+            relay: true,
             suspect_for: Duration::from_secs(10),
             unreachable_reports: 3,
             forget_after: Duration::from_secs(600),
@@ -293,9 +299,9 @@ impl Swarm {
     }
 
     /// Ends the transfers `keep` refuses.
-    fn end_transfers(&mut self, peers: &mut [Option<PeerEntry>], mut keep: impl FnMut(Key, Key, Instant) -> bool) {
-        self.inflight.retain(|&(requester, _), &mut (source, since)| {
-            let kept = keep(requester, source, since);
+    fn end_transfers(&mut self, peers: &mut [Option<PeerEntry>], mut keep: impl FnMut(Key, u32, Key, Instant) -> bool) {
+        self.inflight.retain(|&(requester, p), &mut (source, since)| {
+            let kept = keep(requester, p, source, since);
             if !kept {
                 release(peers, requester, source);
             }
@@ -305,7 +311,7 @@ impl Swarm {
 
     /// Forgets everything `key` held or leased here, and the transfers it served or received.
     fn remove_member(&mut self, key: Key, peers: &mut [Option<PeerEntry>]) {
-        self.end_transfers(peers, |requester, source, _| requester != key && source != key);
+        self.end_transfers(peers, |requester, _, source, _| requester != key && source != key);
         if let Some(m) = self.members.remove(&key) {
             for p in m.pieces() {
                 self.pieces[p as usize].holders.retain(|k| *k != key);
@@ -543,19 +549,38 @@ impl State {
 
         // Pieces some usable peer holds, listed under each such holder as (rarity, tie-break, piece); pieces nobody
         // usable holds get the origin (under the lease caps) or wait.
-        let mut by_holder: HashMap<Key, Vec<(usize, u64, u32)>> = HashMap::new();
+        let mut by_holder: HashMap<Key, Vec<(usize, u64, u32, bool)>> = HashMap::new();
         let mut origin: Vec<(u64, u32)> = Vec::new();
         let mut waits: Vec<u32> = Vec::new();
+        let mut wanted = vec![0u64; n.div_ceil(64) as usize];
+        for &p in &req.want {
+            wanted[(p / 64) as usize] |= 1 << (p % 64);
+        }
+        let is_wanted = |p: u32| wanted[(p / 64) as usize] & (1 << (p % 64)) != 0;
+        // It needs these pieces, so it neither receives them (whatever it was assigned before) nor relays them: a
+        // transfer it served as a relay broke with its own.
+        swarm.end_transfers(peers, |requester, p, source, _| {
+            !(is_wanted(p) && (requester == me || source == me))
+        });
+        // Who receives each wanted piece from a peer (whose source is still usable): relays.
+        let mut receivers: HashMap<u32, Vec<Key>> = HashMap::new();
+        if policy.relay {
+            for (&(r, p), &(source, _)) in &swarm.inflight {
+                if is_wanted(p) && usable(peers, r, now, policy.peer_ttl) && usable(peers, source, now, policy.peer_ttl)
+                {
+                    receivers.entry(p).or_default().push(r);
+                }
+            }
+        }
         let mut seen = vec![0u64; n.div_ceil(64) as usize];
-        let mut sources: Vec<Key> = Vec::new();
+        let mut sources: Vec<(Key, bool)> = Vec::new();
         for &p in &req.want {
             if seen[(p / 64) as usize] & (1 << (p % 64)) != 0 {
                 continue;
             }
             seen[(p / 64) as usize] |= 1 << (p % 64);
-            // It needs the piece, so it does not hold it (whatever it said before) nor receive it.
+            // It needs the piece, so it does not hold it (whatever it said before).
             swarm.remove_holder(me, p);
-            swarm.end_transfer(me, p, peers);
             let ps = &swarm.pieces[p as usize];
             let tie = mix(u64::from(me), u64::from(p));
             sources.clear();
@@ -564,12 +589,14 @@ impl State {
                     ps.holders
                         .iter()
                         .copied()
-                        .filter(|&k| k != me && usable(peers, k, now, policy.peer_ttl)),
+                        .filter(|&k| k != me && usable(peers, k, now, policy.peer_ttl))
+                        .map(|k| (k, false)),
                 );
+                sources.extend(receivers.get(&p).into_iter().flatten().map(|&k| (k, true)));
             }
             if !sources.is_empty() {
-                for &k in &sources {
-                    by_holder.entry(k).or_default().push((sources.len(), tie, p));
+                for &(k, relay) in &sources {
+                    by_holder.entry(k).or_default().push((sources.len(), tie, p, relay));
                 }
             } else if ps
                 .lease
@@ -648,9 +675,9 @@ impl State {
                 break;
             }
             let pieces = by_holder.get_mut(&k).expect("heap entries have a piece list");
-            let Some(p) = std::iter::from_fn(|| pieces.pop())
-                .map(|(_, _, p)| p)
-                .find(|p| assigned[(p / 64) as usize] & (1 << (p % 64)) == 0)
+            let Some((p, relay)) = std::iter::from_fn(|| pieces.pop())
+                .map(|(_, _, p, relay)| (p, relay))
+                .find(|(p, _)| assigned[(p / 64) as usize] & (1 << (p % 64)) == 0)
             else {
                 continue;
             };
@@ -667,6 +694,7 @@ impl State {
                 source: Source::Peer {
                     id: e.peer.id.clone(),
                     addr: e.peer.addr.clone(),
+                    relay,
                 },
             });
             if !pieces.is_empty() {
@@ -849,7 +877,7 @@ impl State {
     pub fn sweep(&mut self, now: Instant) {
         let policy = self.policy.clone();
         for swarm in self.swarms.values_mut() {
-            swarm.end_transfers(&mut self.peers, |_, _, since| {
+            swarm.end_transfers(&mut self.peers, |_, _, _, since| {
                 now.saturating_duration_since(since) < policy.transfer_ttl
             });
         }
@@ -1078,6 +1106,19 @@ mod tests {
             .collect()
     }
 
+    /// The id of the peer `p`'s one transfer in flight comes from.
+    fn inflight_source(s: &State, p: &Peer) -> String {
+        let key = s.ids[&p.id];
+        let sources: Vec<String> = s.swarms[TASK]
+            .inflight
+            .iter()
+            .filter(|((r, _), _)| *r == key)
+            .map(|(_, (src, _))| s.entry(*src).peer.id.clone())
+            .collect();
+        assert_eq!(sources.len(), 1, "{sources:?}");
+        sources[0].clone()
+    }
+
     fn waits(r: &ScheduleResponse) -> Vec<u32> {
         r.assignments
             .iter()
@@ -1164,7 +1205,8 @@ mod tests {
             source_of(&r, 0),
             &Source::Peer {
                 id: a.id.clone(),
-                addr: a.addr.clone()
+                addr: a.addr.clone(),
+                relay: false,
             }
         );
         assert_eq!(r.digests[0], Some(digest(0)));
@@ -1350,7 +1392,11 @@ mod tests {
 
     #[test]
     fn same_rack_is_preferred_and_seeds_last() {
-        let mut s = State::new(Policy::default());
+        let mut s = State::new(Policy {
+            // Holders only: relays have their own tests.
+            relay: false,
+            ..Policy::default()
+        });
         let t = Instant::now();
         let rack = |i: usize, r: &str| Peer {
             rack: Some(r.into()),
@@ -1504,7 +1550,11 @@ mod tests {
 
     #[test]
     fn unreachable_peer_is_skipped_for_a_while() {
-        let mut s = State::new(Policy::default());
+        let mut s = State::new(Policy {
+            // Holders only: relays have their own tests.
+            relay: false,
+            ..Policy::default()
+        });
         let t = Instant::now();
         let (gone, other, me) = (peer(0), peer(1), peer(2));
         have(&mut s, &gone, 1, &[0], t);
@@ -1563,7 +1613,11 @@ mod tests {
 
     #[test]
     fn first_digest_wins() {
-        let mut s = State::new(Policy::default());
+        let mut s = State::new(Policy {
+            // Holders only: relays have their own tests.
+            relay: false,
+            ..Policy::default()
+        });
         let t = Instant::now();
         let (a, b) = (peer(0), peer(1));
         have(&mut s, &a, 2, &[0], t);
@@ -1743,8 +1797,95 @@ mod tests {
     }
 
     #[test]
+    fn a_node_receiving_a_piece_relays_it_until_its_own_transfer_ends() {
+        let mut s = State::new(Policy {
+            max_uploads_per_peer: 1,
+            ..Policy::default()
+        });
+        let t = Instant::now();
+        let (seed, a, b, c) = (peer(100), peer(1), peer(2), peer(3));
+        have(&mut s, &seed, 1, &[0], t);
+        // a gets it from the seed, which is then full: b gets it through a, while a receives it.
+        assert_eq!(peer_ids(&ask(&mut s, &a, 1, [0], t)), vec![seed.id.clone()]);
+        let r = ask(&mut s, &b, 1, [0], t);
+        assert_eq!(
+            source_of(&r, 0),
+            &Source::Peer {
+                id: a.id.clone(),
+                addr: a.addr.clone(),
+                relay: true,
+            }
+        );
+        assert_eq!(
+            r.digests[0],
+            Some(digest(0)),
+            "a relayed piece is checked like any other"
+        );
+        // And c through b, the relay of a relay.
+        let r = ask(&mut s, &c, 1, [0], t);
+        assert!(
+            matches!(source_of(&r, 0), Source::Peer { id, relay: true, .. } if *id == b.id),
+            "{r:?}"
+        );
+        // a's transfer fails (it asks again): what it relayed is over too (b's bytes came from a, and c's from b
+        // go on only until b asks again), so a gets the free seed, not b.
+        let r = ask(&mut s, &a, 1, [0], t);
+        assert_eq!(peer_ids(&r), vec![seed.id.clone()]);
+        assert!(matches!(source_of(&r, 0), Source::Peer { relay: false, .. }), "{r:?}");
+        assert_eq!(inflight(&s, "p1"), 0, "b's transfer from a is over");
+        // b asks again (its relay was cut short): through a again.
+        let r = ask(&mut s, &b, 1, [0], t);
+        assert!(
+            matches!(source_of(&r, 0), Source::Peer { id, relay: true, .. } if *id == a.id),
+            "{r:?}"
+        );
+        // Once they hold the piece they are ordinary holders.
+        for p in [&a, &b, &c] {
+            have(&mut s, p, 1, &[0], t);
+        }
+        let r = ask(&mut s, &peer(4), 1, [0], t);
+        assert!(matches!(source_of(&r, 0), Source::Peer { relay: false, .. }), "{r:?}");
+    }
+
+    #[test]
+    fn no_relay_when_turned_off_or_its_source_is_suspect() {
+        let t = Instant::now();
+        let (seed, a, b) = (peer(100), peer(1), peer(2));
+        let mut off = State::new(Policy {
+            max_uploads_per_peer: 1,
+            relay: false,
+            ..Policy::default()
+        });
+        have(&mut off, &seed, 1, &[0], t);
+        ask(&mut off, &a, 1, [0], t);
+        let r = ask(&mut off, &b, 1, [0], t);
+        assert!(r.assignments.is_empty(), "the seed is full and a is no source: {r:?}");
+
+        let mut s = State::new(Policy::default());
+        have(&mut s, &seed, 1, &[0], t);
+        have(&mut s, &peer(101), 1, &[0], t);
+        assert_eq!(peer_ids(&ask(&mut s, &a, 1, [0], t)).len(), 1);
+        let source = inflight_source(&s, &a);
+        // a's source is reported unreachable: a's transfer will fail, so a relays nothing.
+        report(
+            &mut s,
+            &b,
+            &peer(if source == "p100" { 100 } else { 101 }),
+            "unreachable",
+            t,
+        );
+        let r = ask(&mut s, &b, 1, [0], t);
+        assert!(
+            matches!(source_of(&r, 0), Source::Peer { id, relay: false, .. } if *id != source),
+            "{r:?}"
+        );
+    }
+
+    #[test]
     fn a_holder_serves_at_most_its_upload_cap() {
         let mut s = State::new(Policy {
+            // Holders only: relays have their own tests.
+            relay: false,
             max_uploads_per_peer: 2,
             ..Policy::default()
         });
