@@ -330,13 +330,15 @@ impl Upstream {
     }
 
     /// Fetches bytes `start..end` (end exclusive) of a blob: exactly that range, or an error (a server that ignores
-    /// `Range` and answers 200 is refused rather than read whole). `None` on 404.
+    /// `Range` and answers 200 is refused rather than read whole). `None` on 404. Each chunk also goes to `on_chunk`
+    /// as it arrives.
     pub async fn blob_range(
         &self,
         repo: &str,
         digest: &Digest,
         start: u64,
         end: u64,
+        on_chunk: &mut (dyn FnMut(Bytes) + Send),
     ) -> Result<Option<Bytes>, UpstreamError> {
         let path = format!("/v2/{repo}/blobs/{digest}");
         let mut h = HeaderMap::new();
@@ -351,17 +353,26 @@ impl Upstream {
             StatusCode::OK if start == 0 && resp.content_length() == Some(end) => {}
             s => return Err(self.status_error(&path, s)),
         }
-        let body = resp.bytes().await.map_err(|e| UpstreamError::Unreachable {
+        let want = usize::try_from(end - start).unwrap_or(usize::MAX);
+        let mut body = bytes::BytesMut::with_capacity(want.min(64 << 20));
+        let mut resp = resp;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| UpstreamError::Unreachable {
             url: url.clone(),
             source: e,
-        })?;
-        if body.len() as u64 != end - start {
+        })? {
+            if body.len() + chunk.len() > want {
+                break;
+            }
+            body.extend_from_slice(&chunk);
+            on_chunk(chunk);
+        }
+        if body.len() != want {
             return Err(UpstreamError::Protocol {
                 url,
-                reason: format!("asked for {} bytes, got {}", end - start, body.len()),
+                reason: format!("asked for {} bytes, got {} or more", end - start, body.len()),
             });
         }
-        Ok(Some(body))
+        Ok(Some(body.freeze()))
     }
 
     /// Lists tags upstream.

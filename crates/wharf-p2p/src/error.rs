@@ -8,9 +8,8 @@ pub enum P2pError {
     Scheduler { url: String, reason: String },
     #[error("peer {addr}: {reason}")]
     Peer { addr: String, reason: String },
-    /// `mid_answer`: the answer had begun (a relay's answer ends like this when its own source fails).
-    #[error("peer {addr}: connection refused or cut (its process is not there, or its source failed)")]
-    PeerRefused { addr: String, mid_answer: bool },
+    #[error("peer {addr}: connection refused or cut (its process is not there)")]
+    PeerRefused { addr: String },
     #[error("origin: {0}")]
     Origin(String),
     #[error("piece {piece} of {task} does not match its digest")]

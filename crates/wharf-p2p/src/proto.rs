@@ -6,6 +6,8 @@
 //!   fetched from the origin), or that it is done or gone.
 //! - `POST /v1/tasks/{task}/report` [`Report`] → 204: a peer sent a bad piece or could not be reached.
 //! - `GET /v1/tasks/{task}` → [`TaskShape`] (404 if unknown): how big a task is, for a node whose origin is down.
+//! - `GET /v1/tasks/{task}/pieces/{n}/digest?hold_ms=` → [`PieceDigest`], held up to `hold_ms` (at most
+//!   [`MAX_HOLD_MS`]) until it is known, else 404: for a piece relayed from the node fetching it from the origin.
 //! - `POST /v1/preheat` [`Preheat`] → 202: seed nodes should fetch these tasks.
 //! - `GET /v1/swarms` → [`Swarms`]; `GET /metrics`; `GET /healthz`.
 //!
@@ -115,6 +117,13 @@ pub struct ScheduleResponse {
     /// SHA-256 (hex) of every piece known so far, by piece number (`None` where no node has fetched it from the
     /// origin yet). A piece from a peer is accepted only if it matches.
     pub digests: Vec<Option<String>>,
+}
+
+/// `GET /v1/tasks/{task}/pieces/{n}/digest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PieceDigest {
+    /// SHA-256, lowercase hex.
+    pub digest: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -240,6 +240,32 @@ impl Clients {
         None
     }
 
+    /// The digest of piece `n` of `task`, waiting up to `hold` for the scheduler to learn it; `None` if it did not.
+    pub async fn piece_digest(&self, task: &str, n: u32, hold: Duration) -> Option<String> {
+        let hold_ms = u32::try_from(hold.as_millis()).unwrap_or(u32::MAX);
+        for s in self.candidates(task) {
+            let url = format!("{s}/v1/tasks/{task}/pieces/{n}/digest?hold_ms={hold_ms}");
+            let mut req = self.http.get(&url).timeout(hold + Duration::from_secs(5));
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            let Ok(resp) = req.send().await else {
+                self.mark_down(&s);
+                continue;
+            };
+            if resp.status().is_success()
+                && let Ok(bytes) = resp.bytes().await
+                && let Ok(d) = serde_json::from_slice::<crate::proto::PieceDigest>(&bytes)
+                && crate::proto::is_sha256_hex(&d.digest)
+            {
+                return Some(d.digest);
+            }
+            // This scheduler answers, so it is the task's: a failover would only ask one that knows less.
+            return None;
+        }
+        None
+    }
+
     /// Fetches piece `n` of `task` from the peer at `addr` (given up when it stalls: the client's read timeout).
     /// Each chunk also goes to `sink` as it arrives, for the peers this node relays the piece to; `len` is the
     /// piece's size (more is refused). Reads are paced by `limit` as they go (not after the whole piece): the socket's
@@ -262,28 +288,29 @@ impl Clients {
             addr: addr.to_owned(),
             reason,
         };
-        let failed = |e: reqwest::Error, mid_answer: bool| {
+        let failed = |e: reqwest::Error| {
             if refused(&e) {
-                P2pError::PeerRefused {
-                    addr: addr.to_owned(),
-                    mid_answer,
-                }
+                P2pError::PeerRefused { addr: addr.to_owned() }
             } else {
                 err(causes(&e))
             }
         };
-        let mut resp = req.send().await.map_err(|e| failed(e, false))?;
+        let mut resp = req.send().await.map_err(failed)?;
         if !resp.status().is_success() {
             return Err(err(format!("answered {}", resp.status())));
         }
         let mut data = bytes::BytesMut::with_capacity(len);
-        while let Some(chunk) = resp.chunk().await.map_err(|e| failed(e, true))? {
+        while let Some(chunk) = resp.chunk().await.map_err(failed)? {
             if data.len() + chunk.len() > len {
                 return Err(err(format!("sent more than the piece's {len} bytes")));
             }
             limit.take(chunk.len()).await;
             data.extend_from_slice(&chunk);
             sink.push(chunk);
+        }
+        if data.len() < len {
+            // Ended cleanly but short: a relay whose own source failed (a node that dies cuts the connection).
+            return Err(err(format!("sent {} of the piece's {len} bytes", data.len())));
         }
         Ok(data.freeze())
     }
@@ -366,20 +393,20 @@ mod tests {
             .piece(&closed, TASK, 0, 100, &sink, &unlimited)
             .await
             .unwrap_err();
-        assert!(matches!(e, P2pError::PeerRefused { mid_answer: false, .. }), "{e}");
+        assert!(matches!(e, P2pError::PeerRefused { .. }), "{e}");
         // Closed before any response: cut.
         let e = clients
             .piece(&peer_replying(b"").await, TASK, 0, 100, &sink, &unlimited)
             .await
             .unwrap_err();
-        assert!(matches!(e, P2pError::PeerRefused { mid_answer: false, .. }), "{e}");
+        assert!(matches!(e, P2pError::PeerRefused { .. }), "{e}");
         // Closed in the middle of the body: cut.
         let partial = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
         let e = clients
             .piece(&peer_replying(partial).await, TASK, 0, 100, &sink, &unlimited)
             .await
             .unwrap_err();
-        assert!(matches!(e, P2pError::PeerRefused { mid_answer: true, .. }), "{e}");
+        assert!(matches!(e, P2pError::PeerRefused { .. }), "{e}");
         // An answer, just not the piece: an ordinary failure.
         let e = clients
             .piece(
@@ -390,6 +417,13 @@ mod tests {
                 &sink,
                 &unlimited,
             )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, P2pError::Peer { .. }), "{e}");
+        // A whole answer, but short (a relay whose source failed): an ordinary failure too, not a cut.
+        let short = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789";
+        let e = clients
+            .piece(&peer_replying(short).await, TASK, 0, 100, &sink, &unlimited)
             .await
             .unwrap_err();
         assert!(matches!(e, P2pError::Peer { .. }), "{e}");

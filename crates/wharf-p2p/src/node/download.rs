@@ -30,6 +30,8 @@ pub const WAIT_LIMIT: Duration = Duration::from_secs(90);
 const UNREACHABLE_COOLDOWN: Duration = Duration::from_secs(10);
 /// How long the scheduler may hold a schedule request that has nothing to assign yet (a long poll).
 const HOLD_MS: u32 = 1_000;
+/// How long a piece relayed from the node fetching it from the origin waits, once whole, for its digest.
+const DIGEST_WAIT: Duration = Duration::from_secs(5);
 /// Consecutive origin failures after which the download gives up.
 const ORIGIN_ATTEMPTS: u32 = 5;
 
@@ -335,15 +337,10 @@ async fn finish_piece(
         } => {
             in_flight.remove(&n);
             match from {
-                Some((id, _addr))
-                    if relay
-                        && matches!(
-                            error,
-                            P2pError::PeerRefused { mid_answer: true, .. } | P2pError::Peer { .. }
-                        ) =>
-                {
-                    // Cut short or not there (404): its own source failed, or its fetch had not started in time.
-                    // Nobody to blame; asked for again. (A refused connection is the relay itself gone: reported.)
+                Some((id, _addr)) if relay && matches!(error, P2pError::Peer { .. }) => {
+                    // Ended short, stalled, or not there (404): its own source failed or stalled, or its fetch had
+                    // not started in time. Nobody to blame; asked for again. (A refused or cut connection is the
+                    // relay itself gone: reported as usual.)
                     tracing::debug!(task = %task.id, piece = n, peer = %id, error = %error, "relay failed");
                     metrics::counter!("wharf_p2p_relay_failures_total").increment(1);
                 }
@@ -397,16 +394,24 @@ async fn fetch_origin(node: Arc<Node>, task: Arc<Task>, n: u32, _slot: Slot) -> 
             relay: false,
         };
     };
-    match origin.fetch(start, end).await {
+    // Peers may relay it from here while it arrives: its digest is published when it is whole (they wait for it).
+    let receiving = task.receive(n);
+    match origin.fetch(start, end, &receiving.incoming).await {
         Ok(data) => {
-            node.download_limit.take(data.len()).await;
             let digest = wharf_oci::Digest::sha256_of(&data).hex().to_owned();
+            if let Ok(mut d) = task.digests.lock()
+                && let Some(slot) = d.get_mut(n as usize)
+            {
+                *slot = Some(digest.clone());
+            }
+            receiving.incoming.complete();
+            node.download_limit.take(data.len()).await;
             Fetched::Ok {
                 n,
                 data,
                 from: None,
                 digest,
-                receiving: None,
+                receiving: Some(receiving),
             }
         }
         Err(error) => Fetched::Failed {
@@ -431,12 +436,13 @@ async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, peer: (String, Str
         corrupt,
         relay,
     };
-    let Some(expected) = task
+    let known = task
         .digests
         .lock()
         .ok()
-        .and_then(|d| d.get(n as usize).cloned().flatten())
-    else {
+        .and_then(|d| d.get(n as usize).cloned().flatten());
+    // Only a relay of a piece still arriving from the origin may come without one (asked for once it is whole).
+    if known.is_none() && !relay {
         return fail(
             P2pError::Peer {
                 addr: addr.clone(),
@@ -444,7 +450,7 @@ async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, peer: (String, Str
             },
             false,
         );
-    };
+    }
     // Peers may relay it from here while it arrives (dropped on failure: their answers are cut short).
     let receiving = task.receive(n);
     let len = usize::try_from(end - start).unwrap_or(usize::MAX);
@@ -454,6 +460,29 @@ async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, peer: (String, Str
         .await;
     match got {
         Ok(data) => {
+            let expected = match known {
+                Some(d) => d,
+                None => match node.clients.piece_digest(&task.id, n, DIGEST_WAIT).await {
+                    Some(d) => {
+                        if let Ok(mut all) = task.digests.lock()
+                            && let Some(slot) = all.get_mut(n as usize)
+                            && slot.is_none()
+                        {
+                            *slot = Some(d.clone());
+                        }
+                        d
+                    }
+                    None => {
+                        return fail(
+                            P2pError::Peer {
+                                addr: addr.clone(),
+                                reason: "the relayed piece's digest was not published in time".into(),
+                            },
+                            false,
+                        );
+                    }
+                },
+            };
             if data.len() != len || wharf_oci::Digest::sha256_of(&data).hex() != expected {
                 return fail(
                     P2pError::BadPiece {

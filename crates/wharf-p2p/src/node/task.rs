@@ -51,11 +51,11 @@ impl Origin {
         }
     }
 
-    /// Bytes `start..end` from the origin.
-    pub async fn fetch(&self, start: u64, end: u64) -> Result<Bytes, P2pError> {
+    /// Bytes `start..end` from the origin; each chunk also goes to `sink` as it arrives (peers relay it).
+    pub async fn fetch(&self, start: u64, end: u64, sink: &Incoming) -> Result<Bytes, P2pError> {
         match self {
             Origin::Blob { upstream, repo, digest } => upstream
-                .blob_range(repo, digest, start, end)
+                .blob_range(repo, digest, start, end, &mut |chunk| sink.push(chunk))
                 .await
                 .map_err(|e| P2pError::Origin(e.to_string()))?
                 .ok_or_else(|| P2pError::Origin(format!("{repo}@{digest} is gone upstream"))),
@@ -72,18 +72,28 @@ impl Origin {
                 if status != reqwest::StatusCode::PARTIAL_CONTENT && !whole {
                     return Err(P2pError::Origin(format!("{url} answered {status} to a range request")));
                 }
-                let body = resp
-                    .bytes()
+                let want = usize::try_from(end - start).unwrap_or(usize::MAX);
+                let mut body = bytes::BytesMut::with_capacity(want.min(64 << 20));
+                let mut resp = resp;
+                while let Some(chunk) = resp
+                    .chunk()
                     .await
-                    .map_err(|e| P2pError::Origin(format!("{url}: {e}")))?;
-                if body.len() as u64 != end - start {
+                    .map_err(|e| P2pError::Origin(format!("{url}: {e}")))?
+                {
+                    if body.len() + chunk.len() > want {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk);
+                    sink.push(chunk);
+                }
+                if body.len() != want {
                     return Err(P2pError::Origin(format!(
-                        "{url}: short range ({} of {})",
-                        body.len(),
-                        end - start
+                        "{url}: range of {} bytes answered with {} or more",
+                        end - start,
+                        body.len()
                     )));
                 }
-                Ok(body)
+                Ok(body.freeze())
             }
         }
     }

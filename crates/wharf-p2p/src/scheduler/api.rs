@@ -29,7 +29,9 @@ use serde::de::DeserializeOwned;
 use super::{Scheduler, StateError};
 use tokio::sync::Notify;
 
-use crate::proto::{self, Announce, MAX_HOLD_MS, Preheat, Report, ScheduleRequest, ScheduleResponse, Source};
+use crate::proto::{
+    self, Announce, MAX_HOLD_MS, PieceDigest, Preheat, Report, ScheduleRequest, ScheduleResponse, Source,
+};
 
 /// Renders the Prometheus text served at `/metrics`.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -48,6 +50,7 @@ pub fn router(scheduler: Arc<Scheduler>, metrics: Option<MetricsRender>) -> Rout
     let ctx = Ctx { scheduler, metrics };
     let v1 = Router::new()
         .route("/v1/tasks/{task}", get(shape))
+        .route("/v1/tasks/{task}/pieces/{n}/digest", get(piece_digest))
         .route("/v1/tasks/{task}/schedule", post(schedule))
         .route("/v1/tasks/{task}/announce", post(announce))
         .route("/v1/tasks/{task}/report", post(report))
@@ -159,6 +162,7 @@ async fn schedule(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes)
         let watch = ctx.scheduler.watch(&task);
         hold_schedule(&ctx, &task, &req, &watch, hold).await?
     };
+    let relay_sources = ctx.scheduler.config().policy.relay;
     let (mut peer, mut origin, mut wait) = (0, 0, 0);
     for a in &answer.assignments {
         match a.source {
@@ -170,6 +174,10 @@ async fn schedule(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes)
     metrics::counter!("wharf_scheduler_assignments_total", "source" => "peer").increment(peer);
     metrics::counter!("wharf_scheduler_assignments_total", "source" => "origin").increment(origin);
     metrics::counter!("wharf_scheduler_assignments_total", "source" => "wait").increment(wait);
+    if relay_sources && (peer > 0 || origin > 0) {
+        // The node receiving these is now a relay of them: requests held for them can be answered.
+        ctx.scheduler.wake(&task);
+    }
     Ok(json(StatusCode::OK, &answer))
 }
 
@@ -204,6 +212,38 @@ async fn shape(State(ctx): State<Ctx>, Path(task): Path<String>) -> Result<Respo
     match ctx.scheduler.with_state(|s, _| s.shape(&task)) {
         Some(shape) => Ok(json(StatusCode::OK, &shape)),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no swarm for {task}"))),
+    }
+}
+
+/// The digest of a piece, held (long poll) until an announcement makes it known or the hold is over.
+async fn piece_digest(
+    State(ctx): State<Ctx>,
+    Path((task, n)): Path<(String, u32)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    check_task(&task)?;
+    let hold_ms = request
+        .uri()
+        .query()
+        .and_then(|q| query_param(q, "hold_ms"))
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    let hold = Duration::from_millis(u64::from(hold_ms.min(MAX_HOLD_MS)));
+    let deadline = tokio::time::Instant::now() + hold;
+    let watch = ctx.scheduler.watch(&task);
+    loop {
+        let changed = watch.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if let Some(digest) = ctx.scheduler.with_state(|s, _| s.piece_digest(&task, n)) {
+            return Ok(json(StatusCode::OK, &PieceDigest { digest }));
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("piece {n} of {task}: digest not known"),
+            ));
+        }
     }
 }
 
@@ -311,7 +351,7 @@ fn percent_decode(s: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::proto::{Peer, PreheatBlob, ScheduleResponse, Swarms, TaskShape};
-    use crate::scheduler::{SchedulerConfig, serve_scheduler};
+    use crate::scheduler::{Policy, SchedulerConfig, serve_scheduler};
 
     const TASK: &str = "sha256:00000000000000000000000000000000000000000000000000000000000000aa";
     const TOKEN: &str = "cluster-secret";
@@ -324,11 +364,16 @@ mod tests {
 
     impl Server {
         async fn start(token: Option<&str>) -> Server {
+            Self::start_with(token, Policy::default()).await
+        }
+
+        async fn start_with(token: Option<&str>, policy: Policy) -> Server {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
             let config = SchedulerConfig {
                 token: token.map(str::to_owned),
+                policy,
                 ..SchedulerConfig::default()
             };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -374,6 +419,10 @@ mod tests {
                 Some(serde_json::to_vec(value).unwrap()),
             )
             .await
+        }
+
+        async fn get(&self, path: &str) -> (u16, Vec<u8>) {
+            self.send(reqwest::Method::GET, path, Some(TOKEN), None).await
         }
     }
 
@@ -444,7 +493,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_schedule_answers_when_the_piece_is_announced() {
-        let s = Arc::new(Server::start(Some(TOKEN)).await);
+        // Without relays, a piece leased to node 1 has no source until node 1 announces it.
+        let policy = Policy {
+            relay: false,
+            ..Policy::default()
+        };
+        let s = Arc::new(Server::start_with(Some(TOKEN), policy).await);
         let req = |p: Peer, hold_ms: Option<u32>| ScheduleRequest {
             hold_ms,
             ..request(p, 0)
@@ -498,6 +552,52 @@ mod tests {
             took < Duration::from_secs(4),
             "woken by the announcement, not the hold's end: {took:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_leased_piece_is_relayed_and_its_digest_is_held_until_announced() {
+        let s = Arc::new(Server::start(Some(TOKEN)).await);
+        let path = format!("/v1/tasks/{TASK}/schedule");
+        let (_, body) = s.post(&path, &request(peer(1), 0)).await;
+        let answer: ScheduleResponse = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer.assignments[0].source, Source::Origin);
+        // Node 2 gets it through node 1 while node 1 fetches it from the origin; no digest yet.
+        let (_, body) = s.post(&path, &request(peer(2), 0)).await;
+        let answer: ScheduleResponse = serde_json::from_slice(&body).unwrap();
+        assert!(
+            matches!(&answer.assignments[0].source, Source::Peer { id, relay: true, .. } if *id == peer(1).id),
+            "{answer:?}"
+        );
+        assert_eq!(answer.digests[0], None);
+        let digest_path = format!("/v1/tasks/{TASK}/pieces/0/digest");
+        let (status, _) = s.get(&format!("{digest_path}?hold_ms=100")).await;
+        assert_eq!(status, 404, "not known, and nothing announced within the hold");
+        // Held until node 1 announces it.
+        let held = tokio::spawn({
+            let (s, path) = (s.clone(), format!("{digest_path}?hold_ms=5000"));
+            async move {
+                let started = std::time::Instant::now();
+                let (status, body) = s.get(&path).await;
+                (started.elapsed(), status, body)
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let ann = Announce {
+            peer: peer(1),
+            shape: shape(),
+            have: vec![0],
+            digests: vec![(0, "cd".repeat(32))],
+            done: false,
+            gone: false,
+        };
+        assert_eq!(s.post(&format!("/v1/tasks/{TASK}/announce"), &ann).await.0, 204);
+        let (took, status, body) = held.await.unwrap();
+        assert_eq!(status, 200);
+        let got: PieceDigest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(got.digest, "cd".repeat(32));
+        assert!(took < Duration::from_secs(4), "woken by the announcement: {took:?}");
+        let (status, _) = s.get(&format!("/v1/tasks/{TASK}/pieces/0/digest")).await;
+        assert_eq!(status, 200);
     }
 
     #[tokio::test]

@@ -562,13 +562,35 @@ impl State {
         swarm.end_transfers(peers, |requester, p, source, _| {
             !(is_wanted(p) && (requester == me || source == me))
         });
-        // Who receives each wanted piece from a peer (whose source is still usable): relays.
+        // Who receives each wanted piece from a peer: relays, if their bytes come from somewhere, i.e. their source
+        // (usable) holds the piece, fetches it from the origin, or is such a relay itself. (A chain whose root is
+        // gone would otherwise pass nothing around in a circle, and keep the piece from being leased again.)
         let mut receivers: HashMap<u32, Vec<Key>> = HashMap::new();
         if policy.relay {
+            let mut edges: HashMap<u32, Vec<(Key, Key)>> = HashMap::new();
             for (&(r, p), &(source, _)) in &swarm.inflight {
                 if is_wanted(p) && usable(peers, r, now, policy.peer_ttl) && usable(peers, source, now, policy.peer_ttl)
                 {
-                    receivers.entry(p).or_default().push(r);
+                    edges.entry(p).or_default().push((r, source));
+                }
+            }
+            for (p, edges) in edges {
+                let ps = &swarm.pieces[p as usize];
+                let leased_to = ps.lease.filter(|l| lease_live(l, peers, now, policy)).map(|l| l.peer);
+                let holds = |k: Key| swarm.members.get(&k).is_some_and(|m| m.has(p));
+                let rooted = receivers.entry(p).or_default();
+                loop {
+                    let before = rooted.len();
+                    for &(r, source) in &edges {
+                        if !rooted.contains(&r)
+                            && (holds(source) || leased_to == Some(source) || rooted.contains(&source))
+                        {
+                            rooted.push(r);
+                        }
+                    }
+                    if rooted.len() == before {
+                        break;
+                    }
                 }
             }
         }
@@ -592,7 +614,18 @@ impl State {
                         .filter(|&k| k != me && usable(peers, k, now, policy.peer_ttl))
                         .map(|k| (k, false)),
                 );
-                sources.extend(receivers.get(&p).into_iter().flatten().map(|&k| (k, true)));
+            }
+            // Relays: whoever receives it from a peer, and the node fetching it from the origin. Their bytes are
+            // checked too: a requester without the digest yet asks for it once the piece is whole (the lease
+            // holder publishes it then), and a relay hands out its last bytes only after that check.
+            sources.extend(receivers.get(&p).into_iter().flatten().map(|&k| (k, true)));
+            if policy.relay
+                && let Some(l) = ps.lease
+                && l.peer != me
+                && lease_live(&l, peers, now, policy)
+                && usable(peers, l.peer, now, policy.peer_ttl)
+            {
+                sources.push((l.peer, true));
             }
             if !sources.is_empty() {
                 for &(k, relay) in &sources {
@@ -917,6 +950,11 @@ impl State {
 
     /// What `GET /v1/swarms` shows, sorted by task and peer id.
     /// The shape of `task`, if a swarm for it exists.
+    /// The SHA-256 (hex) of piece `n` of `task`, once a node that fetched it from the origin announced it.
+    pub fn piece_digest(&self, task: &str, n: u32) -> Option<String> {
+        self.swarms.get(task)?.pieces.get(n as usize)?.digest.clone()
+    }
+
     pub fn shape(&self, task: &str) -> Option<TaskShape> {
         self.swarms.get(task).map(|s| s.shape.clone())
     }
@@ -1144,6 +1182,8 @@ mod tests {
     #[test]
     fn concurrent_starters_lease_disjoint_pieces_from_the_origin() {
         let mut s = State::new(Policy {
+            // Leases and waits: relays have their own tests.
+            relay: false,
             max_origin_leases: u32::MAX,
             ..Policy::default()
         });
@@ -1480,6 +1520,8 @@ mod tests {
     #[test]
     fn expired_lease_is_granted_again() {
         let mut s = State::new(Policy {
+            // Leases and waits: relays have their own tests.
+            relay: false,
             lease_ttl: Duration::from_secs(20),
             ..Policy::default()
         });
@@ -1496,7 +1538,11 @@ mod tests {
 
     #[test]
     fn dead_lease_holder_loses_its_lease() {
-        let mut s = State::new(Policy::default());
+        let mut s = State::new(Policy {
+            // Leases and waits: relays have their own tests.
+            relay: false,
+            ..Policy::default()
+        });
         let t = Instant::now();
         let (a, b) = (peer(0), peer(1));
         assert_eq!(origins(&ask(&mut s, &a, 1, [0], t)), vec![0]);
@@ -1579,7 +1625,11 @@ mod tests {
 
     #[test]
     fn a_suspect_only_holder_is_waited_for_until_reported_enough() {
-        let mut s = State::new(Policy::default());
+        let mut s = State::new(Policy {
+            // Leases and waits: relays have their own tests.
+            relay: false,
+            ..Policy::default()
+        });
         let t = Instant::now();
         let (holder, a, b, c) = (peer(0), peer(1), peer(2), peer(3));
         have(&mut s, &holder, 1, &[0], t);
@@ -1596,7 +1646,11 @@ mod tests {
 
     #[test]
     fn a_refused_connection_makes_a_peer_gone_at_once() {
-        let mut s = State::new(Policy::default());
+        let mut s = State::new(Policy {
+            // Leases and waits: relays have their own tests.
+            relay: false,
+            ..Policy::default()
+        });
         let t = Instant::now();
         let (dead, a, b) = (peer(0), peer(1), peer(2));
         have(&mut s, &dead, 2, &[0], t);
@@ -1845,6 +1899,38 @@ mod tests {
         }
         let r = ask(&mut s, &peer(4), 1, [0], t);
         assert!(matches!(source_of(&r, 0), Source::Peer { relay: false, .. }), "{r:?}");
+    }
+
+    #[test]
+    fn relays_whose_chain_has_lost_its_root_are_no_source() {
+        let mut s = State::new(Policy {
+            max_uploads_per_peer: 1,
+            ..Policy::default()
+        });
+        let t = Instant::now();
+        let (seed, a, b, c, d) = (peer(100), peer(1), peer(2), peer(3), peer(4));
+        have(&mut s, &seed, 1, &[0], t);
+        assert_eq!(peer_ids(&ask(&mut s, &a, 1, [0], t)), vec![seed.id.clone()]);
+        assert_eq!(peer_ids(&ask(&mut s, &b, 1, [0], t)), vec![a.id.clone()]);
+        assert_eq!(peer_ids(&ask(&mut s, &c, 1, [0], t)), vec![b.id.clone()]);
+        // The seed leaves: a's transfer is over, so b's and c's bytes come from nowhere. d gets the origin, not c.
+        let gone = Announce {
+            peer: seed.clone(),
+            shape: shape(1),
+            have: vec![],
+            digests: vec![],
+            done: false,
+            gone: true,
+        };
+        s.announce(TASK, &gone, t).unwrap();
+        let r = ask(&mut s, &d, 1, [0], t);
+        assert_eq!(origins(&r), vec![0], "{r:?}");
+        // And the lease holder is the root of a new chain.
+        let r = ask(&mut s, &b, 1, [0], t);
+        assert!(
+            matches!(source_of(&r, 0), Source::Peer { id, relay: true, .. } if *id == d.id),
+            "{r:?}"
+        );
     }
 
     #[test]
