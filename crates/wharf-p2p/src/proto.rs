@@ -89,8 +89,9 @@ pub const MAX_HOLD_MS: u32 = 5_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Source {
-    /// From this peer, which holds it verified, or (`relay`) is receiving it from another peer right now and passes
-    /// the bytes on as they arrive (cut-through: a new piece spreads at the speed of the links, not one whole
+    /// From this peer, which holds it verified, or (`relay`) is receiving it right now (from a peer, or from the
+    /// origin as the piece's lease holder: then the digest comes once it is whole) and passes the bytes on as they
+    /// arrive (cut-through: a new piece spreads at the speed of the links, not one whole
     /// piece-time per hop). A relay withholds the end of the piece until it has verified the whole, so a relay's
     /// cut-short answer is its source's failure, not its own.
     Peer {

@@ -6,9 +6,11 @@
 //! restart or a failover.
 //!
 //! Policy ([`State::schedule`]), for the pieces a node wants (at most [`ScheduleRequest::slots`] transfers started):
-//! - a piece some usable peer holds, or receives from a usable peer right now (a relay, [`Policy::relay`]; usable:
-//!   alive, not excluded, not reported unreachable in the last [`Policy::suspect_for`], not the requester; and the
-//!   piece's digest is known, so its bytes can be checked) comes from a peer: repeatedly, the holder with the fewest transfers in flight (ties: the requester's rack, then
+//! - a piece some usable peer holds (usable: alive, not excluded, not reported unreachable in the last
+//!   [`Policy::suspect_for`], not the requester; and the piece's digest is known, so its bytes can be checked), or
+//!   receives right now (a relay, [`Policy::relay`]: the piece's lease holder, or a node receiving it from a peer
+//!   through a chain that reaches a holder or the lease holder; its digest is asked for once the piece is whole)
+//!   comes from a peer: repeatedly, the holder with the fewest transfers in flight (ties: the requester's rack, then
 //!   non-seeds, then a per-requester hash) serves its rarest wanted piece (ties in a per-requester order, so
 //!   concurrent requesters spread over different pieces), while it has fewer than [`Policy::max_uploads_per_peer`]
 //!   transfers in flight over all swarms. Choosing the holder before the piece keeps every requester from
