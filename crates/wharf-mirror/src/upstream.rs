@@ -361,7 +361,10 @@ impl Upstream {
             source: e,
         })? {
             if body.len() + chunk.len() > want {
-                break;
+                return Err(UpstreamError::Protocol {
+                    url,
+                    reason: format!("asked for {} bytes, got more", end - start),
+                });
             }
             body.extend_from_slice(&chunk);
             on_chunk(chunk);
@@ -369,7 +372,7 @@ impl Upstream {
         if body.len() != want {
             return Err(UpstreamError::Protocol {
                 url,
-                reason: format!("asked for {} bytes, got {} or more", end - start, body.len()),
+                reason: format!("asked for {} bytes, got {}", end - start, body.len()),
             });
         }
         Ok(Some(body.freeze()))

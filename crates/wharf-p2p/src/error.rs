@@ -10,6 +10,10 @@ pub enum P2pError {
     Peer { addr: String, reason: String },
     #[error("peer {addr}: connection refused or cut (its process is not there)")]
     PeerRefused { addr: String },
+    /// The peer answered but did not have the whole piece (404, or a clean answer that ended short): a relay whose
+    /// own source failed, or whose fetch had not started.
+    #[error("peer {addr}: {reason}")]
+    PieceUnavailable { addr: String, reason: String },
     #[error("origin: {0}")]
     Origin(String),
     #[error("piece {piece} of {task} does not match its digest")]

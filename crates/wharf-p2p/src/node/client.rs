@@ -220,32 +220,31 @@ impl Clients {
 
     /// The shape of a task the swarm knows (when the origin cannot say: it is down).
     pub async fn shape(&self, task: &str) -> Option<crate::proto::TaskShape> {
-        for s in self.candidates(task) {
-            let url = format!("{s}/v1/tasks/{task}");
-            let mut req = self.http.get(&url).timeout(Duration::from_secs(5));
-            if let Some(t) = &self.token {
-                req = req.bearer_auth(t);
-            }
-            let Ok(resp) = req.send().await else {
-                self.mark_down(&s);
-                continue;
-            };
-            if resp.status().is_success()
-                && let Ok(bytes) = resp.bytes().await
-                && let Ok(shape) = serde_json::from_slice(&bytes)
-            {
-                return Some(shape);
-            }
-        }
-        None
+        self.task_get(task, "", Duration::from_secs(5), false).await
     }
 
     /// The digest of piece `n` of `task`, waiting up to `hold` for the scheduler to learn it; `None` if it did not.
     pub async fn piece_digest(&self, task: &str, n: u32, hold: Duration) -> Option<String> {
         let hold_ms = u32::try_from(hold.as_millis()).unwrap_or(u32::MAX);
+        let path = format!("/pieces/{n}/digest?hold_ms={hold_ms}");
+        // The scheduler that answers is the task's: a failover would only ask one that knows less.
+        let d: crate::proto::PieceDigest = self.task_get(task, &path, hold + Duration::from_secs(5), true).await?;
+        crate::proto::is_sha256_hex(&d.digest).then_some(d.digest)
+    }
+
+    /// GETs `/v1/tasks/{task}{path}` from the task's schedulers in order, skipping (and marking down) those that do
+    /// not answer; the first successful answer's JSON. With `first_answer_only`, a scheduler that answers otherwise
+    /// (404...) ends the search.
+    async fn task_get<T: DeserializeOwned>(
+        &self,
+        task: &str,
+        path: &str,
+        timeout: Duration,
+        first_answer_only: bool,
+    ) -> Option<T> {
         for s in self.candidates(task) {
-            let url = format!("{s}/v1/tasks/{task}/pieces/{n}/digest?hold_ms={hold_ms}");
-            let mut req = self.http.get(&url).timeout(hold + Duration::from_secs(5));
+            let url = format!("{s}/v1/tasks/{task}{path}");
+            let mut req = self.http.get(&url).timeout(timeout);
             if let Some(t) = &self.token {
                 req = req.bearer_auth(t);
             }
@@ -255,13 +254,13 @@ impl Clients {
             };
             if resp.status().is_success()
                 && let Ok(bytes) = resp.bytes().await
-                && let Ok(d) = serde_json::from_slice::<crate::proto::PieceDigest>(&bytes)
-                && crate::proto::is_sha256_hex(&d.digest)
+                && let Ok(value) = serde_json::from_slice(&bytes)
             {
-                return Some(d.digest);
+                return Some(value);
             }
-            // This scheduler answers, so it is the task's: a failover would only ask one that knows less.
-            return None;
+            if first_answer_only {
+                return None;
+            }
         }
         None
     }
@@ -296,6 +295,12 @@ impl Clients {
             }
         };
         let mut resp = req.send().await.map_err(failed)?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Err(P2pError::PieceUnavailable {
+                addr: addr.to_owned(),
+                reason: "does not have it".into(),
+            });
+        }
         if !resp.status().is_success() {
             return Err(err(format!("answered {}", resp.status())));
         }
@@ -310,7 +315,10 @@ impl Clients {
         }
         if data.len() < len {
             // Ended cleanly but short: a relay whose own source failed (a node that dies cuts the connection).
-            return Err(err(format!("sent {} of the piece's {len} bytes", data.len())));
+            return Err(P2pError::PieceUnavailable {
+                addr: addr.to_owned(),
+                reason: format!("sent {} of the piece's {len} bytes", data.len()),
+            });
         }
         Ok(data.freeze())
     }
@@ -407,7 +415,20 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, P2pError::PeerRefused { .. }), "{e}");
-        // An answer, just not the piece: an ordinary failure.
+        // Another answer, just not the piece: an ordinary failure.
+        let e = clients
+            .piece(
+                &peer_replying(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n").await,
+                TASK,
+                0,
+                100,
+                &sink,
+                &unlimited,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, P2pError::Peer { .. }), "{e}");
+        // Not there: unavailable (no blame).
         let e = clients
             .piece(
                 &peer_replying(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await,
@@ -419,13 +440,13 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert!(matches!(e, P2pError::Peer { .. }), "{e}");
-        // A whole answer, but short (a relay whose source failed): an ordinary failure too, not a cut.
+        assert!(matches!(e, P2pError::PieceUnavailable { .. }), "{e}");
+        // A whole answer, but short (a relay whose source failed): unavailable too, not a cut.
         let short = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789";
         let e = clients
             .piece(&peer_replying(short).await, TASK, 0, 100, &sink, &unlimited)
             .await
             .unwrap_err();
-        assert!(matches!(e, P2pError::Peer { .. }), "{e}");
+        assert!(matches!(e, P2pError::PieceUnavailable { .. }), "{e}");
     }
 }

@@ -31,7 +31,7 @@ const UNREACHABLE_COOLDOWN: Duration = Duration::from_secs(10);
 /// How long the scheduler may hold a schedule request that has nothing to assign yet (a long poll).
 const HOLD_MS: u32 = 1_000;
 /// How long a piece relayed from the node fetching it from the origin waits, once whole, for its digest.
-const DIGEST_WAIT: Duration = Duration::from_secs(5);
+const DIGEST_WAIT: Duration = Duration::from_secs(15);
 /// Consecutive origin failures after which the download gives up.
 const ORIGIN_ATTEMPTS: u32 = 5;
 
@@ -42,7 +42,7 @@ enum Fetched {
         from: Option<String>,
         /// Its SHA-256 (hex), computed once, where the bytes arrived.
         digest: String,
-        /// Peers may read it from memory until it is stored (a piece from a peer).
+        /// Peers may read it from memory until it is stored (a piece from a peer or the origin).
         receiving: Option<Receiving>,
     },
     Failed {
@@ -337,10 +337,10 @@ async fn finish_piece(
         } => {
             in_flight.remove(&n);
             match from {
-                Some((id, _addr)) if relay && matches!(error, P2pError::Peer { .. }) => {
-                    // Ended short, stalled, or not there (404): its own source failed or stalled, or its fetch had
-                    // not started in time. Nobody to blame; asked for again. (A refused or cut connection is the
-                    // relay itself gone: reported as usual.)
+                Some((id, _addr)) if relay && matches!(error, P2pError::PieceUnavailable { .. }) => {
+                    // Ended short, or not there (404), or no digest in time: its own source failed, or its fetch had
+                    // not started. Nobody to blame; asked for again. (Anything else, a refused or cut connection
+                    // above all, is the relay's own failure: reported as usual.)
                     tracing::debug!(task = %task.id, piece = n, peer = %id, error = %error, "relay failed");
                     metrics::counter!("wharf_p2p_relay_failures_total").increment(1);
                 }
@@ -474,7 +474,7 @@ async fn fetch_peer(node: Arc<Node>, task: Arc<Task>, n: u32, peer: (String, Str
                     }
                     None => {
                         return fail(
-                            P2pError::Peer {
+                            P2pError::PieceUnavailable {
                                 addr: addr.clone(),
                                 reason: "the relayed piece's digest was not published in time".into(),
                             },

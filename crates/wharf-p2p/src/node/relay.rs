@@ -1,4 +1,5 @@
-//! Cut-through: a piece this node is receiving from a peer, readable by other peers while it arrives.
+//! Cut-through: a piece this node is receiving (from a peer, or from the origin as its lease holder), readable by
+//! other peers while it arrives.
 //!
 //! The fetch appends each chunk as it comes ([`Incoming::push`]); readers get every chunk but the newest, and the
 //! last one only once the fetch has verified the whole piece against its digest ([`Incoming::complete`]). So a

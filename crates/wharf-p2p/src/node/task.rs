@@ -81,14 +81,17 @@ impl Origin {
                     .map_err(|e| P2pError::Origin(format!("{url}: {e}")))?
                 {
                     if body.len() + chunk.len() > want {
-                        break;
+                        return Err(P2pError::Origin(format!(
+                            "{url}: range of {} bytes answered with more",
+                            end - start
+                        )));
                     }
                     body.extend_from_slice(&chunk);
                     sink.push(chunk);
                 }
                 if body.len() != want {
                     return Err(P2pError::Origin(format!(
-                        "{url}: range of {} bytes answered with {} or more",
+                        "{url}: range of {} bytes answered with {}",
                         end - start,
                         body.len()
                     )));
@@ -277,8 +280,8 @@ impl Task {
         Ok(())
     }
 
-    /// Marks piece `n` as arriving from a peer: peers can read it through the returned guard's [`Incoming`] until
-    /// the guard is dropped (after the piece is stored, or when its fetch failed).
+    /// Marks piece `n` as arriving (from a peer or the origin): peers can read it through the returned guard's
+    /// [`Incoming`] until the guard is dropped (after the piece is stored, or when its fetch failed).
     pub fn receive(self: &Arc<Self>, n: u32) -> Receiving {
         let incoming = Arc::new(Incoming::default());
         if let Ok(mut map) = self.incoming.lock() {
@@ -348,8 +351,8 @@ impl Task {
 
 pub struct ReaderGuard(Arc<Task>);
 
-/// A piece arriving from a peer ([`Task::receive`]); dropping it ends the relay of its bytes (cut short if it was
-/// not completed).
+/// A piece arriving from a peer or the origin ([`Task::receive`]); dropping it ends the relay of its bytes (short, if
+/// it was not completed).
 pub struct Receiving {
     task: Arc<Task>,
     n: u32,

@@ -579,19 +579,20 @@ impl State {
             for (p, edges) in edges {
                 let ps = &swarm.pieces[p as usize];
                 let leased_to = ps.lease.filter(|l| lease_live(l, peers, now, policy)).map(|l| l.peer);
-                let holds = |k: Key| swarm.members.get(&k).is_some_and(|m| m.has(p));
+                let is_root = |k: Key| leased_to == Some(k) || swarm.members.get(&k).is_some_and(|m| m.has(p));
+                // Walk down from the roots (each receiver has one source, so each is reached at most once).
+                let mut fed: HashMap<Key, Vec<Key>> = HashMap::new();
+                for &(r, source) in &edges {
+                    fed.entry(source).or_default().push(r);
+                }
+                let mut todo: Vec<Key> = fed.keys().copied().filter(|&k| is_root(k)).collect();
                 let rooted = receivers.entry(p).or_default();
-                loop {
-                    let before = rooted.len();
-                    for &(r, source) in &edges {
-                        if !rooted.contains(&r)
-                            && (holds(source) || leased_to == Some(source) || rooted.contains(&source))
-                        {
+                while let Some(k) = todo.pop() {
+                    for &r in fed.get(&k).into_iter().flatten() {
+                        if !is_root(r) {
                             rooted.push(r);
+                            todo.push(r);
                         }
-                    }
-                    if rooted.len() == before {
-                        break;
                     }
                 }
             }
@@ -626,6 +627,7 @@ impl State {
                 && l.peer != me
                 && lease_live(&l, peers, now, policy)
                 && usable(peers, l.peer, now, policy.peer_ttl)
+                && !sources.iter().any(|&(k, _)| k == l.peer)
             {
                 sources.push((l.peer, true));
             }
@@ -950,17 +952,17 @@ impl State {
         }
     }
 
-    /// What `GET /v1/swarms` shows, sorted by task and peer id.
-    /// The shape of `task`, if a swarm for it exists.
     /// The SHA-256 (hex) of piece `n` of `task`, once a node that fetched it from the origin announced it.
     pub fn piece_digest(&self, task: &str, n: u32) -> Option<String> {
         self.swarms.get(task)?.pieces.get(n as usize)?.digest.clone()
     }
 
+    /// The shape of `task`, if a swarm for it exists.
     pub fn shape(&self, task: &str) -> Option<TaskShape> {
         self.swarms.get(task).map(|s| s.shape.clone())
     }
 
+    /// What `GET /v1/swarms` shows, sorted by task and peer id.
     pub fn swarms(&self, now: Instant) -> Swarms {
         let mut tasks: Vec<SwarmInfo> = self
             .swarms

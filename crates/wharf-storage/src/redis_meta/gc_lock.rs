@@ -24,7 +24,7 @@ const SECTION_TTL: Duration = Duration::from_secs(60);
 const LOCK_TTL: Duration = Duration::from_secs(120);
 /// How long a run stays marked without renewal (renewed every third of it while it runs): a collector killed
 /// mid-run keeps the next one out only this long.
-const RUN_TTL: Duration = Duration::from_secs(10 * 60);
+const RUN_TTL: Duration = Duration::from_secs(30 * 60);
 /// How long the reused set outlives its last write: longer than any run, since losing it would let a batch delete
 /// what a push just made reachable.
 const REUSED_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -75,8 +75,9 @@ fn unix_ms(t: SystemTime) -> u64 {
 #[derive(Clone)]
 pub struct RedisGcLock {
     meta: RedisMeta,
-    /// Releases started by drops (no await there), so that [`GcLock::settle`] can wait for them before a process
-    /// exits: a runtime shut down under them would leave `gc:lock` set for its whole TTL, and every push waiting.
+    /// Releases of a collection's holds started by drops (no await there), so that [`GcLock::settle`] can wait for
+    /// them before a process exits: a runtime shut down under them would leave `gc:lock` set for its whole TTL, and
+    /// every push waiting.
     releases: tokio_util::task::TaskTracker,
 }
 
@@ -118,15 +119,13 @@ impl Drop for Section {
     fn drop(&mut self) {
         let meta = self.lock.meta.clone();
         let (key, id) = (self.lock.key("writers"), std::mem::take(&mut self.id));
+        // Not tracked for `settle`: sections close in servers, whose runtime outlives them.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            self.lock.releases.spawn_on(
-                async move {
-                    let mut cmd = redis::cmd("ZREM");
-                    cmd.arg(key).arg(id);
-                    let _ = meta.run::<i64>(cmd).await;
-                },
-                &handle,
-            );
+            handle.spawn(async move {
+                let mut cmd = redis::cmd("ZREM");
+                cmd.arg(key).arg(id);
+                let _ = meta.run::<i64>(cmd).await;
+            });
         }
     }
 }
@@ -291,7 +290,7 @@ mod tests {
     use crate::redis_meta::testing::{RedisServer, meta};
 
     /// What `wharf gc` does: a run and a batch in a runtime of its own, which shuts down as soon as the collection
-    /// returns. `settle` must have delivered the releases by then, or the lock (120 s) and the run (10 min) would
+    /// returns. `settle` must have delivered the releases by then, or the lock (120 s) and the run (30 min) would
     /// stay and keep every push and the next collection waiting.
     #[test]
     fn holds_released_by_drop_reach_redis_before_a_collectors_runtime_shuts_down() {
