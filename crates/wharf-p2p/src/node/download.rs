@@ -405,6 +405,11 @@ async fn fetch_origin(node: Arc<Node>, task: Arc<Task>, n: u32, _slot: Slot) -> 
                 *slot = Some(digest.clone());
             }
             receiving.incoming.complete();
+            // The digest at once (the piece is announced once stored): the peers relaying it wait for it.
+            tokio::spawn({
+                let (node, task, digest) = (node.clone(), task.clone(), digest.clone());
+                async move { node.announce(&task, vec![], vec![(n, digest)], false).await }
+            });
             node.download_limit.take(data.len()).await;
             Fetched::Ok {
                 n,
