@@ -397,56 +397,28 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}", l.local_addr().unwrap())
         };
-        let e = clients
-            .piece(&closed, TASK, 0, 100, &sink, &unlimited)
-            .await
-            .unwrap_err();
+        let fetch = |addr: String| {
+            let (clients, sink, unlimited) = (&clients, &sink, &unlimited);
+            async move { clients.piece(&addr, TASK, 0, 100, sink, unlimited).await.unwrap_err() }
+        };
+        let e = fetch(closed).await;
         assert!(matches!(e, P2pError::PeerRefused { .. }), "{e}");
         // Closed before any response: cut.
-        let e = clients
-            .piece(&peer_replying(b"").await, TASK, 0, 100, &sink, &unlimited)
-            .await
-            .unwrap_err();
+        let e = fetch(peer_replying(b"").await).await;
         assert!(matches!(e, P2pError::PeerRefused { .. }), "{e}");
         // Closed in the middle of the body: cut.
         let partial = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
-        let e = clients
-            .piece(&peer_replying(partial).await, TASK, 0, 100, &sink, &unlimited)
-            .await
-            .unwrap_err();
+        let e = fetch(peer_replying(partial).await).await;
         assert!(matches!(e, P2pError::PeerRefused { .. }), "{e}");
         // Another answer, just not the piece: an ordinary failure.
-        let e = clients
-            .piece(
-                &peer_replying(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n").await,
-                TASK,
-                0,
-                100,
-                &sink,
-                &unlimited,
-            )
-            .await
-            .unwrap_err();
+        let e = fetch(peer_replying(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n").await).await;
         assert!(matches!(e, P2pError::Peer { .. }), "{e}");
         // Not there: unavailable (no blame).
-        let e = clients
-            .piece(
-                &peer_replying(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await,
-                TASK,
-                0,
-                100,
-                &sink,
-                &unlimited,
-            )
-            .await
-            .unwrap_err();
+        let e = fetch(peer_replying(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await).await;
         assert!(matches!(e, P2pError::PieceUnavailable { .. }), "{e}");
         // A whole answer, but short (a relay whose source failed): unavailable too, not a cut.
         let short = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789";
-        let e = clients
-            .piece(&peer_replying(short).await, TASK, 0, 100, &sink, &unlimited)
-            .await
-            .unwrap_err();
+        let e = fetch(peer_replying(short).await).await;
         assert!(matches!(e, P2pError::PieceUnavailable { .. }), "{e}");
     }
 }

@@ -316,12 +316,8 @@ async fn finish_piece(
             let source = if origin { "origin" } else { "peer" };
             metrics::counter!("wharf_p2p_bytes_total", "source" => source).increment(len);
             if origin {
+                // (Its digest is already in `task.digests`: `fetch_origin` put it there for the relays.)
                 *origin_failures = 0;
-                if let Ok(mut d) = task.digests.lock()
-                    && let Some(slot) = d.get_mut(n as usize)
-                {
-                    *slot = Some(digest.clone());
-                }
             }
             // Stored: peers read it from the disk from now on.
             drop(receiving);

@@ -1,6 +1,6 @@
 //! The peer API: `GET /p2p/v1/tasks/{task}/pieces/{n}` answers with a piece this node holds verified, and nothing
-//! else from its disk (the task id is validated; the piece must be marked held), or relays one it is receiving from
-//! a peer as the bytes arrive (relay.rs). Cluster token required when set. Upload bytes are paced by
+//! else from its disk (the task id is validated; the piece must be marked held), or relays one it is receiving (from
+//! a peer or the origin) as the bytes arrive (relay.rs). Cluster token required when set. Upload bytes are paced by
 //! `--upload-ratelimit`.
 
 use std::sync::Arc;
@@ -56,16 +56,7 @@ async fn piece(State(node): State<Arc<Node>>, Path((task, n)): Path<(String, u32
         }
         if let Some(incoming) = t.incoming(n) {
             metrics::counter!("wharf_p2p_pieces_relayed_total").increment(1);
-            let chunks = Box::pin(incoming.read());
-            let stream = futures_util::stream::unfold((chunks, node, guard), |(mut chunks, node, guard)| async move {
-                let chunk = futures_util::StreamExt::next(&mut chunks).await?;
-                if let Ok(c) = &chunk {
-                    node.upload_limit.take(c.len()).await;
-                    metrics::counter!("wharf_p2p_bytes_served_total").increment(c.len() as u64);
-                }
-                Some((chunk, (chunks, node, guard)))
-            });
-            return Response::new(Body::from_stream(stream));
+            return paced(incoming.read(), node, guard);
         }
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
             return StatusCode::NOT_FOUND.into_response();
@@ -79,18 +70,31 @@ async fn piece(State(node): State<Arc<Node>>, Path((task, n)): Path<(String, u32
     #[cfg(debug_assertions)]
     let data = fault::apply(data);
     metrics::counter!("wharf_p2p_pieces_served_total").increment(1);
-    metrics::counter!("wharf_p2p_bytes_served_total").increment(data.len() as u64);
     // Paced in 256 KiB slices so one slow upload limit does not hold a whole piece's worth of tokens.
     // (Slices of one buffer, not copies.)
     let data = Bytes::from(data);
-    let chunks: Vec<Bytes> = (0..data.len())
+    let chunks: Vec<Result<Bytes, std::io::Error>> = (0..data.len())
         .step_by(256 << 10)
-        .map(|at| data.slice(at..(at + (256 << 10)).min(data.len())))
+        .map(|at| Ok(data.slice(at..(at + (256 << 10)).min(data.len()))))
         .collect();
-    let stream = futures_util::stream::unfold((chunks.into_iter(), node, guard), |(mut it, node, guard)| async move {
-        let c = it.next()?;
-        node.upload_limit.take(c.len()).await;
-        Some((Ok::<_, std::io::Error>(c), (it, node, guard)))
+    paced(futures_util::stream::iter(chunks), node, guard)
+}
+
+/// A response body of `chunks`, each one let through by `--upload-ratelimit` and counted as served; `guard` keeps
+/// the task from eviction until the body is done.
+fn paced(
+    chunks: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    node: Arc<Node>,
+    guard: super::task::ReaderGuard,
+) -> Response {
+    let chunks = Box::pin(chunks);
+    let stream = futures_util::stream::unfold((chunks, node, guard), |(mut chunks, node, guard)| async move {
+        let chunk = futures_util::StreamExt::next(&mut chunks).await?;
+        if let Ok(c) = &chunk {
+            node.upload_limit.take(c.len()).await;
+            metrics::counter!("wharf_p2p_bytes_served_total").increment(c.len() as u64);
+        }
+        Some((chunk, (chunks, node, guard)))
     });
     Response::new(Body::from_stream(stream))
 }
