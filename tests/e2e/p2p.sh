@@ -283,6 +283,14 @@ test_docker() {
 #    served a piece to another node, it is killed (SIGKILL). The other nodes finish,
 #    byte-identical, from the other peers or the origin, and the origin sends well under a
 #    copy per node.
+# Pieces NAME has served to peers, from its disk or relayed while they arrived.
+node_served() {
+    local held relayed
+    held=$(p2p_metric "$1" "${NODE_MIRROR[$1]}" wharf_p2p_pieces_served_total 2>/dev/null) || held=0
+    relayed=$(p2p_metric "$1" "${NODE_MIRROR[$1]}" wharf_p2p_pieces_relayed_total 2>/dev/null) || relayed=0
+    echo $((held + relayed))
+}
+
 test_peer_killed() {
     local i name d size bad=0 incomplete=0 after=0 served=0 waited=0 victim="" n
     for ((i = 1; i <= NODES; i++)); do net_shape "n$i" 20; done
@@ -291,7 +299,7 @@ test_peer_killed() {
     p2p_push_image origin "$WORK/layout2" "$REPO" v2 "$ORIGIN_URL" || die "push of the second image failed"
     declare -A served0 origin0
     for ((i = 1; i <= NODES; i++)); do
-        served0[n$i]=$(p2p_metric "n$i" "${NODE_MIRROR[n$i]}" wharf_p2p_pieces_served_total)
+        served0[n$i]=$(node_served "n$i")
         origin0[n$i]=$(node_bytes "n$i" origin)
     done
     local specs=()
@@ -305,7 +313,7 @@ test_peer_killed() {
     while [[ -z $victim ]] && ((waited < 300)); do
         for ((i = 1; i <= NODES; i++)); do
             name=n$i
-            n=$(p2p_metric "$name" "${NODE_MIRROR[$name]}" wharf_p2p_pieces_served_total 2>/dev/null || echo 0)
+            n=$(node_served "$name")
             if ((n > ${served0[$name]})); then
                 victim=$name served=$((n - ${served0[$name]}))
                 break
