@@ -27,6 +27,10 @@
 #   NET_MTU       MTU of every link (default 1500; 9000 = jumbo frames, a sixth of the packets
 #                 for this machine's kernel to switch and shape)
 #   NET_SWITCH_QUEUE_MS  a switch port's queue, ms (default 50)
+#   NET_SYSCTLS   sysctls set in every host's namespace, "key=v1,v2 ..." (commas stand for
+#                 spaces), for experiments: e.g. net.ipv4.tcp_rmem=4096,49152,49152
+#   P2P_NODE_ARGS, P2P_SCHED_ARGS  more flags for every node / the scheduler, e.g.
+#                 P2P_NODE_ARGS="--peer-send-buffer 24K" (the README's table)
 #   BENCH_TMP     parent of the scratch dir: origin storage, node caches, the image (needs
 #                 ~(max N + 3) x image); tmpfs is right here, the disk is not what is measured
 #                 (default /dev/shm)
@@ -399,9 +403,11 @@ main() {
     jq -s --arg date "$(date -u +%FT%TZ)" --arg wharf "$WHARF_SRC" --argjson bytes "$IMG_BYTES" \
         --arg layers "$LAYERS_MIB" --arg commit "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
         --arg build "$WHARF_BUILD" --arg piece "${P2P_PIECE:-4M}" \
+        --arg node_args "${P2P_NODE_ARGS:-}" --arg sched_args "${P2P_SCHED_ARGS:-}" --arg sysctls "${NET_SYSCTLS:-}" \
         --argjson cores "$(nproc)" --arg kernel "$(uname -r)" --argjson direct_max "$DIRECT_MAX_N" \
         '{date: $date, tree: $commit, wharf: $wharf, wharf_build: $build, kernel: $kernel, cores: $cores,
           image_bytes: $bytes, layers_mib: ($layers | split(" ") | map(tonumber)), piece: $piece,
+          node_args: $node_args, scheduler_args: $sched_args, sysctls: $sysctls,
           direct_max_n: $direct_max, shaping: "tc tbf on both ends of every host link, burst 4 ms; switch port queue \(env.NET_SWITCH_QUEUE_MS // "50") ms, host queue 400 ms (at least 1 MiB); MTU \(env.NET_MTU // "1500")",
           results: .}' "$RAW/results.jsonl" >"$OUT_DIR/p2p.json"
     log "results: $OUT_DIR/p2p.json; logs: $RAW"

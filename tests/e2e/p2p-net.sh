@@ -25,6 +25,9 @@
 # networks run; a sixth of the packets for the kernel to switch and shape, which is most of
 # the CPU an emulated 48-node network costs on a small machine).
 #
+# NET_SYSCTLS ("key=v1,v2 ...", commas for spaces) sets sysctls in every host's namespace, for experiments
+# (net.ipv4.tcp_rmem=4096,49152,49152). A namespace may only pick a congestion control the root one allows.
+#
 # Names carry a per-run tag (NET_TAG, default wp<pid>), so a run never collides with a
 # leftover of a crashed one: namespaces are "<tag>-sw", "<tag>-origin", "<tag>-n7", ...
 #
@@ -99,6 +102,10 @@ net_host() {
     ip netns add "$ns"
     NET_NS+=("$ns")
     ip -n "$ns" link set lo up
+    if [[ -n ${NET_SYSCTLS:-} ]]; then
+        local kv
+        for kv in $NET_SYSCTLS; do ip netns exec "$ns" sysctl -qw "${kv//,/ }"; done
+    fi
     # Both ends are made from the switch namespace: the pair never exists in the root one.
     ip -n "$NET_SW" link add "$port" mtu "${NET_MTU:-1500}" type veth peer name eth0 mtu "${NET_MTU:-1500}" netns "$ns"
     ip -n "$NET_SW" link set "$port" master br0

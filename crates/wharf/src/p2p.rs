@@ -60,6 +60,12 @@ pub struct NodeArgs {
     /// Pieces in flight at once, over all blobs [default: 4].
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Send buffer of each connection the peer API serves (SO_SNDBUF, which Linux doubles), e.g. 24K: it bounds the
+    /// bytes one upload has in flight, so the several uploads converging on one node's downlink cannot overrun a
+    /// shallow switch queue (TCP incast) and lose packets. Costs throughput where a connection's round trip is long:
+    /// one upload goes at most ~2 x SIZE per round trip [default: the kernel's autotuning].
+    #[arg(long, value_parser = wharf_p2p::ratelimit::parse_rate)]
+    pub peer_send_buffer: Option<u64>,
     /// Log filter [default: info, or RUST_LOG].
     #[arg(long)]
     pub log: Option<String>,
@@ -113,6 +119,7 @@ struct NodeFile {
     cache_size: Option<String>,
     piece_size: Option<String>,
     concurrency: Option<usize>,
+    peer_send_buffer: Option<String>,
     log: Option<String>,
 }
 
@@ -177,8 +184,39 @@ fn merge_node(mut args: NodeArgs) -> anyhow::Result<NodeArgs> {
     if args.concurrency == Some(0) {
         anyhow::bail!("--concurrency must be at least 1");
     }
+    args.peer_send_buffer = args.peer_send_buffer.or(rate("peer_send_buffer", f.peer_send_buffer)?);
+    if let Some(b) = args.peer_send_buffer
+        && !(MIN_SEND_BUFFER..=MAX_SEND_BUFFER).contains(&b)
+    {
+        anyhow::bail!("--peer-send-buffer {b}: must be between 4K and 1G");
+    }
     args.log = args.log.or(f.log);
     Ok(args)
+}
+
+/// Bounds of `--peer-send-buffer`: below a few KiB the kernel raises it anyway, above 1G it is no bound.
+const MIN_SEND_BUFFER: u64 = 4 << 10;
+const MAX_SEND_BUFFER: u64 = 1 << 30;
+
+/// The peer API's listener. Connections accepted from it inherit its send buffer: set before `listen`, a size fixed
+/// by hand also turns off the kernel's send-buffer autotuning for them.
+pub(crate) fn peer_listener(addr: SocketAddr, send_buffer: Option<u64>) -> anyhow::Result<tokio::net::TcpListener> {
+    let what = || format!("cannot listen on {addr}");
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .with_context(what)?;
+    // As `TcpListener::bind` does: a restarted node gets its port back at once.
+    sock.set_reuseaddr(true).with_context(what)?;
+    if let Some(size) = send_buffer {
+        let size = u32::try_from(size).context("--peer-send-buffer: too large")?;
+        sock.set_send_buffer_size(size)
+            .with_context(|| format!("cannot set the peer API's send buffer to {size} bytes"))?;
+    }
+    sock.bind(addr).with_context(what)?;
+    sock.listen(1024).with_context(what)
 }
 
 /// The IP this host uses to reach `url`'s host: connecting a UDP socket sends nothing but makes the kernel pick the
@@ -268,9 +306,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         let mirror = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let peer_listener = tokio::net::TcpListener::bind(peer_listen)
-            .await
-            .with_context(|| format!("cannot listen on {peer_listen}"))?;
+        let peer_listener = peer_listener(peer_listen, args.peer_send_buffer)?;
         let (mirror_addr, peer_addr) = (mirror.local_addr()?, peer_listener.local_addr()?);
         let addr = SocketAddr::new(ip, peer_addr.port());
         let peer = Peer {
@@ -440,6 +476,7 @@ pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
         cache_size: None,
         piece_size: Some(wharf_p2p::piece::DEFAULT_PIECE),
         concurrency: None,
+        peer_send_buffer: None,
         log: None,
     };
     let ip = if args.schedulers.is_empty() {
@@ -625,5 +662,54 @@ mod tests {
         assert!(check_advertised(lo, lo, "http://127.0.0.1:8002").is_ok());
         assert!(check_advertised(IpAddr::from([198, 18, 0, 7]), remote, "s").is_ok());
         assert!(check_advertised(IpAddr::from([0, 0, 0, 0]), remote, "s").is_err());
+    }
+
+    /// The size fixed on the listener is the one every served connection gets (Linux doubles it, and keeps the
+    /// autotuned default, 16K, otherwise: so the doubled value shows it was applied).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn peer_connections_get_the_send_buffer_set_on_the_listener() {
+        let listener = peer_listener("127.0.0.1:0".parse().unwrap(), Some(24 << 10)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (served, _) = listener.accept().await.unwrap();
+        let served = tokio::net::TcpSocket::from_std_stream(served.into_std().unwrap());
+        assert_eq!(served.send_buffer_size().unwrap(), 2 * (24 << 10));
+        // Without a size, the kernel's default (and autotuning) stays.
+        let listener = peer_listener("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (served, _) = listener.accept().await.unwrap();
+        let served = tokio::net::TcpSocket::from_std_stream(served.into_std().unwrap());
+        assert_ne!(served.send_buffer_size().unwrap(), 2 * (24 << 10));
+    }
+
+    #[test]
+    fn peer_send_buffer_comes_from_the_flag_or_the_file_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wharf.toml");
+        std::fs::write(
+            &file,
+            "[node]\nupstreams = [\"http://127.0.0.1:5000\"]\npeer_send_buffer = \"32K\"\n",
+        )
+        .unwrap();
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: NodeArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["node", "--config", file.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            merge_node(<Cli as clap::Parser>::parse_from(argv).node)
+        };
+        assert_eq!(parse(&[]).unwrap().peer_send_buffer, Some(32 << 10));
+        assert_eq!(
+            parse(&["--peer-send-buffer", "48K"]).unwrap().peer_send_buffer,
+            Some(48 << 10)
+        );
+        let err = parse(&["--peer-send-buffer", "100"]).unwrap_err().to_string();
+        assert!(err.contains("between 4K and 1G"), "{err}");
     }
 }
