@@ -314,6 +314,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             addr: format!("http://{addr}"),
             rack: args.rack.clone(),
             seed: args.seed,
+            relays: true,
         };
         let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
@@ -498,6 +499,7 @@ pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
             addr: format!("http://{addr}"),
             rack: None,
             seed: false,
+            relays: true,
         };
         let node = Node::new(NodeConfig {
             root: root.clone(),

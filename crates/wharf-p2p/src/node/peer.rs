@@ -140,6 +140,7 @@ mod tests {
                 addr: "http://127.0.0.1:1".into(),
                 rack: None,
                 seed: false,
+                relays: true,
             },
             schedulers: vec![],
             token: None,

@@ -437,6 +437,7 @@ mod tests {
             addr: format!("http://127.0.0.{i}:65002"),
             rack: None,
             seed: false,
+            relays: true,
         }
     }
 

@@ -422,6 +422,11 @@ fn usable(peers: &[Option<PeerEntry>], key: Key, now: Instant, ttl: Duration) ->
     peers[key as usize].as_ref().is_some_and(|e| e.usable(now, ttl))
 }
 
+/// Whether `key` speaks relays ([`Peer::relays`]): may be sent to one, and be one.
+fn speaks(peers: &[Option<PeerEntry>], key: Key) -> bool {
+    peers[key as usize].as_ref().is_some_and(|e| e.peer.relays)
+}
+
 /// A lease holds while its holder is alive (talks to the scheduler) and not reported gone; a mere suspicion of
 /// being unreachable does not end it: it fetches from the origin, not from its peers.
 fn lease_live(lease: &Lease, peers: &[Option<PeerEntry>], now: Instant, policy: &Policy) -> bool {
@@ -567,8 +572,10 @@ impl State {
         // Who receives each wanted piece from a peer: relays, if their bytes come from somewhere, i.e. their source
         // (usable) holds the piece, fetches it from the origin, or is such a relay itself. (A chain whose root is
         // gone would otherwise pass nothing around in a circle, and keep the piece from being leased again.)
+        // Relays only between nodes that speak them ([`Peer::relays`]).
+        let relays = policy.relay && speaks(peers, me);
         let mut receivers: HashMap<u32, Vec<Key>> = HashMap::new();
-        if policy.relay {
+        if relays {
             let mut edges: HashMap<u32, Vec<(Key, Key)>> = HashMap::new();
             for (&(r, p), &(source, _)) in &swarm.inflight {
                 if is_wanted(p) && usable(peers, r, now, policy.peer_ttl) && usable(peers, source, now, policy.peer_ttl)
@@ -589,7 +596,7 @@ impl State {
                 let rooted = receivers.entry(p).or_default();
                 while let Some(k) = todo.pop() {
                     for &r in fed.get(&k).into_iter().flatten() {
-                        if !is_root(r) {
+                        if !is_root(r) && speaks(peers, r) {
                             rooted.push(r);
                             todo.push(r);
                         }
@@ -622,11 +629,12 @@ impl State {
             // checked too: a requester without the digest yet asks for it once the piece is whole (the lease
             // holder publishes it then), and a relay hands out its last bytes only after that check.
             sources.extend(receivers.get(&p).into_iter().flatten().map(|&k| (k, true)));
-            if policy.relay
+            if relays
                 && let Some(l) = ps.lease
                 && l.peer != me
                 && lease_live(&l, peers, now, policy)
                 && usable(peers, l.peer, now, policy.peer_ttl)
+                && speaks(peers, l.peer)
                 && !sources.iter().any(|&(k, _)| k == l.peer)
             {
                 sources.push((l.peer, true));
@@ -1081,6 +1089,7 @@ mod tests {
             addr: format!("http://10.0.0.{i}:65002"),
             rack: None,
             seed: false,
+            relays: true,
         }
     }
 
@@ -1935,6 +1944,44 @@ mod tests {
             matches!(source_of(&r, 0), Source::Peer { id, relay: true, .. } if *id == d.id),
             "{r:?}"
         );
+    }
+
+    /// A node from before relays (no `relays` in its `Peer`) would take a relay's short answer for a corrupt piece,
+    /// and its peer API serves only what it holds: it is neither sent to a relay nor named as one.
+    #[test]
+    fn nodes_that_do_not_speak_relays_are_neither_given_one_nor_used_as_one() {
+        let mut s = State::new(Policy {
+            max_uploads_per_peer: 1,
+            ..Policy::default()
+        });
+        let t = Instant::now();
+        let old = |i| Peer {
+            relays: false,
+            ..peer(i)
+        };
+        let (seed, a, b) = (peer(100), peer(1), peer(2));
+        have(&mut s, &seed, 2, &[0], t);
+        // a receives piece 0 from the seed, which is then full: an old node gets nothing (a would relay it)...
+        assert_eq!(peer_ids(&ask(&mut s, &a, 2, [0], t)), vec![seed.id.clone()]);
+        let r = ask(&mut s, &old(3), 2, [0], t);
+        assert!(r.assignments.iter().all(|x| x.source == Source::Wait), "{r:?}");
+        // ...while a new one gets the relay.
+        assert!(matches!(
+            source_of(&ask(&mut s, &b, 2, [0], t), 0),
+            Source::Peer { relay: true, .. }
+        ));
+        // An old node receiving a piece is no relay, and an old lease holder neither.
+        let mut s = State::new(Policy {
+            max_uploads_per_peer: 1,
+            ..Policy::default()
+        });
+        have(&mut s, &seed, 2, &[0], t);
+        assert_eq!(peer_ids(&ask(&mut s, &old(4), 2, [0], t)), vec![seed.id.clone()]);
+        let r = ask(&mut s, &b, 2, [0], t);
+        assert!(r.assignments.iter().all(|x| x.source == Source::Wait), "{r:?}");
+        assert_eq!(origins(&ask(&mut s, &old(5), 2, [1], t)), vec![1]);
+        let r = ask(&mut s, &a, 2, [1], t);
+        assert!(r.assignments.iter().all(|x| x.source == Source::Wait), "{r:?}");
     }
 
     #[test]
