@@ -89,19 +89,28 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
         piece_len: task.piece_len,
     };
     let origin_key = task.origin.as_ref().and_then(|o| o.key());
-    let mut in_flight: HashSet<u32> = HashSet::new();
-    let mut waiting_since: HashMap<u32, Instant> = HashMap::new();
-    let mut excluded: HashSet<String> = HashSet::new();
-    let mut cooling: HashMap<String, Instant> = HashMap::new();
-    let mut jobs: JoinSet<Fetched> = JoinSet::new();
+    let limit = node.config.concurrency.max(1);
+    let mut d = Download {
+        node: node.clone(),
+        task: task.clone(),
+        limit,
+        in_flight: HashSet::new(),
+        waiting_since: HashMap::new(),
+        excluded: HashSet::new(),
+        cooling: HashMap::new(),
+        jobs: JoinSet::new(),
+        origin_failures: 0,
+    };
     // The schedule request under way (a long poll: the scheduler answers when it has a source for something).
     let mut poll: Option<JoinHandle<Option<ScheduleResponse>>> = None;
-    let mut origin_failures = 0u32;
     let mut back_to_source_logged = false;
-    let limit = node.config.concurrency.max(1);
     loop {
-        let missing: Vec<u32> = task.missing().into_iter().filter(|n| !in_flight.contains(n)).collect();
-        if missing.is_empty() && in_flight.is_empty() {
+        let missing: Vec<u32> = task
+            .missing()
+            .into_iter()
+            .filter(|n| !d.in_flight.contains(n))
+            .collect();
+        if missing.is_empty() && d.in_flight.is_empty() {
             break;
         }
         // Registered before the slots are counted, so a slot freed in between is not missed.
@@ -112,7 +121,7 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
         let free = node
             .download_slots
             .available_permits()
-            .min(limit - in_flight.len().min(limit));
+            .min(limit - d.in_flight.len().min(limit));
         let use_scheduler = !origin_only && node.clients.has_schedulers();
         if poll.is_none() && !missing.is_empty() && free > 0 {
             if use_scheduler {
@@ -131,13 +140,12 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
                     node.clients.schedule(&id, &req).await.ok().map(|(_, resp)| resp)
                 }));
             } else {
-                let plan = missing.iter().map(|n| (*n, Source::Origin)).collect();
-                start(node, task, plan, limit, &mut in_flight, &mut waiting_since, &mut jobs);
+                d.start(missing.iter().map(|n| (*n, Source::Origin)).collect());
                 continue;
             }
         }
         let polling = poll.is_some();
-        let want_slot = !polling && !missing.is_empty() && free == 0 && in_flight.len() < limit;
+        let want_slot = !polling && !missing.is_empty() && free == 0 && d.in_flight.len() < limit;
         tokio::select! {
             answer = async {
                 match poll.as_mut() {
@@ -158,12 +166,12 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
                                 }
                             }
                         }
-                        cooling.retain(|_, since| since.elapsed() < UNREACHABLE_COOLDOWN);
+                        d.cooling.retain(|_, since| since.elapsed() < UNREACHABLE_COOLDOWN);
                         for a in resp.assignments {
                             // A peer this node will not use counts as waiting, and waiting too long (for whatever
                             // reason) goes back to the origin.
                             let source = match a.source {
-                                Source::Peer { id, .. } if excluded.contains(&id) || cooling.contains_key(&id) => {
+                                Source::Peer { id, .. } if d.excluded.contains(&id) || d.cooling.contains_key(&id) => {
                                     declined = true;
                                     Source::Wait
                                 }
@@ -171,7 +179,7 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
                             };
                             let source = match source {
                                 Source::Wait
-                                    if waiting_since.get(&a.piece).is_some_and(|t| t.elapsed() > WAIT_LIMIT)
+                                    if d.waiting_since.get(&a.piece).is_some_and(|t| t.elapsed() > WAIT_LIMIT)
                                         && node.idle_for() > WAIT_LIMIT =>
                                 {
                                     metrics::counter!("wharf_p2p_back_to_source_total", "why" => "wait").increment(1);
@@ -191,8 +199,8 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
                         plan.extend(missing.iter().map(|n| (*n, Source::Origin)));
                     }
                 }
-                let started = start(node, task, plan, limit, &mut in_flight, &mut waiting_since, &mut jobs);
-                if started == 0 && (declined || in_flight.is_empty()) {
+                let started = d.start(plan);
+                if started == 0 && (declined || d.in_flight.is_empty()) {
                     // Nothing started: ask again, but not at once. The scheduler held the request while nothing
                     // could be assigned, so this only paces answers this node declined (a peer it gave up on) and a
                     // scheduler that answers at once (an old one, or one that fails).
@@ -203,12 +211,10 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
                 // A slot came free (another task's piece ended): look again. (Not by waiting on the semaphore:
                 // its permits go to waiters in turn, and tasks that only look would hand one round forever.)
             }
-            joined = jobs.join_next(), if !jobs.is_empty() => {
+            joined = d.jobs.join_next(), if !d.jobs.is_empty() => {
                 let Some(joined) = joined else { continue };
                 let fetched = joined.map_err(|e| P2pError::Origin(format!("piece task failed: {e}")))?;
-                if let Err(e) = finish_piece(node, task, fetched, &mut in_flight, &mut excluded, &mut cooling,
-                    &mut origin_failures).await
-                {
+                if let Err(e) = d.finish_piece(fetched).await {
                     if let Some(p) = poll.take() {
                         p.abort();
                     }
@@ -222,54 +228,154 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
     verify(task).await
 }
 
-/// Starts the fetches of `plan` that a free slot allows (a piece already held or under way is skipped; `Wait`
-/// only starts its clock); returns how many started.
-fn start(
-    node: &Arc<Node>,
-    task: &Arc<Task>,
-    plan: Vec<(u32, Source)>,
+/// What one download of a task keeps from one turn of its loop to the next.
+struct Download {
+    node: Arc<Node>,
+    task: Arc<Task>,
+    /// Most pieces of this task in flight at once (the node's slots are shared by all its tasks).
     limit: usize,
-    in_flight: &mut HashSet<u32>,
-    waiting_since: &mut HashMap<u32, Instant>,
-    jobs: &mut JoinSet<Fetched>,
-) -> usize {
-    let mut started = 0;
-    for (n, source) in plan {
-        if in_flight.len() >= limit || in_flight.contains(&n) || task.has(n) {
-            continue;
-        }
-        if let Source::Wait = source {
-            waiting_since.entry(n).or_insert_with(Instant::now);
-            continue;
-        }
-        // A transfer the scheduler assigned but no slot is left for: asked for again next time (which ends it
-        // there).
-        let Ok(permit) = node.download_slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let slot = Slot {
-            permit: Some(permit),
-            node: node.clone(),
-        };
-        waiting_since.remove(&n);
-        in_flight.insert(n);
-        started += 1;
-        let from = match &source {
-            Source::Peer { id, .. } => id.as_str(),
-            Source::Origin | Source::Wait => "origin",
-        };
-        tracing::debug!(task = %task.id, piece = n, from, "piece fetch started");
-        match source {
-            Source::Origin => {
-                jobs.spawn(fetch_origin(node.clone(), task.clone(), n, slot));
+    in_flight: HashSet<u32>,
+    /// Pieces the scheduler said to wait for, and since when.
+    waiting_since: HashMap<u32, Instant>,
+    /// Peers that sent a corrupt piece: never asked again by this download.
+    excluded: HashSet<String>,
+    /// Peers that failed to deliver, and when: not asked again for [`UNREACHABLE_COOLDOWN`].
+    cooling: HashMap<String, Instant>,
+    jobs: JoinSet<Fetched>,
+    /// Origin fetches that failed in a row.
+    origin_failures: u32,
+}
+
+impl Download {
+    /// Starts the fetches of `plan` that a free slot allows (a piece already held or under way is skipped; `Wait`
+    /// only starts its clock); returns how many started.
+    fn start(&mut self, plan: Vec<(u32, Source)>) -> usize {
+        let (node, task) = (&self.node, &self.task);
+        let mut started = 0;
+        for (n, source) in plan {
+            if self.in_flight.len() >= self.limit || self.in_flight.contains(&n) || task.has(n) {
+                continue;
             }
-            Source::Peer { id, addr, relay } => {
-                jobs.spawn(fetch_peer(node.clone(), task.clone(), n, (id, addr, relay), slot));
+            if let Source::Wait = source {
+                self.waiting_since.entry(n).or_insert_with(Instant::now);
+                continue;
             }
-            Source::Wait => {}
+            // A transfer the scheduler assigned but no slot is left for: asked for again next time (which ends it
+            // there).
+            let Ok(permit) = node.download_slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let slot = Slot {
+                permit: Some(permit),
+                node: node.clone(),
+            };
+            self.waiting_since.remove(&n);
+            self.in_flight.insert(n);
+            started += 1;
+            let from = match &source {
+                Source::Peer { id, .. } => id.as_str(),
+                Source::Origin | Source::Wait => "origin",
+            };
+            tracing::debug!(task = %task.id, piece = n, from, "piece fetch started");
+            match source {
+                Source::Origin => {
+                    self.jobs.spawn(fetch_origin(node.clone(), task.clone(), n, slot));
+                }
+                Source::Peer { id, addr, relay } => {
+                    self.jobs
+                        .spawn(fetch_peer(node.clone(), task.clone(), n, (id, addr, relay), slot));
+                }
+                Source::Wait => {}
+            }
         }
+        started
     }
-    started
+
+    /// Stores a fetched piece and announces it, or handles its failure (a peer is reported; the origin failing
+    /// [`ORIGIN_ATTEMPTS`] times in a row ends the download).
+    async fn finish_piece(&mut self, fetched: Fetched) -> Result<(), P2pError> {
+        let (node, task) = (&self.node, &self.task);
+        match fetched {
+            Fetched::Ok {
+                n,
+                data,
+                from,
+                digest,
+                receiving,
+            } => {
+                self.in_flight.remove(&n);
+                tracing::debug!(task = %task.id, piece = n, from = from.as_deref().unwrap_or("origin"), "piece stored");
+                let origin = from.is_none();
+                let t = task.clone();
+                let len = data.len() as u64;
+                tokio::task::spawn_blocking(move || t.store_piece(n, &data))
+                    .await
+                    .map_err(|e| P2pError::Origin(format!("write failed: {e}")))??;
+                node.progressed();
+                let source = if origin { "origin" } else { "peer" };
+                metrics::counter!("wharf_p2p_bytes_total", "source" => source).increment(len);
+                if origin {
+                    // (Its digest is already in `task.digests`: `fetch_origin` put it there for the relays.)
+                    self.origin_failures = 0;
+                }
+                // Stored: peers read it from the disk from now on.
+                drop(receiving);
+                let digests = if origin { vec![(n, digest)] } else { vec![] };
+                node.announce(task, vec![n], digests, false).await;
+            }
+            Fetched::Failed {
+                n,
+                from,
+                error,
+                corrupt,
+                relay,
+            } => {
+                self.in_flight.remove(&n);
+                match from {
+                    Some((id, _addr)) if relay && matches!(error, P2pError::PieceUnavailable { .. }) => {
+                        // Ended short, or not there (404), or no digest in time: its own source failed, or its fetch had
+                        // not started. Nobody to blame; asked for again. (Anything else, a refused or cut connection
+                        // above all, is the relay's own failure: reported as usual.)
+                        tracing::debug!(task = %task.id, piece = n, peer = %id, error = %error, "relay failed");
+                        metrics::counter!("wharf_p2p_relay_failures_total").increment(1);
+                    }
+                    Some((id, _addr)) => {
+                        tracing::debug!(task = %task.id, piece = n, peer = %id, error = %error, "peer failed");
+                        if corrupt {
+                            self.excluded.insert(id.clone());
+                            metrics::counter!("wharf_p2p_bad_pieces_total").increment(1);
+                            tracing::warn!(task = %task.id, piece = n, peer = %id, "corrupt piece; peer reported");
+                        } else {
+                            self.cooling.insert(id.clone(), Instant::now());
+                        }
+                        let reason = if corrupt {
+                            "corrupt"
+                        } else if matches!(error, P2pError::PeerRefused { .. }) {
+                            "refused"
+                        } else {
+                            "unreachable"
+                        };
+                        let report = Report {
+                            peer: node.peer.clone(),
+                            bad: id,
+                            piece: n,
+                            reason: reason.into(),
+                        };
+                        node.clients.report(&task.id, &report).await;
+                    }
+                    None => {
+                        self.origin_failures += 1;
+                        tracing::warn!(task = %task.id, piece = n, error = %error, "origin fetch failed");
+                        if self.origin_failures >= ORIGIN_ATTEMPTS {
+                            return Err(error);
+                        }
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(self.origin_failures))).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A download slot held by a fetch; given back (and the tasks waiting for one told) when the fetch ends.
@@ -283,99 +389,6 @@ impl Drop for Slot {
         drop(self.permit.take());
         self.node.slot_freed.notify_waiters();
     }
-}
-
-/// Stores a fetched piece and announces it, or handles its failure (a peer is reported; the origin failing
-/// [`ORIGIN_ATTEMPTS`] times in a row ends the download).
-async fn finish_piece(
-    node: &Arc<Node>,
-    task: &Arc<Task>,
-    fetched: Fetched,
-    in_flight: &mut HashSet<u32>,
-    excluded: &mut HashSet<String>,
-    cooling: &mut HashMap<String, Instant>,
-    origin_failures: &mut u32,
-) -> Result<(), P2pError> {
-    match fetched {
-        Fetched::Ok {
-            n,
-            data,
-            from,
-            digest,
-            receiving,
-        } => {
-            in_flight.remove(&n);
-            tracing::debug!(task = %task.id, piece = n, from = from.as_deref().unwrap_or("origin"), "piece stored");
-            let origin = from.is_none();
-            let t = task.clone();
-            let len = data.len() as u64;
-            tokio::task::spawn_blocking(move || t.store_piece(n, &data))
-                .await
-                .map_err(|e| P2pError::Origin(format!("write failed: {e}")))??;
-            node.progressed();
-            let source = if origin { "origin" } else { "peer" };
-            metrics::counter!("wharf_p2p_bytes_total", "source" => source).increment(len);
-            if origin {
-                // (Its digest is already in `task.digests`: `fetch_origin` put it there for the relays.)
-                *origin_failures = 0;
-            }
-            // Stored: peers read it from the disk from now on.
-            drop(receiving);
-            let digests = if origin { vec![(n, digest)] } else { vec![] };
-            node.announce(task, vec![n], digests, false).await;
-        }
-        Fetched::Failed {
-            n,
-            from,
-            error,
-            corrupt,
-            relay,
-        } => {
-            in_flight.remove(&n);
-            match from {
-                Some((id, _addr)) if relay && matches!(error, P2pError::PieceUnavailable { .. }) => {
-                    // Ended short, or not there (404), or no digest in time: its own source failed, or its fetch had
-                    // not started. Nobody to blame; asked for again. (Anything else, a refused or cut connection
-                    // above all, is the relay's own failure: reported as usual.)
-                    tracing::debug!(task = %task.id, piece = n, peer = %id, error = %error, "relay failed");
-                    metrics::counter!("wharf_p2p_relay_failures_total").increment(1);
-                }
-                Some((id, _addr)) => {
-                    tracing::debug!(task = %task.id, piece = n, peer = %id, error = %error, "peer failed");
-                    if corrupt {
-                        excluded.insert(id.clone());
-                        metrics::counter!("wharf_p2p_bad_pieces_total").increment(1);
-                        tracing::warn!(task = %task.id, piece = n, peer = %id, "corrupt piece; peer reported");
-                    } else {
-                        cooling.insert(id.clone(), Instant::now());
-                    }
-                    let reason = if corrupt {
-                        "corrupt"
-                    } else if matches!(error, P2pError::PeerRefused { .. }) {
-                        "refused"
-                    } else {
-                        "unreachable"
-                    };
-                    let report = Report {
-                        peer: node.peer.clone(),
-                        bad: id,
-                        piece: n,
-                        reason: reason.into(),
-                    };
-                    node.clients.report(&task.id, &report).await;
-                }
-                None => {
-                    *origin_failures += 1;
-                    tracing::warn!(task = %task.id, piece = n, error = %error, "origin fetch failed");
-                    if *origin_failures >= ORIGIN_ATTEMPTS {
-                        return Err(error);
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(*origin_failures))).await;
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 async fn fetch_origin(node: Arc<Node>, task: Arc<Task>, n: u32, _slot: Slot) -> Fetched {
