@@ -22,7 +22,9 @@
 #      own cache (no byte from peers or origin, no blob request at the origin);
 #   4. a peer killed mid-transfer (the first node to serve a piece of a second image, SIGKILL,
 #      links at 20 Mbit/s): the other nodes finish byte-identical, the origin sending under 2x;
-#   5. containerd (Docker's, via `ctr`) with a hosts.toml naming node dk as the mirror of the
+#   5. the nodes started with --peer-send-buffer 24K (odd ones) serve peers on connections
+#      whose send buffer is 48K (the kernel doubles it): `ss -tm` in their namespace;
+#   6. containerd (Docker's, via `ctr`) with a hosts.toml naming node dk as the mirror of the
 #      origin's registry host pulls the second image: dk picks the upstream by ?ns=, the
 #      blobs come from the peers.
 #
@@ -125,8 +127,13 @@ setup() {
     p2p_push_image origin "$WORK/layout" "$REPO" "$TAG" "$ORIGIN_URL" || die "push to the origin failed"
     echo "pushed $REPO:$TAG ($IMG_MANIFEST_DIGEST): $(wc -l <<<"$IMG_BLOBS") blobs, $IMG_BYTES bytes"
 
+    # Odd nodes with a fixed peer send buffer, even ones with the kernel's autotuning: both serve the swarm.
     for ((i = 1; i <= NODES; i++)); do
-        p2p_node_start "n$i" "$(node_ip "$i")" "$WORK/n$i-root"
+        if ((i % 2)); then
+            p2p_node_start "n$i" "$(node_ip "$i")" "$WORK/n$i-root" --peer-send-buffer 24K
+        else
+            p2p_node_start "n$i" "$(node_ip "$i")" "$WORK/n$i-root"
+        fi
     done
     p2p_node_start dk "${NET_IP[dk]}" "$WORK/dk-root"
     for ((i = 1; i <= NODES; i++)); do
@@ -385,8 +392,23 @@ test_containerd() {
     ctr_dk images rm "$host/$REPO:v2" >/dev/null 2>&1 || true
 }
 
+# test_send_buffer: the connections the odd nodes' peer APIs served (kept alive by their clients) have the send
+# buffer --peer-send-buffer fixed: 2 x 24K, as `ss -tm` shows it (skmem tb), and autotuning off.
+test_send_buffer() {
+    local i port tbs=""
+    for ((i = 1; i <= NODES; i += 2)); do
+        port=${NODE_PEER[n$i]##*:}
+        tbs+=$(net_exec "n$i" ss -tmnH state established "( sport = :$port )" | grep -o 'tb[0-9]*' || true)$'\n'
+    done
+    tbs=$(grep . <<<"$tbs" | sort | uniq -c | tr -s ' ' || true)
+    echo "     served peer connections of the odd nodes, by send buffer:" ${tbs:-none}
+    expect_eq "nodes with --peer-send-buffer 24K serve peers on connections with a 48K send buffer, and no other" \
+        "$(grep -vc ' tb49152$' <<<"$tbs" || true) $(grep -c ' tb49152$' <<<"$tbs" || true)" "0 1"
+}
+
 setup
 test_swarm_pull
+test_send_buffer
 test_advertised
 test_docker
 test_peer_killed
