@@ -12,18 +12,19 @@
 #      from the origin, wharf_p2p_bytes_total{source="origin"}, add up to 1.00x-1.05x of
 #      the image, and the origin's network interface sent at most 1.10x (that counts failed
 #      fetches too, and TCP/IP headers);
-#   2. each node advertised its namespace's 198.18 address (found from the route to the
+#   2. the nodes started with --peer-send-buffer 24K (odd ones; so P2P_NODE_ARGS must not
+#      carry that flag) serve peers on connections whose send buffer is 48K (the kernel
+#      doubles it): `ss -tm` in their namespace;
+#   3. each node advertised its namespace's 198.18 address (found from the route to the
 #      scheduler, no --advertise-addr given), never 127.0.0.1: in its own startup line and
 #      in the scheduler's GET /v1/swarms (which refuses a request without the token);
-#   3. Docker (a private dockerd in the ninth node's namespace, --registry-mirror = that
+#   4. Docker (a private dockerd in the ninth node's namespace, --registry-mirror = that
 #      node) pulls `p2pimg:v1` (docker.io/library/p2pimg -> mirror -> node -> peers): the
 #      pushed manifest digest, image ID and file contents, every blob from the peers and
 #      none from the origin; after `docker rmi`, a second pull is served from the node's
 #      own cache (no byte from peers or origin, no blob request at the origin);
-#   4. a peer killed mid-transfer (the first node to serve a piece of a second image, SIGKILL,
+#   5. a peer killed mid-transfer (the first node to serve a piece of a second image, SIGKILL,
 #      links at 20 Mbit/s): the other nodes finish byte-identical, the origin sending under 2x;
-#   5. the nodes started with --peer-send-buffer 24K (odd ones) serve peers on connections
-#      whose send buffer is 48K (the kernel doubles it): `ss -tm` in their namespace;
 #   6. containerd (Docker's, via `ctr`) with a hosts.toml naming node dk as the mirror of the
 #      origin's registry host pulls the second image: dk picks the upstream by ?ns=, the
 #      blobs come from the peers.

@@ -49,7 +49,7 @@ pub struct Peer {
     /// This node is a seed (next to the registry; preheat targets).
     #[serde(default)]
     pub seed: bool,
-    /// It speaks relays (every version since they came): it may be sent to a peer that is still receiving the piece
+    /// It speaks relays (nodes say so since this field came): it may be sent to a peer that is still receiving the piece
     /// (it asks for a lease holder's digest, and takes a relay's clean short answer for the relay's loss, not for a
     /// corrupt piece), and it passes on what it receives. A node from before relays does not say so: the scheduler
     /// neither relays to it nor through it, so old and new nodes mix during a rolling upgrade.

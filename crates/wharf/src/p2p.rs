@@ -63,7 +63,8 @@ pub struct NodeArgs {
     /// Send buffer of each connection the peer API serves (SO_SNDBUF, which Linux doubles), e.g. 24K: it bounds the
     /// bytes one upload has in flight, so the several uploads converging on one node's downlink cannot overrun a
     /// shallow switch queue (TCP incast) and lose packets. Costs throughput where a connection's round trip is long:
-    /// one upload goes at most ~2 x SIZE per round trip [default: the kernel's autotuning].
+    /// one upload goes at most ~2 x SIZE per round trip. At most net.core.wmem_max (a warning says so) [default: the
+    /// kernel's autotuning].
     #[arg(long, value_parser = wharf_p2p::ratelimit::parse_rate)]
     pub peer_send_buffer: Option<u64>,
     /// Log filter [default: info, or RUST_LOG].
@@ -214,6 +215,22 @@ pub(crate) fn peer_listener(addr: SocketAddr, send_buffer: Option<u64>) -> anyho
         let size = u32::try_from(size).context("--peer-send-buffer: too large")?;
         sock.set_send_buffer_size(size)
             .with_context(|| format!("cannot set the peer API's send buffer to {size} bytes"))?;
+        // The kernel caps the size at net.core.wmem_max (then doubles it, on Linux): say so rather than run with
+        // another bound than the one asked for.
+        let asked = if cfg!(target_os = "linux") {
+            2 * u64::from(size)
+        } else {
+            u64::from(size)
+        };
+        if let Ok(got) = sock.send_buffer_size()
+            && u64::from(got) < asked
+        {
+            tracing::warn!(
+                asked = size,
+                got,
+                "--peer-send-buffer capped by the kernel (net.core.wmem_max): raise that sysctl for a larger buffer"
+            );
+        }
     }
     sock.bind(addr).with_context(what)?;
     sock.listen(1024).with_context(what)
@@ -666,8 +683,8 @@ mod tests {
         assert!(check_advertised(IpAddr::from([0, 0, 0, 0]), remote, "s").is_err());
     }
 
-    /// The size fixed on the listener is the one every served connection gets (Linux doubles it, and keeps the
-    /// autotuned default, 16K, otherwise: so the doubled value shows it was applied).
+    /// The size fixed on the listener is the one every served connection gets (Linux doubles it; without a size the
+    /// kernel grows each connection's buffer as it goes, so only the exact doubled value shows it was applied).
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn peer_connections_get_the_send_buffer_set_on_the_listener() {

@@ -159,8 +159,8 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
                 let mut declined = false;
                 match answer {
                     Some(resp) => {
-                        if let Ok(mut d) = task.digests.lock() {
-                            for (slot, known) in d.iter_mut().zip(resp.digests) {
+                        if let Ok(mut digests) = task.digests.lock() {
+                            for (slot, known) in digests.iter_mut().zip(resp.digests) {
                                 if slot.is_none() {
                                     *slot = known;
                                 }
