@@ -22,5 +22,6 @@ pub mod piece;
 pub mod proto;
 pub mod ratelimit;
 pub mod scheduler;
+mod wait;
 
 pub use error::P2pError;

@@ -47,20 +47,18 @@ async fn piece(State(node): State<Arc<Node>>, Path((task, n)): Path<(String, u32
     let guard = t.reader();
     // A relay's requester may come a moment before this node's own fetch of the piece has started.
     let deadline = tokio::time::Instant::now() + RELAY_WAIT;
-    loop {
-        let changed = t.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        if t.has(n) {
-            break;
-        }
-        if let Some(incoming) = t.incoming(n) {
+    // `Some(None)`: held; `Some(Some(incoming))`: arriving.
+    let found = crate::wait::until(&t.changed, deadline, || {
+        if t.has(n) { Some(None) } else { t.incoming(n).map(Some) }
+    })
+    .await;
+    match found {
+        None => return StatusCode::NOT_FOUND.into_response(),
+        Some(Some(incoming)) => {
             metrics::counter!("wharf_p2p_pieces_relayed_total").increment(1);
             return paced(incoming.read(), node, guard);
         }
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            return StatusCode::NOT_FOUND.into_response();
-        }
+        Some(None) => {}
     }
     let reader = t.clone();
     let data = match tokio::task::spawn_blocking(move || reader.read_piece(n)).await {

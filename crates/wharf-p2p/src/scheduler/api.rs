@@ -192,18 +192,17 @@ async fn hold_schedule(
     hold: Duration,
 ) -> Result<ScheduleResponse, StateError> {
     let deadline = tokio::time::Instant::now() + hold;
-    loop {
-        // Registered before looking, so a change between the look and the wait is not missed.
-        let changed = notify.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        let answer = ctx.scheduler.with_state(|s, now| s.schedule(task, req, now))?;
-        let startable = answer.assignments.iter().any(|a| a.source != Source::Wait);
-        if startable || req.want.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(answer);
+    let look = || {
+        let answer = ctx.scheduler.with_state(|s, now| s.schedule(task, req, now));
+        match answer {
+            Ok(a) if !req.want.is_empty() && a.assignments.iter().all(|a| a.source == Source::Wait) => None,
+            done => Some(done),
         }
-        // Woken, or time is up: either way, one more look (leases and transfers may have expired meanwhile).
-        let _ = tokio::time::timeout_at(deadline, changed).await;
+    };
+    match crate::wait::until(notify, deadline, look).await {
+        Some(answer) => answer,
+        // Time is up: one more look (leases and transfers may have expired meanwhile).
+        None => ctx.scheduler.with_state(|s, now| s.schedule(task, req, now)),
     }
 }
 
@@ -231,19 +230,13 @@ async fn piece_digest(
     let hold = Duration::from_millis(u64::from(hold_ms.min(MAX_HOLD_MS)));
     let deadline = tokio::time::Instant::now() + hold;
     let watch = ctx.scheduler.watch(&task);
-    loop {
-        let changed = watch.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        if let Some(digest) = ctx.scheduler.with_state(|s, _| s.piece_digest(&task, n)) {
-            return Ok(json(StatusCode::OK, &PieceDigest { digest }));
-        }
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            return Err(ApiError(
-                StatusCode::NOT_FOUND,
-                format!("piece {n} of {task}: digest not known"),
-            ));
-        }
+    let look = || ctx.scheduler.with_state(|s, _| s.piece_digest(&task, n));
+    match crate::wait::until(&watch, deadline, look).await {
+        Some(digest) => Ok(json(StatusCode::OK, &PieceDigest { digest })),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("piece {n} of {task}: digest not known"),
+        )),
     }
 }
 
