@@ -10,6 +10,7 @@ once however many clients ask at the same time ([`fetch`]), streamed to all of t
 is the registry client (bearer/basic auth, token cache, retries, timeouts).
 */
 
+pub mod body;
 pub mod config;
 pub mod fetch;
 mod lru;

@@ -9,6 +9,7 @@ use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 use wharf_oci::{Digest, media};
 
+use crate::body::BodyError;
 use crate::config::UpstreamConfig;
 use wharf_oci::auth::{Challenge, TokenCache, parse_challenge};
 
@@ -354,28 +355,24 @@ impl Upstream {
             s => return Err(self.status_error(&path, s)),
         }
         let want = usize::try_from(end - start).unwrap_or(usize::MAX);
-        let mut body = bytes::BytesMut::with_capacity(want.min(64 << 20));
         let mut resp = resp;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| UpstreamError::Unreachable {
-            url: url.clone(),
-            source: e,
-        })? {
-            if body.len() + chunk.len() > want {
-                return Err(UpstreamError::Protocol {
-                    url,
-                    reason: format!("asked for {} bytes, got more", end - start),
-                });
-            }
-            body.extend_from_slice(&chunk);
+        let read = crate::body::read_exact(&mut resp, want, |chunk| {
             on_chunk(chunk);
-        }
-        if body.len() != want {
-            return Err(UpstreamError::Protocol {
+            std::future::ready(())
+        })
+        .await;
+        match read {
+            Ok(body) => Ok(Some(body)),
+            Err(BodyError::Read(source)) => Err(UpstreamError::Unreachable { url, source }),
+            Err(BodyError::TooLong) => Err(UpstreamError::Protocol {
                 url,
-                reason: format!("asked for {} bytes, got {}", end - start, body.len()),
-            });
+                reason: format!("asked for {} bytes, got more", end - start),
+            }),
+            Err(BodyError::Short { got }) => Err(UpstreamError::Protocol {
+                url,
+                reason: format!("asked for {} bytes, got {got}", end - start),
+            }),
         }
-        Ok(Some(body.freeze()))
     }
 
     /// Lists tags upstream.

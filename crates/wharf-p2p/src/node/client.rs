@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use wharf_mirror::body::{BodyError, read_exact};
 
 use super::relay::Incoming;
 use crate::P2pError;
@@ -304,23 +305,20 @@ impl Clients {
         if !resp.status().is_success() {
             return Err(err(format!("answered {}", resp.status())));
         }
-        let mut data = bytes::BytesMut::with_capacity(len);
-        while let Some(chunk) = resp.chunk().await.map_err(failed)? {
-            if data.len() + chunk.len() > len {
-                return Err(err(format!("sent more than the piece's {len} bytes")));
-            }
+        let read = read_exact(&mut resp, len, move |chunk| async move {
             limit.take(chunk.len()).await;
-            data.extend_from_slice(&chunk);
             sink.push(chunk);
-        }
-        if data.len() < len {
+        })
+        .await;
+        read.map_err(|e| match e {
+            BodyError::Read(e) => failed(e),
+            BodyError::TooLong => err(format!("sent more than the piece's {len} bytes")),
             // Ended cleanly but short: a relay whose own source failed (a node that dies cuts the connection).
-            return Err(P2pError::PieceUnavailable {
+            BodyError::Short { got } => P2pError::PieceUnavailable {
                 addr: addr.to_owned(),
-                reason: format!("sent {} of the piece's {len} bytes", data.len()),
-            });
-        }
-        Ok(data.freeze())
+                reason: format!("sent {got} of the piece's {len} bytes"),
+            },
+        })
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, watch};
+use wharf_mirror::body::{BodyError, read_exact};
 
 use super::relay::Incoming;
 
@@ -73,30 +74,21 @@ impl Origin {
                     return Err(P2pError::Origin(format!("{url} answered {status} to a range request")));
                 }
                 let want = usize::try_from(end - start).unwrap_or(usize::MAX);
-                let mut body = bytes::BytesMut::with_capacity(want.min(64 << 20));
                 let mut resp = resp;
-                while let Some(chunk) = resp
-                    .chunk()
-                    .await
-                    .map_err(|e| P2pError::Origin(format!("{url}: {e}")))?
-                {
-                    if body.len() + chunk.len() > want {
-                        return Err(P2pError::Origin(format!(
-                            "{url}: range of {} bytes answered with more",
-                            end - start
-                        )));
-                    }
-                    body.extend_from_slice(&chunk);
+                let read = read_exact(&mut resp, want, |chunk| {
                     sink.push(chunk);
-                }
-                if body.len() != want {
-                    return Err(P2pError::Origin(format!(
-                        "{url}: range of {} bytes answered with {}",
-                        end - start,
-                        body.len()
-                    )));
-                }
-                Ok(body.freeze())
+                    std::future::ready(())
+                })
+                .await;
+                read.map_err(|e| match e {
+                    BodyError::Read(e) => P2pError::Origin(format!("{url}: {e}")),
+                    BodyError::TooLong => {
+                        P2pError::Origin(format!("{url}: range of {} bytes answered with more", end - start))
+                    }
+                    BodyError::Short { got } => {
+                        P2pError::Origin(format!("{url}: range of {} bytes answered with {got}", end - start))
+                    }
+                })
             }
         }
     }
