@@ -507,9 +507,7 @@ pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
-        let peer_listener = tokio::net::TcpListener::bind(args.peer_listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.peer_listen))?;
+        let peer_listener = peer_listener(args.peer_listen, None)?;
         let addr = SocketAddr::new(ip, peer_listener.local_addr()?.port());
         let peer = Peer {
             id: addr.to_string(),
