@@ -13,27 +13,9 @@ pub enum Error {
     BadOption(String),
     #[error("invalid platform {0:?}: expected os/arch[/variant], e.g. linux/arm64/v8")]
     BadPlatform(String),
-    /// The cause is folded into the message (not exposed as `source`) so the line is complete on its own and an
-    /// error-chain printer does not repeat reqwest's wrapping messages.
-    #[error("{what} at {registry}: {}", http_cause(.cause))]
-    Unreachable {
-        what: String,
-        registry: String,
-        cause: reqwest::Error,
-    },
-    #[error("{what} at {registry}: HTTP {status}{detail}")]
-    Status {
-        what: String,
-        registry: String,
-        status: u16,
-        detail: String,
-    },
-    #[error("{what} at {registry}: authentication failed: {reason}")]
-    Auth {
-        what: String,
-        registry: String,
-        reason: String,
-    },
+    /// Talking to a registry failed: unreachable, an unexpected status, auth, credentials.
+    #[error(transparent)]
+    Remote(wharf_remote::RemoteError),
     #[error("blob {expected} from {from}: content digest is {computed}; refusing it")]
     DigestMismatch {
         expected: Digest,
@@ -65,17 +47,16 @@ pub enum Error {
     Archive { path: String, reason: String },
     #[error("{context}: {cause}")]
     Io { context: String, cause: std::io::Error },
-    #[error("Docker config {path}: {reason}")]
-    DockerConfig { path: String, reason: String },
-    #[error("cannot locate the Docker config: neither DOCKER_CONFIG nor HOME is set")]
-    NoDockerConfig,
-    #[error("credential helper docker-credential-{helper} ({action} for {server}): {reason}")]
-    CredentialHelper {
-        helper: String,
-        action: String,
-        server: String,
-        reason: String,
-    },
+}
+
+impl From<wharf_remote::RemoteError> for Error {
+    /// A bad image name is the client's own kind of error, wherever it was found.
+    fn from(e: wharf_remote::RemoteError) -> Error {
+        match e {
+            wharf_remote::RemoteError::BadName { input, reason } => Error::BadName { input, reason },
+            e => Error::Remote(e),
+        }
+    }
 }
 
 impl Error {
@@ -89,28 +70,8 @@ impl Error {
     /// Worth another attempt: the connection failed or timed out, or the registry was failing or busy.
     pub fn is_temporary(&self) -> bool {
         match self {
-            Error::Unreachable { .. } => true,
-            Error::Status { status, .. } => *status >= 500 || *status == 429,
+            Error::Remote(e) => e.is_outage(),
             _ => false,
         }
-    }
-}
-
-/// What went wrong under a reqwest error, in a few words: its innermost cause, which names the real problem
-/// (`Connection refused`, `dns error`, a TLS failure) rather than the request.
-fn http_cause(e: &reqwest::Error) -> String {
-    let mut inner: &dyn std::error::Error = e;
-    while let Some(next) = inner.source() {
-        inner = next;
-    }
-    let root = inner.to_string();
-    if e.is_timeout() {
-        format!("timed out ({root})")
-    } else if e.is_connect() {
-        format!("cannot connect: {root}")
-    } else if e.is_body() || e.is_decode() {
-        format!("transfer failed: {root}")
-    } else {
-        root
     }
 }

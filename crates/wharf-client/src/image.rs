@@ -12,12 +12,7 @@ use crate::Error;
 pub type BlobStream = BoxStream<'static, Result<Bytes, Error>>;
 
 /// A manifest or index, byte-exact, with the media type it is served as and its digest.
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    pub bytes: Bytes,
-    pub media_type: String,
-    pub digest: Digest,
-}
+pub use wharf_remote::Manifest;
 
 /// Where a source's blobs live in a registry, so that a destination in the same registry can mount them instead
 /// of receiving their bytes.

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use common::{write_image, write_index};
 use wharf_client::registry::Credentials;
-use wharf_client::{CopyOptions, CopyReport, Error, TransportOptions, copy, parse_image_name};
+use wharf_client::{CopyOptions, CopyReport, Error, RemoteError, TransportOptions, copy, parse_image_name};
 use wharf_registry::{App, RegistryConfig};
 use wharf_storage::{CacheConfig, CachedStore, FsStore};
 
@@ -125,7 +125,7 @@ async fn round_trip(bearer: bool) -> Gate {
     let err = run(&remote, &format!("oci:{}:v2", dst.display()), None)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Auth { .. }), "{err}");
+    assert!(matches!(err, Error::Remote(RemoteError::Auth { .. })), "{err}");
     assert!(err.to_string().contains(&g.addr), "{err}");
     g
 }

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use wharf_client::registry::{Credentials, RegistryClient, RegistryOptions};
-use wharf_client::{Error, Reference};
+use wharf_client::{Error, Reference, RemoteError};
 
 /// `user:secret`
 const BASIC: &str = "Basic dXNlcjpzZWNyZXQ=";
@@ -77,10 +77,10 @@ async fn basic_registry() {
     let addr = start(false).await;
     ping(&addr, Credentials::parse("user:secret")).await.unwrap();
     let e = ping(&addr, Credentials::parse("user:wrong")).await.unwrap_err();
-    assert!(matches!(e, Error::Auth { .. }), "{e}");
+    assert!(matches!(e, Error::Remote(RemoteError::Auth { .. })), "{e}");
     assert!(e.to_string().contains("refused the credentials"), "{e}");
     let e = ping(&addr, None).await.unwrap_err();
-    assert!(matches!(e, Error::Auth { .. }), "{e}");
+    assert!(matches!(e, Error::Remote(RemoteError::Auth { .. })), "{e}");
 }
 
 #[tokio::test]

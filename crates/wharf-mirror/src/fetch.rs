@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use wharf_oci::{Digest, DigestHasher};
 use wharf_storage::{BlobSource, ByteStream, StorageError};
 
-use crate::upstream::Upstream;
+use wharf_remote::Upstream;
 
 /// Resumes after the upstream connection drops, at most this many times in a row without progress.
 const MAX_RESUMES: u32 = 5;

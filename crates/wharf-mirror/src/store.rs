@@ -15,10 +15,10 @@ use wharf_storage::{
     StorageError, StoredManifest, UploadStatus,
 };
 
-use crate::config::{MirrorConfig, canonical_host, upstream_repository};
+use crate::config::MirrorConfig;
 use crate::fetch::{Commit, Fetches};
 use crate::lru::{Lru, Serving};
-use crate::upstream::{Upstream, UpstreamError};
+use wharf_remote::{RemoteError, Upstream, canonical_host, upstream_repository};
 
 pub struct MirrorStore {
     local: Arc<dyn RegistryStore>,
@@ -32,7 +32,7 @@ pub struct MirrorStore {
     lru: Arc<Lru>,
 }
 
-fn upstream_err(u: &Upstream, e: UpstreamError) -> StorageError {
+fn upstream_err(u: &Upstream, e: RemoteError) -> StorageError {
     StorageError::Upstream {
         upstream: format!("{} ({})", u.config.name, u.url()),
         reason: e.to_string(),
@@ -108,21 +108,21 @@ impl MirrorStore {
         &self,
         name: &str,
         tag: Option<String>,
-        m: crate::upstream::FetchedManifest,
+        m: wharf_remote::Manifest,
     ) -> Result<StoredManifest> {
         let stored = StoredManifest {
             digest: m.digest.clone(),
             media_type: m.media_type.clone(),
-            body: m.body.clone(),
+            body: m.bytes.clone(),
         };
-        self.lru.touch(&m.digest, m.body.len() as u64);
+        self.lru.touch(&m.digest, m.bytes.len() as u64);
         self.cache
             .put_manifest(
                 name,
                 NewManifest {
                     digest: m.digest,
                     media_type: m.media_type,
-                    body: m.body,
+                    body: m.bytes,
                     tags: tag.into_iter().collect(),
                     referrer: None,
                 },
@@ -211,7 +211,7 @@ impl MirrorStore {
         tag: &str,
         cached: Option<StoredManifest>,
         up: &Upstream,
-        e: UpstreamError,
+        e: RemoteError,
     ) -> Result<Option<StoredManifest>> {
         match cached {
             Some(m) if e.is_outage() => {

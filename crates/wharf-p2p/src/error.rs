@@ -16,6 +16,12 @@ pub enum P2pError {
     PieceUnavailable { addr: String, reason: String },
     #[error("origin: {0}")]
     Origin(String),
+    /// The registry the blob comes from failed (unreachable, refused, a broken answer).
+    #[error("origin: {0}")]
+    Registry(#[from] wharf_remote::RemoteError),
+    /// The registry the blob comes from does not have it.
+    #[error("origin: {repository}@{digest} not found upstream")]
+    NotUpstream { repository: String, digest: String },
     #[error("piece {piece} of {task} does not match its digest")]
     BadPiece { task: String, piece: u32 },
     #[error("{task}: the downloaded content hashes to {computed}, not its digest")]

@@ -259,6 +259,19 @@ impl Default for Mirror {
 }
 
 impl Upstream {
+    /// What the registry client needs of it. Without a username, the client looks for credentials where the Docker
+    /// tools keep them.
+    pub fn client_config(&self) -> wharf_remote::UpstreamConfig {
+        wharf_remote::UpstreamConfig {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            credentials: self.username.as_ref().map(|u| wharf_remote::Credentials {
+                username: u.clone(),
+                password: self.password.clone().unwrap_or_default(),
+            }),
+        }
+    }
+
     /// Parses the `--upstream [NAME=]URL` shorthand. Without a name, it is the default upstream, named after its
     /// host (Docker Hub's hosts become `docker.io`).
     pub fn parse_flag(flag: &str) -> anyhow::Result<Upstream> {
@@ -272,7 +285,7 @@ impl Upstream {
                     .split('/')
                     .next()
                     .unwrap_or("");
-                let name = wharf_mirror::canonical_host(host).replace(':', "-");
+                let name = wharf_remote::canonical_host(host).replace(':', "-");
                 (name, flag.to_owned(), true)
             }
         };

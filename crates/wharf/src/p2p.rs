@@ -305,12 +305,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         if u.default {
             default = Some(u.name.clone());
         }
-        upstreams.push(wharf_mirror::UpstreamConfig {
-            name: u.name,
-            url: u.url,
-            username: u.username,
-            password: u.password,
-        });
+        upstreams.push(u.client_config());
     }
     if upstreams.is_empty() {
         anyhow::bail!("no --upstream: a node mirrors at least one registry");
@@ -548,7 +543,7 @@ pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
         let mut file = tokio::fs::File::create(&part)
             .await
             .with_context(|| format!("cannot create {}", part.display()))?;
-        let stream = wharf_p2p::node::mirror::stream(task.clone());
+        let stream = wharf_p2p::node::stream::stream(task.clone());
         futures_util::pin_mut!(stream);
         let written = async {
             use futures_util::StreamExt;
@@ -590,14 +585,17 @@ pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, Args)]
 pub struct PreheatArgs {
-    /// The image: `HOST[:PORT]/REPO:TAG` or `...@sha256:...`.
+    /// The image, as Docker names it: `HOST[:PORT]/REPO:TAG`, `...@sha256:...`, or a Docker Hub name.
     pub image: String,
     /// Scheduler base URL; repeatable (every scheduler queues it; seeds ask them all).
     #[arg(long = "scheduler", value_name = "URL", required = true)]
     pub schedulers: Vec<String>,
     #[arg(long, env = "WHARF_P2P_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Talk to the registry over plain HTTP (default for loopback and the benchmark range 198.18.0.0/15).
+    /// Registry credentials `USER:PASSWORD` [default: those the Docker tools keep for the registry].
+    #[arg(long, value_name = "USER:PASSWORD", env = "WHARF_CREDS", hide_env_values = true)]
+    pub creds: Option<String>,
+    /// Talk to the registry over plain HTTP (the default only for localhost and loopback addresses).
     #[arg(long)]
     pub plain_http: bool,
 }
@@ -605,46 +603,43 @@ pub struct PreheatArgs {
 /// `wharf preheat`: lists an image's blobs (every platform of an index) and queues them for the seed nodes.
 pub fn run_preheat(args: PreheatArgs) -> anyhow::Result<()> {
     crate::serve::init_logging("warn", "text")?;
-    let (host, rest) = args
-        .image
-        .split_once('/')
-        .with_context(|| format!("{}: expected HOST/REPO:TAG", args.image))?;
-    let (repo, reference) = match rest.split_once('@') {
-        Some((r, d)) => (r.to_owned(), d.to_owned()),
-        None => match rest.rsplit_once(':') {
-            Some((r, t)) => (r.to_owned(), t.to_owned()),
-            None => (rest.to_owned(), "latest".to_owned()),
-        },
+    let reference = wharf_remote::Reference::parse(&args.image)?;
+    let credentials = match &args.creds {
+        Some(c) => Some(wharf_remote::Credentials::parse(c).context("--creds: expected USER:PASSWORD")?),
+        None => wharf_remote::lookup_credentials(&reference.registry).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the Docker credentials; asking anonymously");
+            None
+        }),
     };
-    let local = host.starts_with("localhost")
-        || host.starts_with("127.")
-        || host.starts_with("198.18.")
-        || host.starts_with("198.19.");
-    let scheme = if args.plain_http || local { "http" } else { "https" };
-    let upstream = wharf_mirror::upstream::Upstream::new(
-        wharf_mirror::UpstreamConfig {
-            name: host.to_owned(),
-            url: format!("{scheme}://{host}"),
-            username: None,
-            password: None,
-        },
-        Duration::from_secs(30),
-    )?;
+    let scheme = if args.plain_http || reference.is_loopback() {
+        "http"
+    } else {
+        "https"
+    };
+    let options = wharf_remote::ClientOptions {
+        credentials,
+        ..wharf_remote::ClientOptions::default()
+    };
+    let base = format!("{scheme}://{}/", reference.api_host());
+    let registry = wharf_remote::Registry::new(&reference.registry, &base, &options)?;
+    let repo = reference.repository.clone();
+    let scopes = [wharf_remote::pull_scope(&repo)];
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let mut blobs = Vec::new();
-        let mut manifests = vec![reference.clone()];
-        while let Some(r) = manifests.pop() {
-            let m = upstream
-                .manifest(&repo, &r, None)
-                .await?
-                .with_context(|| format!("{host}/{repo}:{r}: no such manifest"))?;
-            let view = wharf_oci::manifest::ManifestView::parse(&m.body, Some(&m.media_type))
-                .map_err(|e| anyhow::anyhow!("{host}/{repo}@{}: {e}", m.digest))?;
-            manifests.extend(view.manifests.iter().map(|d| d.digest.to_string()));
+        let mut manifests = vec![(reference.manifest_reference(), reference.digest.clone())];
+        while let Some((r, expected)) = manifests.pop() {
+            let m = registry.manifest(&repo, &r, expected.as_ref(), &scopes).await?;
+            let view = wharf_oci::manifest::ManifestView::parse(&m.bytes, Some(&m.media_type))
+                .map_err(|e| anyhow::anyhow!("{}/{repo}@{}: {e}", reference.registry, m.digest))?;
+            manifests.extend(
+                view.manifests
+                    .iter()
+                    .map(|d| (d.digest.to_string(), Some(d.digest.clone()))),
+            );
             for d in view.config.iter().chain(&view.layers) {
                 blobs.push(wharf_p2p::proto::PreheatBlob {
                     repository: repo.clone(),
@@ -659,7 +654,7 @@ pub fn run_preheat(args: PreheatArgs) -> anyhow::Result<()> {
         let n = blobs.len();
         let clients = wharf_p2p::node::Clients::new(args.schedulers.clone(), args.token.clone())?;
         clients.preheat(&wharf_p2p::proto::Preheat { blobs }).await?;
-        eprintln!("preheat queued: {n} blobs, {total} bytes of {}", args.image);
+        eprintln!("preheat queued: {n} blobs, {total} bytes of {reference}");
         anyhow::Ok(())
     })
 }

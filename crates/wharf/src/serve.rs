@@ -192,23 +192,14 @@ async fn build_store(config: &Config) -> anyhow::Result<Stores> {
     if m.upstreams.is_empty() {
         return Ok((local, Namespaces::default(), fs));
     }
-    let upstreams: Vec<UpstreamConfig> = m
-        .upstreams
-        .iter()
-        .map(|u| UpstreamConfig {
-            name: u.name.clone(),
-            url: u.url.clone(),
-            username: u.username.clone(),
-            password: u.password.clone(),
-        })
-        .collect();
+    let upstreams: Vec<UpstreamConfig> = m.upstreams.iter().map(crate::config::Upstream::client_config).collect();
     let namespaces = Namespaces {
         upstreams: m
             .upstreams
             .iter()
             .map(|u| Namespace {
                 name: u.name.clone(),
-                aliases: aliases(&u.name, &u.url),
+                aliases: wharf_remote::hub::aliases(&u.name, &u.url),
             })
             .collect(),
         default: m.upstreams.iter().find(|u| u.default).map(|u| u.name.clone()),
@@ -228,19 +219,6 @@ async fn build_store(config: &Config) -> anyhow::Result<Stores> {
         tracing::info!(name = %u.name, url = %u.url, default = u.default, "mirroring upstream");
     }
     Ok((Arc::new(mirror), namespaces, fs))
-}
-
-/// Hosts that also mean upstream `name` in containerd's `ns`: its URL's host[:port], and Docker Hub's other names.
-fn aliases(name: &str, url: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(host) = url.split_once("://").and_then(|(_, r)| r.split('/').next()) {
-        out.push(host.to_owned());
-    }
-    if name == "docker.io" {
-        out.extend(["index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"].map(String::from));
-    }
-    out.retain(|a| a != name);
-    out
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

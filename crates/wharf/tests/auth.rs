@@ -469,3 +469,96 @@ async fn htpasswd_mode_with_the_client() {
     let r = wharf(dir, "anonymous", &["pull", &format!("{addr}/team/app:v1"), &out], "");
     assert!(!r.ok && r.stderr.contains("username and password"), "{}", r.stderr);
 }
+
+/// `wharf preheat` reads the image through the registry client: from a token-auth registry it needs credentials
+/// (`--creds`, or what `wharf login` stored), and the scheduler then lists the image's blobs for the seeds.
+#[tokio::test]
+async fn preheat_lists_an_image_of_a_token_auth_registry_with_the_callers_credentials() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let reg = start(dir, 300);
+    let addr = reg.addr.clone();
+    let (src, _) = layout(dir, 7);
+    let r = wharf(
+        dir,
+        "alice",
+        &[
+            "push",
+            "--quiet",
+            "--dest-creds",
+            "alice:wonderland",
+            &src,
+            &format!("{addr}/team/app:v1"),
+        ],
+        "",
+    );
+    assert!(r.ok, "{}", r.stderr);
+
+    let mut sched = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["scheduler", "--listen", "127.0.0.1:0", "--token", "t0k"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(sched.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let sched_url = line[line.find("http://").unwrap()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let image = format!("{addr}/team/app:v1");
+    let preheat = |who: &str, extra: &[&str]| {
+        let mut args = vec![
+            "preheat",
+            image.as_str(),
+            "--scheduler",
+            sched_url.as_str(),
+            "--token",
+            "t0k",
+        ];
+        args.extend_from_slice(extra);
+        wharf(dir, who, &args, "")
+    };
+
+    // Anonymous may not pull team/*: a one-line error that names the refusal.
+    let r = preheat("carol", &[]);
+    assert!(!r.ok, "anonymous preheat of a private image succeeded");
+    assert!(
+        r.stderr.contains("401") || r.stderr.contains("authentication"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+
+    // bob (pull only) with --creds, then with what `wharf login` stored.
+    let r = preheat("bob", &["--creds", "bob:builder"]);
+    assert!(r.ok && r.stderr.contains("preheat queued: 2 blobs"), "{}", r.stderr);
+    let r = wharf(
+        dir,
+        "bob",
+        &["login", &addr, "-u", "bob", "--password-stdin"],
+        "builder\n",
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let r = preheat("bob", &[]);
+    assert!(r.ok && r.stderr.contains("preheat queued: 2 blobs"), "{}", r.stderr);
+
+    let c = common::client();
+    let queued = c
+        .get(format!("{sched_url}/v1/preheat?peer=seed-1"))
+        .bearer_auth("t0k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 200);
+    let queued = json(queued).await;
+    let blobs = queued["blobs"].as_array().unwrap();
+    assert_eq!(blobs.len(), 2, "{queued}");
+    assert!(blobs.iter().all(|b| b["repository"] == "team/app"), "{queued}");
+    let _ = sched.kill();
+    let _ = sched.wait();
+}

@@ -19,7 +19,7 @@ use super::client::{Op, RegistryClient};
 const CHUNK: usize = 16 << 20;
 /// Tries for one chunk, resuming from the registry's acknowledged offset each time.
 const RESUME_ATTEMPTS: u32 = 5;
-use crate::{BlobStream, Error, ImageDestination, Manifest, MountOrigin};
+use crate::{BlobStream, Error, ImageDestination, Manifest, MountOrigin, RemoteError};
 
 pub struct RegistryDestination {
     client: RegistryClient,
@@ -51,11 +51,12 @@ impl RegistryDestination {
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
-            .ok_or_else(|| Error::Status {
-                what: what.to_owned(),
-                registry: self.client.registry().to_owned(),
-                status: resp.status().as_u16(),
-                detail: ": upload started without a Location".into(),
+            .ok_or_else(|| {
+                Error::Remote(RemoteError::Protocol {
+                    what: what.to_owned(),
+                    registry: self.client.registry().to_owned(),
+                    reason: format!("HTTP {}: upload started without a Location", resp.status().as_u16()),
+                })
             })
     }
 

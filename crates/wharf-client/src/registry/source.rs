@@ -6,17 +6,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::{Method, StatusCode};
 use wharf_oci::Digest;
-use wharf_oci::manifest::{Descriptor, ManifestView, is_manifest_type};
+use wharf_oci::manifest::Descriptor;
 
-use super::MANIFEST_ACCEPT;
-use super::client::{Op, RegistryClient};
+use super::client::RegistryClient;
 use crate::{BlobStream, Error, ImageSource, Manifest, MountOrigin};
-
-/// Manifests larger than this are refused (the registry's own limit).
-const MAX_MANIFEST: usize = 4 << 20;
 
 /// Times one blob download is resumed with `Range` after its connection drops.
 const RESUMES: u32 = 3;
@@ -36,64 +30,11 @@ impl RegistrySource {
     }
 
     async fn fetch_manifest(&self, reference: &str, expected: Option<&Digest>) -> Result<Manifest, Error> {
-        let sep = if reference.contains(':') { '@' } else { ':' };
-        let what = format!("manifest {}{sep}{reference}", self.client.repository());
-        let op = Op {
-            what: &what,
-            scopes: &self.scopes,
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(header::ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
-        let url = self.client.url(&format!("manifests/{reference}"));
-        let resp = self.client.send(&op, Method::GET, &url, headers, None).await?;
-        if resp.status() != StatusCode::OK {
-            return Err(self.client.status_error(&what, resp).await);
-        }
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
-            .filter(|v| is_manifest_type(v));
-        let claimed = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<Digest>().ok());
-        let bad = |reason: String| Error::Manifest {
-            what: format!("{what} at {}", self.client.registry()),
-            reason,
-        };
-        if resp.content_length().is_some_and(|n| n > MAX_MANIFEST as u64) {
-            return Err(bad(format!("larger than {MAX_MANIFEST} bytes")));
-        }
-        let bytes = resp.bytes().await.map_err(|e| Error::Unreachable {
-            what: what.clone(),
-            registry: self.client.registry().to_owned(),
-            cause: e,
-        })?;
-        if bytes.len() > MAX_MANIFEST {
-            return Err(bad(format!("larger than {MAX_MANIFEST} bytes")));
-        }
-        let algorithm = expected
-            .or(claimed.as_ref())
-            .map_or(wharf_oci::Algorithm::Sha256, Digest::algorithm);
-        let digest = Digest::of(algorithm, &bytes);
-        for want in expected.iter().copied().chain(claimed.as_ref()) {
-            if want.algorithm() == algorithm && *want != digest {
-                return Err(Error::DigestMismatch {
-                    expected: want.clone(),
-                    computed: digest,
-                    from: format!("{what} at {}", self.client.registry()),
-                });
-            }
-        }
-        let view = ManifestView::parse(&bytes, content_type.as_deref()).map_err(|e| bad(e.to_string()))?;
-        Ok(Manifest {
-            bytes,
-            media_type: view.media_type,
-            digest,
-        })
+        Ok(self
+            .client
+            .remote()
+            .manifest(self.client.repository(), reference, expected, &self.scopes)
+            .await?)
     }
 }
 
@@ -117,7 +58,7 @@ impl ImageSource for RegistrySource {
         let download = Download {
             client: self.client.clone(),
             scopes: self.scopes.clone(),
-            url: self.client.url(&format!("blobs/{}", desc.digest)),
+            digest: desc.digest.clone(),
             what: format!("blob {}", desc.digest),
             offset: 0,
             resumes_left: RESUMES,
@@ -141,7 +82,7 @@ impl ImageSource for RegistrySource {
 struct Download {
     client: Arc<RegistryClient>,
     scopes: Vec<String>,
-    url: String,
+    digest: Digest,
     what: String,
     /// Bytes passed on so far.
     offset: u64,
@@ -151,32 +92,11 @@ struct Download {
 
 impl Download {
     async fn connect(mut self) -> Result<Download, Error> {
-        let op = Op {
-            what: &self.what,
-            scopes: &self.scopes,
-        };
-        let mut headers = HeaderMap::new();
-        let expected = if self.offset == 0 {
-            StatusCode::OK
-        } else {
-            if let Ok(range) = HeaderValue::from_str(&format!("bytes={}-", self.offset)) {
-                headers.insert(header::RANGE, range);
-            }
-            StatusCode::PARTIAL_CONTENT
-        };
-        let resp = self.client.send(&op, Method::GET, &self.url, headers, None).await?;
-        if resp.status() == StatusCode::OK && expected == StatusCode::PARTIAL_CONTENT {
-            // The whole blob again: not what was asked for, and not worth reading to find out why.
-            return Err(Error::Status {
-                what: self.what.clone(),
-                registry: self.client.registry().to_owned(),
-                status: 200,
-                detail: format!(" to a Range request from byte {}: cannot resume", self.offset),
-            });
-        }
-        if resp.status() != expected {
-            return Err(self.client.status_error(&self.what, resp).await);
-        }
+        let resp = self
+            .client
+            .remote()
+            .blob(self.client.repository(), &self.digest, self.offset, &self.scopes)
+            .await?;
         self.body = Some(resp.bytes_stream().boxed());
         Ok(self)
     }
@@ -199,13 +119,7 @@ impl Download {
                     tracing::warn!(what = %self.what, offset = self.offset, error = %e, "download cut; resuming");
                     self.body = None;
                 }
-                Some(Err(e)) => {
-                    return Err(Error::Unreachable {
-                        what: self.what.clone(),
-                        registry: self.client.registry().to_owned(),
-                        cause: e,
-                    });
-                }
+                Some(Err(e)) => return Err(self.client.unreachable(&self.what, e)),
             }
         }
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wharf_mirror::body::{BodyError, read_exact};
+use wharf_remote::body::{BodyError, read_exact};
 
 use super::relay::Incoming;
 use crate::P2pError;

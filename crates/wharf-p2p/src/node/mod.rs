@@ -1,6 +1,8 @@
 //! `wharf node`: a registry mirror for the local engine whose blobs come through the swarm.
 //!
-//! - `mirror.rs`: the engine-facing registry API (manifests and tags pass through to the upstream; blobs are tasks).
+//! - `store.rs`: the engine-facing registry, read-only: `wharf serve`'s router over a store whose blobs are swarm
+//!   tasks and whose manifests come from the upstream (kept, revalidated, served stale in an outage); `stream.rs`: a
+//!   task's bytes in order for the engine and `wharf get`.
 //! - `peer.rs`: the peer API, serving verified pieces only.
 //! - `task.rs`: one task's content file and progress; `download.rs`: how its pieces are fetched; `client.rs`:
 //!   schedulers and peers.
@@ -11,9 +13,10 @@
 
 mod client;
 pub mod download;
-pub mod mirror;
 pub mod peer;
 pub mod relay;
+pub mod store;
+pub mod stream;
 pub mod task;
 
 use std::collections::HashMap;
@@ -24,9 +27,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, Semaphore};
-use wharf_mirror::UpstreamConfig;
-use wharf_mirror::upstream::Upstream;
 use wharf_oci::Digest;
+use wharf_remote::{Upstream, UpstreamConfig};
 
 use crate::P2pError;
 use crate::piece;
@@ -175,22 +177,39 @@ impl Node {
         }
     }
 
-    /// The upstream for `ns` (containerd's host parameter), or the default one.
-    pub fn upstream(&self, ns: Option<&str>) -> Option<Arc<Upstream>> {
-        match ns {
-            Some(ns) => {
-                let ns = wharf_mirror::canonical_host(ns);
-                self.upstreams
-                    .iter()
-                    .find(|u| {
-                        u.config.name == ns || u.url().split("://").nth(1).and_then(|r| r.split('/').next()) == Some(ns)
-                    })
-                    .cloned()
-            }
-            None => match &self.config.default_upstream {
-                Some(name) => self.upstreams.iter().find(|u| &u.config.name == name).cloned(),
-                None => self.upstreams.first().cloned(),
-            },
+    /// The upstream a repository name of the engine-facing API mirrors (`docker.io/library/alpine`), and the
+    /// repository name to ask it for.
+    pub fn route(&self, name: &str) -> Option<(Arc<Upstream>, String)> {
+        let (first, rest) = name.split_once('/')?;
+        let first = wharf_remote::canonical_host(first);
+        let u = self.upstreams.iter().find(|u| u.config.name == first)?;
+        Some((u.clone(), wharf_remote::upstream_repository(&u.config.name, rest)))
+    }
+
+    /// How the engine-facing API names the upstreams: containerd's `ns` values (an upstream's name, its URL's host,
+    /// Docker Hub's other names) and the default upstream for requests without one.
+    pub fn namespaces(&self) -> wharf_registry::Namespaces {
+        let upstreams = self
+            .upstreams
+            .iter()
+            .map(|u| wharf_registry::Namespace {
+                name: u.config.name.clone(),
+                aliases: wharf_remote::hub::aliases(&u.config.name, &u.config.url),
+            })
+            .collect();
+        let default = self
+            .config
+            .default_upstream
+            .clone()
+            .or_else(|| self.upstreams.first().map(|u| u.config.name.clone()));
+        wharf_registry::Namespaces { upstreams, default }
+    }
+
+    /// The upstream of requests that name none (and of preheated blobs).
+    pub fn default_upstream(&self) -> Option<Arc<Upstream>> {
+        match &self.config.default_upstream {
+            Some(name) => self.upstreams.iter().find(|u| &u.config.name == name).cloned(),
+            None => self.upstreams.first().cloned(),
         }
     }
 
@@ -216,7 +235,10 @@ impl Node {
         let result = cell
             .get_or_try_init(|| async move {
                 let Some(size) = node.upstream_blob_size(&upstream, &repo, &digest2).await? else {
-                    return Err(P2pError::Origin(format!("{repo}@{digest2}: not found upstream")));
+                    return Err(P2pError::NotUpstream {
+                        repository: repo,
+                        digest: digest2.to_string(),
+                    });
                 };
                 let origin = Origin::Blob {
                     upstream,
@@ -228,7 +250,7 @@ impl Node {
             .await;
         match result {
             Ok(t) => Ok(Some(t.clone())),
-            Err(P2pError::Origin(msg)) if msg.ends_with("not found upstream") => {
+            Err(P2pError::NotUpstream { .. }) => {
                 self.drop_cell(&id);
                 Ok(None)
             }
@@ -259,9 +281,9 @@ impl Node {
             // The origin is down: the swarm may still have the blob.
             Err(e) if e.is_outage() => match self.clients.shape(&digest.to_string()).await {
                 Some(shape) => Ok(Some(shape.size)),
-                None => Err(P2pError::Origin(e.to_string())),
+                None => Err(e.into()),
             },
-            Err(e) => Err(P2pError::Origin(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -462,7 +484,9 @@ impl Node {
     pub async fn preheat_loop(self: Arc<Self>, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
-            let Some(upstream) = self.upstream(None) else { return };
+            let Some(upstream) = self.default_upstream() else {
+                return;
+            };
             for b in self.clients.preheat_for(&self.peer.id).await {
                 let Ok(digest) = b.digest.parse::<Digest>() else {
                     continue;
@@ -470,7 +494,7 @@ impl Node {
                 if self.task(&b.digest).is_some() {
                     continue;
                 }
-                let repo = wharf_mirror::config::upstream_repository(&upstream.config.name, &b.repository);
+                let repo = wharf_remote::upstream_repository(&upstream.config.name, &b.repository);
                 match self.blob_task(upstream.clone(), &repo, &digest).await {
                     Ok(_) => tracing::info!(blob = %digest, repository = %b.repository, "preheating"),
                     Err(e) => tracing::warn!(blob = %digest, error = %e, "cannot preheat"),
@@ -493,7 +517,15 @@ pub async fn serve(
     if node.peer.seed {
         tokio::spawn(node.clone().preheat_loop(Duration::from_secs(2)));
     }
-    let mirror = axum::serve(mirror_listener, mirror::router(node.clone(), metrics)).with_graceful_shutdown({
+    let config = wharf_registry::RegistryConfig {
+        namespaces: node.namespaces(),
+        ..wharf_registry::RegistryConfig::default()
+    };
+    let mut app = wharf_registry::App::new(Arc::new(store::SwarmStore::new(node.clone())), config);
+    if let Some(render) = metrics {
+        app = app.with_metrics(render);
+    }
+    let mirror = axum::serve(mirror_listener, wharf_registry::router(app)).with_graceful_shutdown({
         let mut rx = rx.clone();
         async move {
             let _ = rx.changed().await;

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, watch};
-use wharf_mirror::body::{BodyError, read_exact};
+use wharf_remote::body::{BodyError, read_exact};
 
 use super::relay::Incoming;
 
@@ -23,7 +23,7 @@ use crate::piece;
 pub enum Origin {
     /// A registry blob through an upstream.
     Blob {
-        upstream: Arc<wharf_mirror::upstream::Upstream>,
+        upstream: Arc<wharf_remote::Upstream>,
         repo: String,
         digest: wharf_oci::Digest,
     },
@@ -58,8 +58,11 @@ impl Origin {
             Origin::Blob { upstream, repo, digest } => upstream
                 .blob_range(repo, digest, start, end, &mut |chunk| sink.push(chunk))
                 .await
-                .map_err(|e| P2pError::Origin(e.to_string()))?
-                .ok_or_else(|| P2pError::Origin(format!("{repo}@{digest} is gone upstream"))),
+                .map_err(P2pError::Registry)?
+                .ok_or_else(|| P2pError::NotUpstream {
+                    repository: repo.clone(),
+                    digest: digest.to_string(),
+                }),
             Origin::Url { client, url, headers } => {
                 let mut req = client
                     .get(url)

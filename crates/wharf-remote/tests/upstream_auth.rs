@@ -1,4 +1,4 @@
-//! The upstream client's auth flows against a small registry front that demands credentials the way Docker Hub
+//! The registry client's auth flows against a small registry front that demands credentials the way Docker Hub
 //! (bearer token from a realm) and private registries (basic) do.
 
 use std::sync::Arc;
@@ -10,9 +10,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use wharf_mirror::UpstreamConfig;
-use wharf_mirror::upstream::Upstream;
 use wharf_oci::Digest;
+use wharf_remote::{Credentials, Upstream, UpstreamConfig};
 
 const MANIFEST: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"x","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0},"layers":[]}"#;
 // "user:secret"
@@ -85,8 +84,10 @@ fn upstream(front: &Front, password: &str) -> Upstream {
         UpstreamConfig {
             name: "front".into(),
             url: format!("http://{}", front.addr),
-            username: Some("user".into()),
-            password: Some(password.into()),
+            credentials: Some(Credentials {
+                username: "user".into(),
+                password: password.into(),
+            }),
         },
         Duration::from_secs(5),
     )
@@ -98,7 +99,7 @@ async fn bearer_token_flow_with_credentials_and_token_cache() {
     let front = start(true).await;
     let up = upstream(&front, "secret");
     let m = up.manifest("lib/app", "v1", None).await.unwrap().unwrap();
-    assert_eq!(&m.body[..], MANIFEST);
+    assert_eq!(&m.bytes[..], MANIFEST);
     assert_eq!(m.digest, Digest::sha256_of(MANIFEST));
     assert_eq!(up.resolve_tag("lib/app", "v1").await.unwrap(), Some(m.digest));
     assert_eq!(
@@ -109,7 +110,7 @@ async fn bearer_token_flow_with_credentials_and_token_cache() {
 
     let wrong = upstream(&front, "nope");
     let err = wrong.manifest("lib/app", "v1", None).await.unwrap_err();
-    assert!(err.to_string().contains("token request"), "{err}");
+    assert!(err.to_string().contains("token endpoint"), "{err}");
 }
 
 #[tokio::test]
@@ -117,7 +118,7 @@ async fn basic_auth_flow() {
     let front = start(false).await;
     let up = upstream(&front, "secret");
     let m = up.manifest("lib/app", "v1", None).await.unwrap().unwrap();
-    assert_eq!(&m.body[..], MANIFEST);
+    assert_eq!(&m.bytes[..], MANIFEST);
     let wrong = upstream(&front, "nope");
     let err = wrong.manifest("lib/app", "v1", None).await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");

@@ -1,5 +1,4 @@
-//! Credentials, and (from `wharf_oci::auth`, shared with the mirror) `WWW-Authenticate` challenges and the bearer
-//! token cache.
+//! Credentials for a registry: a username and password, or an identity token.
 
 /// Username and password for basic auth, or for the token endpoint of a bearer challenge.
 ///
@@ -44,8 +43,6 @@ impl Credentials {
         })
     }
 }
-
-pub use wharf_oci::auth::{Challenge, TokenCache, parse_challenge};
 
 #[cfg(test)]
 mod tests {

@@ -6,11 +6,8 @@ use std::fmt;
 use wharf_oci::Digest;
 use wharf_oci::name::{is_valid_repository, is_valid_tag};
 
-use crate::Error;
-
-pub const DOCKER_HUB: &str = "docker.io";
-/// Where `docker.io` names are actually served.
-const DOCKER_HUB_API: &str = "registry-1.docker.io";
+use crate::RemoteError as Error;
+use crate::hub::{DOCKER_HUB, DOCKER_HUB_API, canonical_host};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {
@@ -57,10 +54,7 @@ impl Reference {
         if registry.is_empty() || registry.contains(['/', '@', '?', '#']) {
             return Err(bad("invalid registry host"));
         }
-        let registry = match registry.as_str() {
-            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
-            _ => registry,
-        };
+        let registry = canonical_host(&registry).to_owned();
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
             format!("library/{repository}")
         } else {

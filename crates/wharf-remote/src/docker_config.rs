@@ -26,12 +26,10 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::auth::Credentials;
-use crate::Error;
-use crate::reference::DOCKER_HUB;
+use crate::Credentials;
+use crate::RemoteError as Error;
+use crate::hub::{DOCKER_HUB, DOCKER_HUB_KEY, canonical_host};
 
-/// Docker Hub's key in `auths` and its server URL for credential helpers.
-pub const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
 /// How long a credential helper may take (some unlock a keyring or refresh a cloud token first).
 const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most of a helper's output kept (its answer is a few hundred bytes).
@@ -164,11 +162,7 @@ fn hostname(key: &str) -> String {
         .strip_prefix("https://")
         .or_else(|| lower.strip_prefix("http://"))
         .unwrap_or(&lower);
-    let host = stripped.split('/').next().unwrap_or_default();
-    match host {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => DOCKER_HUB.to_owned(),
-        h => h.to_owned(),
-    }
+    canonical_host(stripped.split('/').next().unwrap_or_default()).to_owned()
 }
 
 /// The key of `map` that names `host`: the server URL itself first, else the first key with that hostname.

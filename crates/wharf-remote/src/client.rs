@@ -1,0 +1,431 @@
+//! One registry, as a client: its base URL, auth on 401 challenges (anonymous, bearer token, basic, an identity
+//! token's refresh grant), one token cache, one retry policy (connection errors, 5xx, and 429 with `Retry-After`,
+//! with exponential backoff) and one-line errors that carry the spec's error code. Every caller that talks to a
+//! registry goes through [`Registry::send`]: the smart client, the mirror's upstreams, the P2P node's origin
+//! fetches, `wharf preheat` and `wharf login`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{self, HeaderMap};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
+use wharf_oci::auth::{Challenge, TokenCache, parse_challenge};
+
+use crate::{Credentials, RemoteError};
+
+/// Attempts for one request that can be replayed (no streamed body).
+const ATTEMPTS: u32 = 4;
+/// The first retry's wait; each next one doubles it.
+const BACKOFF: Duration = Duration::from_millis(250);
+/// Longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// How to reach a registry.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub credentials: Option<Credentials>,
+    /// Time to establish a connection.
+    pub connect_timeout: Duration,
+    /// Time any one read of an answer may take.
+    pub read_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            credentials: None,
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A registry at a base URL (`https://host[:port]/`).
+pub struct Registry {
+    /// `host[:port]` as errors name it (`docker.io` for Docker Hub).
+    name: String,
+    base: reqwest::Url,
+    http: reqwest::Client,
+    credentials: Option<Credentials>,
+    tokens: TokenCache,
+    /// Set once the registry answered a `Basic` challenge.
+    basic: AtomicBool,
+    /// One token fetch at a time: requests that all get a 401 at once share the first one's token.
+    auth_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorEntry>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEntry {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// What a request is about, for its error message (`blob sha256:...`, `manifest v1`).
+pub struct Op<'a> {
+    pub what: &'a str,
+    /// Token scopes the request needs (`repository:NAME:pull,push`).
+    pub scopes: &'a [String],
+}
+
+/// The token scope to pull from `repository`.
+pub fn pull_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull")
+}
+
+/// The token scope to push to `repository`.
+pub fn push_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull,push")
+}
+
+impl Registry {
+    /// A registry at `base` (scheme, host and port; a path is ignored), named `name` in errors.
+    pub fn new(name: &str, base: &str, options: &ClientOptions) -> Result<Registry, RemoteError> {
+        let bad = |reason: String| RemoteError::BadName {
+            input: base.to_owned(),
+            reason,
+        };
+        let mut url = reqwest::Url::parse(base).map_err(|e| bad(format!("bad registry URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(bad("a registry URL is http:// or https:// and a host".into()));
+        }
+        url.set_path("/");
+        url.set_query(None);
+        crate::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.read_timeout)
+            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| RemoteError::Unreachable {
+                what: "client setup".into(),
+                registry: name.to_owned(),
+                cause: e,
+            })?;
+        Ok(Registry {
+            name: name.to_owned(),
+            base: url,
+            http,
+            credentials: options.credentials.clone(),
+            tokens: TokenCache::default(),
+            basic: AtomicBool::new(false),
+            auth_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// `host[:port]` as errors name it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The base URL, ending in `/`.
+    pub fn base(&self) -> &reqwest::Url {
+        &self.base
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        self.credentials.is_some()
+    }
+
+    /// `/v2/<repository>/<rest>` as an absolute URL.
+    pub fn url(&self, repository: &str, rest: &str) -> String {
+        format!("{}v2/{repository}/{rest}", self.base)
+    }
+
+    /// Resolves a `Location` the registry answered (absolute or relative).
+    pub fn resolve(&self, location: &str) -> Result<reqwest::Url, RemoteError> {
+        self.base.join(location).map_err(|e| RemoteError::Protocol {
+            what: format!("location {location:?}"),
+            registry: self.name.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Adds what we know of auth to a request: a cached token for these scopes, or basic credentials.
+    pub fn authorize(&self, req: RequestBuilder, scopes: &[String]) -> RequestBuilder {
+        if let Some(token) = self.tokens.get(&scopes.join(" ")) {
+            req.bearer_auth(token)
+        } else if let (Some(c), true) = (&self.credentials, self.basic.load(Ordering::Relaxed)) {
+            req.basic_auth(&c.username, Some(&c.password))
+        } else {
+            req
+        }
+    }
+
+    /// A bare request with the registry's HTTP client (timeouts, user agent); [`Registry::authorize`] adds auth.
+    pub fn request(&self, method: Method, url: impl reqwest::IntoUrl) -> RequestBuilder {
+        self.http.request(method, url)
+    }
+
+    /// The error for a request that could not be sent or whose answer could not be read.
+    pub fn unreachable(&self, what: &str, cause: reqwest::Error) -> RemoteError {
+        RemoteError::Unreachable {
+            what: what.to_owned(),
+            registry: self.name.clone(),
+            cause,
+        }
+    }
+
+    /// Sends a replayable request: auth on the first 401, retries with backoff on connection errors, 5xx and 429.
+    pub async fn send(
+        &self,
+        op: &Op<'_>,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<Response, RemoteError> {
+        let mut authed = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = self.request(method.clone(), url).headers(headers.clone());
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
+            let used = self.tokens.get(&op.scopes.join(" "));
+            let resp = match self.authorize(req, op.scopes).send().await {
+                Ok(r) => r,
+                Err(e) if attempt < ATTEMPTS => {
+                    tracing::debug!(url, error = %e, attempt, "request failed; retrying");
+                    tokio::time::sleep(BACKOFF * 2u32.pow(attempt - 1)).await;
+                    continue;
+                }
+                Err(e) => return Err(self.unreachable(op.what, e)),
+            };
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && !authed {
+                authed = true;
+                self.authenticate(op, &resp, used).await?;
+                attempt -= 1;
+                continue;
+            }
+            if (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) && attempt < ATTEMPTS {
+                let wait = retry_after(&resp).unwrap_or(BACKOFF * 2u32.pow(attempt - 1));
+                tracing::debug!(url, %status, attempt, "registry busy or failing; retrying");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    /// Sends a request once (plus one more time after answering a 401 challenge): for uploads whose failures the
+    /// caller resumes itself from the registry's upload status, where a blind replay at the same offset is wrong.
+    pub async fn send_once(
+        &self,
+        op: &Op<'_>,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, RemoteError> {
+        let mut authed = false;
+        loop {
+            let req = self
+                .request(method.clone(), url)
+                .headers(headers.clone())
+                .body(body.clone());
+            let used = self.tokens.get(&op.scopes.join(" "));
+            let resp = self
+                .authorize(req, op.scopes)
+                .send()
+                .await
+                .map_err(|e| self.unreachable(op.what, e))?;
+            if resp.status() == StatusCode::UNAUTHORIZED && !authed {
+                authed = true;
+                self.authenticate(op, &resp, used).await?;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    /// Answers a 401: fetches a token for the operation's scopes, or switches to basic auth. `used` is the token
+    /// the refused request carried; a different one cached meanwhile by a concurrent request is taken as is.
+    pub async fn authenticate(&self, op: &Op<'_>, resp: &Response, used: Option<String>) -> Result<(), RemoteError> {
+        let _one_at_a_time = self.auth_lock.lock().await;
+        let key = op.scopes.join(" ");
+        if let Some(current) = self.tokens.get(&key)
+            && Some(&current) != used.as_ref()
+        {
+            return Ok(());
+        }
+        let challenge = resp
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge);
+        let fail = |reason: String| RemoteError::Auth {
+            what: op.what.to_owned(),
+            registry: self.name.clone(),
+            reason,
+        };
+        match challenge {
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let mut url = reqwest::Url::parse(&realm).map_err(|e| fail(format!("bad realm {realm:?}: {e}")))?;
+                let req = match self.credentials.as_ref().and_then(Credentials::identity_token) {
+                    // An identity token is an OAuth2 refresh token: POST a form to the realm (as Docker does).
+                    Some(refresh) => {
+                        let mut form = url.clone();
+                        form.set_query(None);
+                        {
+                            let mut q = form.query_pairs_mut();
+                            q.append_pair("grant_type", "refresh_token")
+                                .append_pair("refresh_token", refresh)
+                                .append_pair("client_id", "wharf");
+                            if let Some(s) = &service {
+                                q.append_pair("service", s);
+                            }
+                            if !op.scopes.is_empty() {
+                                q.append_pair("scope", &op.scopes.join(" "));
+                            }
+                        }
+                        self.http
+                            .post(url)
+                            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                            .body(form.query().unwrap_or_default().to_owned())
+                    }
+                    None => {
+                        {
+                            let mut q = url.query_pairs_mut();
+                            if let Some(s) = &service {
+                                q.append_pair("service", s);
+                            }
+                            for s in op.scopes {
+                                q.append_pair("scope", s);
+                            }
+                        }
+                        let req = self.http.get(url);
+                        match &self.credentials {
+                            Some(c) => req.basic_auth(&c.username, Some(&c.password)),
+                            None => req,
+                        }
+                    }
+                };
+                let resp = match req.send().await {
+                    Ok(r) => r,
+                    // The token service is down: an outage, like the registry being down.
+                    Err(e) => return Err(self.unreachable(&format!("{} (token endpoint {realm})", op.what), e)),
+                };
+                let status = resp.status();
+                if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                    return Err(RemoteError::Status {
+                        what: format!("{} (token endpoint {realm})", op.what),
+                        registry: self.name.clone(),
+                        status: status.as_u16(),
+                        code: None,
+                        message: None,
+                    });
+                }
+                if !status.is_success() {
+                    return Err(fail(format!("token endpoint {realm} answered {status}")));
+                }
+                let body = resp.bytes().await.map_err(|e| self.unreachable(op.what, e))?;
+                let t: TokenResponse =
+                    serde_json::from_slice(&body).map_err(|e| fail(format!("bad token response: {e}")))?;
+                let token = t
+                    .token
+                    .or(t.access_token)
+                    .ok_or_else(|| fail("no token in the token response".into()))?;
+                self.tokens.put(&key, token, t.expires_in);
+                Ok(())
+            }
+            Some(Challenge::Basic) if self.credentials.is_some() => {
+                self.basic.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Some(Challenge::Basic) => Err(fail(
+                "the registry asks for a username and password; none were given".into(),
+            )),
+            None => Err(fail("401 without a usable WWW-Authenticate challenge".into())),
+        }
+    }
+
+    /// Checks that the registry speaks the distribution API and accepts our credentials: `GET /v2/` through the
+    /// usual auth flow (anonymous, then the challenge's basic auth or a token from its realm, with no scope), as
+    /// `docker login` does.
+    pub async fn ping(&self) -> Result<(), RemoteError> {
+        let op = Op {
+            what: "GET /v2/",
+            scopes: &[],
+        };
+        let url = format!("{}v2/", self.base);
+        let resp = self.send(&op, Method::GET, &url, HeaderMap::new(), None).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::UNAUTHORIZED => Err(RemoteError::Auth {
+                what: op.what.to_owned(),
+                registry: self.name.clone(),
+                reason: if self.credentials.is_some() {
+                    "the registry refused the credentials (HTTP 401)".into()
+                } else {
+                    "the registry requires credentials (HTTP 401)".into()
+                },
+            }),
+            _ => Err(self.status_error(op.what, resp).await),
+        }
+    }
+
+    /// The one-line error for an unexpected status, with the spec error code and message when the body has them.
+    pub async fn status_error(&self, what: &str, resp: Response) -> RemoteError {
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        let entry = serde_json::from_slice::<ErrorBody>(&body)
+            .ok()
+            .and_then(|b| b.errors.into_iter().next());
+        RemoteError::Status {
+            what: what.to_owned(),
+            registry: self.name.clone(),
+            status,
+            code: entry.as_ref().map(|e| e.code.clone()).filter(|c| !c.is_empty()),
+            message: entry.map(|e| e.message).filter(|m| !m.is_empty()),
+        }
+    }
+}
+
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let secs: u64 = resp
+        .headers()
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_keep_scheme_host_and_port_only() {
+        let o = ClientOptions::default();
+        let r = Registry::new("h", "https://registry.example:5000/some/path?x=1", &o).unwrap();
+        assert_eq!(r.base().as_str(), "https://registry.example:5000/");
+        assert_eq!(
+            r.url("a/b", "manifests/v1"),
+            "https://registry.example:5000/v2/a/b/manifests/v1"
+        );
+        assert!(Registry::new("h", "ftp://x", &o).is_err());
+        assert!(Registry::new("h", "registry.example", &o).is_err());
+    }
+}
