@@ -237,7 +237,7 @@ async fn download(
                     let progress = chunk.len() as u64;
                     hasher.update(&chunk);
                     if tx.send(chunk).await.is_err() {
-                        broke = Some("spool writer failed".to_owned());
+                        broke = Some(Broke::Writer);
                         break;
                     }
                     sent += progress;
@@ -247,21 +247,22 @@ async fn download(
                     metrics::counter!("wharf_mirror_upstream_bytes_total").increment(progress);
                 }
                 Err(e) => {
-                    broke = Some(e.to_string());
+                    broke = Some(Broke::Read(e.to_string()));
                     break;
                 }
             }
         }
         let expected = size.unwrap_or(0);
         match broke {
-            Some(reason) if reason == "spool writer failed" => break Err(reason),
-            Some(reason) if resumes < MAX_RESUMES && sent < expected => {
+            // The writer's own error is what the caller gets (below).
+            Some(Broke::Writer) => break Err("the spool writer stopped".to_owned()),
+            Some(Broke::Read(reason)) if resumes < MAX_RESUMES && sent < expected => {
                 resumes += 1;
                 tracing::info!(%digest, sent, expected, %reason, "upstream connection dropped; resuming with Range");
                 metrics::counter!("wharf_mirror_resumes_total").increment(1);
                 continue;
             }
-            Some(reason) => break Err(reason),
+            Some(Broke::Read(reason)) => break Err(reason),
             None if sent < expected && resumes < MAX_RESUMES => {
                 resumes += 1;
                 continue;
@@ -289,6 +290,14 @@ async fn download(
         return Err(format!("upstream content hashes to {computed}, not {digest}"));
     }
     Ok(Some(size))
+}
+
+/// Why a download's body stopped before its end.
+enum Broke {
+    /// The spool writer is gone (its error says why).
+    Writer,
+    /// Reading from the upstream failed.
+    Read(String),
 }
 
 /// Writes chunks to the spool on a blocking thread, publishing progress after each write; fdatasyncs at the end.

@@ -17,6 +17,7 @@ pub mod error_code;
 pub mod manifest;
 pub mod media;
 pub mod name;
+pub mod query;
 pub mod route;
 
 pub use digest::{Algorithm, Digest, DigestError, DigestHasher};

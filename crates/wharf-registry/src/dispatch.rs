@@ -66,11 +66,7 @@ async fn effective_path(
         | Route::Upload { name, .. }
         | Route::Referrers { name, .. } => name,
     };
-    let ns = query.and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "ns")
-            .map(|(_, v)| v.into_owned())
-    });
+    let ns = wharf_oci::query::param(query, "ns");
     let read = matches!(*method, Method::GET | Method::HEAD);
     let Some(new_name) = namespaces.resolve(app.store.as_ref(), name, ns.as_deref(), read).await else {
         return Ok(None);

@@ -67,6 +67,10 @@ pub struct NodeArgs {
     /// kernel's autotuning].
     #[arg(long, value_parser = wharf_p2p::ratelimit::parse_rate)]
     pub peer_send_buffer: Option<u64>,
+    /// Seconds a tag, once checked against the upstream, is served without asking again; past it, and while the
+    /// upstream is down, the last known manifest is served [default: 60].
+    #[arg(long)]
+    pub tag_ttl_secs: Option<u64>,
     /// Log filter [default: info, or RUST_LOG].
     #[arg(long)]
     pub log: Option<String>,
@@ -121,6 +125,7 @@ struct NodeFile {
     piece_size: Option<String>,
     concurrency: Option<usize>,
     peer_send_buffer: Option<String>,
+    tag_ttl_secs: Option<u64>,
     log: Option<String>,
 }
 
@@ -191,6 +196,7 @@ fn merge_node(mut args: NodeArgs) -> anyhow::Result<NodeArgs> {
     {
         anyhow::bail!("--peer-send-buffer {b}: must be between 4K and 1G");
     }
+    args.tag_ttl_secs = args.tag_ttl_secs.or(f.tag_ttl_secs);
     args.log = args.log.or(f.log);
     Ok(args)
 }
@@ -347,6 +353,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             upload_rate: args.upload_ratelimit,
             cache_bytes: args.cache_size.unwrap_or(0),
             timeout: Duration::from_secs(30),
+            tag_ttl: Duration::from_secs(args.tag_ttl_secs.unwrap_or(60)),
         };
         let node = Node::new(config).context("cannot start the node")?;
         // Tests and scripts read these lines to learn the ports when they were 0.
@@ -490,6 +497,7 @@ pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
         piece_size: Some(wharf_p2p::piece::DEFAULT_PIECE),
         concurrency: None,
         peer_send_buffer: None,
+        tag_ttl_secs: None,
         log: None,
     };
     let ip = if args.schedulers.is_empty() {
@@ -527,6 +535,7 @@ pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
             upload_rate: None,
             cache_bytes: 0,
             timeout: Duration::from_secs(30),
+            tag_ttl: Duration::from_secs(60),
         })?;
         let server =
             tokio::spawn(axum::serve(peer_listener, wharf_p2p::node::peer::router(node.clone())).into_future());

@@ -448,3 +448,101 @@ async fn preheated_seeds_serve_the_image_and_get_fetches_files_through_the_swarm
     );
     assert!(!bad.exists() && !bad.with_extension("part").exists());
 }
+
+/// The node's engine-facing API is the registry's own router: `Range` (206, 416), `HEAD`, `ns`, spec error bodies,
+/// writes refused; and the manifests it served are kept, so with the origin down a pull of an image it served
+/// before still completes (the tag past its TTL served stale, the blobs from the swarm).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_speaks_the_registry_api_and_serves_known_images_through_an_origin_outage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut origin = Wharf::start_with(&tmp.path().join("origin"), &[], Some(&tmp.path().join("origin.log")));
+    let c = common::client();
+    let img = common::push_image(&c, &origin, "p2p/app", "v1", 11, &[3 * MIB + 17, 4000]).await;
+    let s = scheduler(tmp.path(), "sched");
+    let n = node_with(tmp.path(), "n", &origin, &[&s], &[], &["--tag-ttl-secs", "0"]);
+    let base = n.url(0);
+    let manifest_accept = "application/vnd.oci.image.manifest.v1+json";
+
+    // By tag, then by digest, with ns naming the origin's host (containerd) and without (Docker).
+    for url in [
+        format!("{base}/v2/p2p/app/manifests/v1"),
+        format!("{base}/v2/p2p/app/manifests/v1?ns={}", origin.addr),
+        format!("{base}/v2/p2p/app/manifests/{}", img.digest),
+    ] {
+        let r = c.get(&url).header("accept", manifest_accept).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        assert_eq!(r.headers()["docker-content-digest"], img.digest.as_str(), "{url}");
+    }
+    let r = c
+        .head(format!("{base}/v2/p2p/app/manifests/v1"))
+        .header("accept", manifest_accept)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A range of a blob that spans a piece boundary (1 MiB pieces), then the whole blob.
+    let (d, data) = &img.blobs[1];
+    let (from, to) = (MIB - 10, MIB + 20);
+    let r = c
+        .get(format!("{base}/v2/p2p/app/blobs/{d}"))
+        .header("range", format!("bytes={from}-{to}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes {from}-{to}/{}", data.len()).as_str()
+    );
+    assert_eq!(&r.bytes().await.unwrap()[..], &data[from..=to]);
+    let r = c
+        .get(format!("{base}/v2/p2p/app/blobs/{d}"))
+        .header("range", format!("bytes={}-", data.len() + 5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    pull_all(&c, &n, &img).await.unwrap();
+
+    // Spec error bodies: unknown things, a write.
+    let code = |v: serde_json::Value| v["errors"][0]["code"].as_str().unwrap_or_default().to_owned();
+    let r = c.get(format!("{base}/v2/p2p/app/manifests/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        code(serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()),
+        "MANIFEST_UNKNOWN"
+    );
+    let r = c
+        .post(format!("{base}/v2/p2p/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        code(serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()),
+        "DENIED"
+    );
+
+    // The origin goes away. The tag (TTL 0) is served stale, the blobs from the node's cache: the pull completes.
+    origin.child.kill().unwrap();
+    origin.child.wait().unwrap();
+    let r = c
+        .get(format!("{base}/v2/p2p/app/manifests/v1"))
+        .header("accept", manifest_accept)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the last known manifest during the outage");
+    assert_eq!(
+        Digest::sha256_of(&r.bytes().await.unwrap()).to_string(),
+        img.digest,
+        "byte-exact"
+    );
+    pull_all(&c, &n, &img).await.unwrap();
+    let page = metrics(&c, &n).await;
+    assert!(metric(&page, "wharf_p2p_stale_manifests_total", "") >= 1.0, "{page}");
+    // What it never served is an error that says the upstream is down, not a hang or a 404.
+    let r = c.get(format!("{base}/v2/p2p/app/manifests/v2")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+}

@@ -68,6 +68,9 @@ pub struct NodeConfig {
     /// Bytes of finished tasks kept; 0 = no limit.
     pub cache_bytes: u64,
     pub timeout: Duration,
+    /// How long a tag, once checked against the upstream, is served without asking again (the engine-facing
+    /// registry's manifest cache).
+    pub tag_ttl: Duration,
 }
 
 pub struct Node {

@@ -151,6 +151,7 @@ mod tests {
             upload_rate: None,
             cache_bytes: 0,
             timeout: Duration::from_secs(5),
+            tag_ttl: Duration::from_secs(60),
         };
         let node = crate::node::Node::new(config).unwrap();
         let origin = Origin::Url {

@@ -4,11 +4,11 @@
 //! Repository names are `<upstream>/<repository>` (the router's namespaces put them there from containerd's `ns`
 //! or, for Docker's `registry-mirrors`, the default upstream). Blobs are swarm tasks. Manifests come from the
 //! upstream and are kept in memory (bounded by bytes): by digest for good, by tag revalidated with a `HEAD` once per
-//! [`TAG_TTL`] and served stale when the upstream is down, so an engine can start a new pull of an image this node
+//! `NodeConfig::tag_ttl` and served stale when the upstream is down, so an engine can start a new pull of an image this node
 //! has served before while the origin is out, its blobs coming from the swarm.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use wharf_oci::Digest;
@@ -23,8 +23,6 @@ use super::Node;
 use super::task::Task;
 use crate::P2pError;
 
-/// How long a tag, once checked against the upstream, is served without asking again (the mirror's default).
-pub const TAG_TTL: Duration = Duration::from_secs(60);
 /// Bytes of manifests kept in memory.
 const MANIFEST_CACHE_BYTES: u64 = 64 << 20;
 /// Tags remembered.
@@ -84,7 +82,7 @@ impl SwarmStore {
             .get(&key)
             .and_then(|(d, checked)| Some((self.manifests.get(&d)?, checked)));
         if let Some((m, checked)) = &known
-            && checked.elapsed() < TAG_TTL
+            && checked.elapsed() < self.node.config.tag_ttl
         {
             return Ok(Some(m.clone()));
         }

@@ -72,10 +72,7 @@ pub async fn get(app: &App, name: &str, reference: &str, headers: &HeaderMap) ->
 pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiResult {
     let reference = parse_reference(reference)?;
     // Distribution-spec `?tag=` on a push by digest: tag it in the same request (several allowed).
-    let tag_params: Vec<String> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-        .filter(|(k, _)| k == "tag")
-        .map(|(_, v)| v.into_owned())
-        .collect();
+    let tag_params: Vec<String> = wharf_oci::query::params(req.uri().query(), "tag");
     if let Some(bad) = tag_params.iter().find(|t| !is_valid_tag(t)) {
         return Err(ApiError::new(ErrorCode::TagInvalid, format!("invalid tag {bad:?}")));
     }

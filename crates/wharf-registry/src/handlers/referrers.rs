@@ -11,9 +11,7 @@ use crate::headers::OCI_FILTERS_APPLIED;
 
 pub async fn get(app: &App, name: &str, digest: &str, query: Option<&str>) -> ApiResult {
     let subject = parse_digest(digest)?;
-    let artifact_type = form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .find(|(k, _)| k == "artifactType")
-        .map(|(_, v)| v.into_owned());
+    let artifact_type = wharf_oci::query::param(query, "artifactType");
     let mut manifests = app.store.referrers(name, &subject).await?;
     if let Some(t) = &artifact_type {
         manifests.retain(|d| d.artifact_type.as_deref() == Some(t.as_str()));

@@ -5,6 +5,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wharf_oci::name::is_valid_repository;
+use wharf_oci::query::param;
 use wharf_oci::{Digest, ErrorCode};
 use wharf_storage::UploadStatus;
 
@@ -13,12 +14,6 @@ use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::headers::{DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, get_str, upload_range, value};
 use crate::range::parse_content_range;
-
-fn query_param(query: Option<&str>, key: &str) -> Option<String> {
-    form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
-}
 
 /// 202 for an upload in progress: where to send the next chunk and what has arrived.
 fn in_progress(name: &str, status: &UploadStatus, code: StatusCode) -> Response {
@@ -52,9 +47,9 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 pub async fn post(app: &App, name: &str, req: Request) -> ApiResult {
     let query = req.uri().query().map(str::to_owned);
     let query = query.as_deref();
-    if let Some(mount) = query_param(query, "mount") {
+    if let Some(mount) = param(query, "mount") {
         let digest = parse_digest(&mount)?;
-        let from = query_param(query, "from");
+        let from = param(query, "from");
         if let Some(from) = &from
             && !is_valid_repository(from)
         {
@@ -75,7 +70,7 @@ pub async fn post(app: &App, name: &str, req: Request) -> ApiResult {
         let status = app.store.start_upload(name).await?;
         return Ok(in_progress(name, &status, StatusCode::ACCEPTED));
     }
-    if let Some(d) = query_param(query, "digest") {
+    if let Some(d) = param(query, "digest") {
         let digest = parse_digest(&d)?;
         app.store.put_blob(name, &digest, body_stream(req)).await?;
         return Ok(created(name, &digest));
@@ -117,7 +112,7 @@ pub async fn patch(app: &App, name: &str, id: &str, req: Request) -> ApiResult {
 }
 
 pub async fn put(app: &App, name: &str, id: &str, req: Request) -> ApiResult {
-    let digest = query_param(req.uri().query(), "digest")
+    let digest = param(req.uri().query(), "digest")
         .ok_or_else(|| ApiError::digest_invalid("the digest query parameter is required to close an upload"))?;
     let digest = parse_digest(&digest)?;
     let start = chunk_start(req.headers())?;
