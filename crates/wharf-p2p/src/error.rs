@@ -33,4 +33,15 @@ pub enum P2pError {
     },
     #[error("{0}")]
     Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// `wharf get` could not finish the file.
+    #[error("{url}: {reason}")]
+    Get { url: String, reason: String },
+    /// No address peers could reach this node at.
+    #[error("{0}")]
+    Advertise(String),
 }

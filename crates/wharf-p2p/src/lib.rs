@@ -16,9 +16,11 @@ The wire types shared by both sides are in [`proto`].
 */
 
 pub mod error;
+pub mod get;
 pub mod hrw;
 pub mod node;
 pub mod piece;
+pub mod preheat;
 pub mod proto;
 pub mod ratelimit;
 pub mod scheduler;

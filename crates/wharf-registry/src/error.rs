@@ -89,9 +89,10 @@ impl From<StorageError> for ApiError {
             StorageError::Unavailable { .. } => {
                 ApiError::new(ErrorCode::Unknown, message).with_status(StatusCode::SERVICE_UNAVAILABLE)
             }
-            StorageError::Io { .. } | StorageError::Corrupt { .. } | StorageError::Backend { .. } => {
-                ApiError::new(ErrorCode::Unknown, message)
-            }
+            StorageError::Io { .. }
+            | StorageError::Corrupt { .. }
+            | StorageError::Backend { .. }
+            | StorageError::Config(_) => ApiError::new(ErrorCode::Unknown, message),
         }
     }
 }

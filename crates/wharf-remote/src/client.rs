@@ -129,6 +129,25 @@ impl Registry {
         })
     }
 
+    /// The registry an image reference names: HTTPS, unless `plain_http` or the registry is on loopback (as Docker
+    /// does); Docker Hub's API host for `docker.io`.
+    pub fn for_reference(
+        reference: &crate::Reference,
+        plain_http: bool,
+        options: &ClientOptions,
+    ) -> Result<Registry, RemoteError> {
+        let scheme = if plain_http || reference.is_loopback() {
+            "http"
+        } else {
+            "https"
+        };
+        Registry::new(
+            &reference.registry,
+            &format!("{scheme}://{}/", reference.api_host()),
+            options,
+        )
+    }
+
     /// `host[:port]` as errors name it.
     pub fn name(&self) -> &str {
         &self.name

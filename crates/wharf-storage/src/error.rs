@@ -27,6 +27,9 @@ pub enum StorageError {
     Backend { op: String, reason: String },
     #[error("{service} is unavailable: {reason}")]
     Unavailable { service: &'static str, reason: String },
+    /// A configuration the store cannot be assembled from (a combination that is unsafe, a missing setting).
+    #[error("{0}")]
+    Config(String),
     #[error("corrupt metadata at {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }

@@ -25,6 +25,7 @@ pub mod gc;
 pub mod object;
 pub mod paths;
 pub mod redis_meta;
+pub mod stack;
 
 use std::io;
 use std::pin::Pin;

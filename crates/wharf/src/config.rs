@@ -187,7 +187,7 @@ pub struct Server {
 #[serde(default, deny_unknown_fields)]
 pub struct Storage {
     /// `fs`, or an object store: `s3`, `azblob`, `gcs`, `oss`.
-    pub backend: String,
+    pub backend: wharf_storage::stack::Backend,
     pub root: PathBuf,
     /// Object stores: redirect blob GETs to presigned URLs valid this many seconds; 0 = stream through wharf.
     pub redirect_secs: u64,
@@ -201,7 +201,7 @@ pub struct Storage {
 #[serde(default, deny_unknown_fields)]
 pub struct Cache {
     /// Where metadata caches live: `memory`, `redis` or `off`.
-    pub kind: String,
+    pub kind: wharf_storage::stack::CacheKind,
     pub blob_descriptors: u64,
     pub manifest_bytes: u64,
 }
@@ -217,7 +217,15 @@ pub struct Limits {
 pub struct Log {
     pub level: String,
     /// `text` (human) or `json` (one object per line, for log collectors).
-    pub format: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -319,7 +327,7 @@ impl Default for Server {
 impl Default for Storage {
     fn default() -> Self {
         Storage {
-            backend: "fs".into(),
+            backend: wharf_storage::stack::Backend::Fs,
             root: PathBuf::from("./wharf-data"),
             redirect_secs: 0,
             part_size: 16 << 20,
@@ -332,7 +340,7 @@ impl Default for Cache {
     fn default() -> Self {
         let d = wharf_storage::CacheConfig::default();
         Cache {
-            kind: "memory".into(),
+            kind: wharf_storage::stack::CacheKind::Memory,
             blob_descriptors: d.blob_descriptors,
             manifest_bytes: d.manifest_bytes,
         }
@@ -351,12 +359,34 @@ impl Default for Log {
     fn default() -> Self {
         Log {
             level: "info".into(),
-            format: "text".into(),
+            format: LogFormat::Text,
         }
     }
 }
 
 impl Config {
+    /// What `wharf_storage::stack::open` needs of this configuration.
+    pub fn stack(&self) -> anyhow::Result<wharf_storage::stack::StackConfig> {
+        let s = &self.storage;
+        Ok(wharf_storage::stack::StackConfig {
+            backend: s.backend,
+            root: s.root.clone(),
+            options: s.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            redirect: (s.redirect_secs > 0).then(|| std::time::Duration::from_secs(s.redirect_secs)),
+            part_size: usize::try_from(s.part_size).context("[storage] part_size")?,
+            cache: self.cache.kind,
+            cache_sizes: wharf_storage::CacheConfig {
+                blob_descriptors: self.cache.blob_descriptors,
+                manifest_bytes: self.cache.manifest_bytes,
+            },
+            redis: (!self.redis.url.is_empty()).then(|| (self.redis.url.clone(), self.redis.prefix.clone())),
+            gc: wharf_storage::stack::GcUse {
+                scheduled: self.gc.interval_secs > 0,
+                delete_untagged: self.gc.delete_untagged,
+            },
+        })
+    }
+
     pub fn parse(text: &str) -> anyhow::Result<Config> {
         Ok(toml::from_str(text)?)
     }

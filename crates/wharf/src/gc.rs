@@ -16,7 +16,7 @@ use wharf_storage::FsStore;
 use wharf_storage::gc::{GcOptions, GcReport, RootLock, collect, collect_cached};
 
 use crate::config::{self, Config};
-use crate::serve::Collectable;
+use wharf_storage::stack::Collectable;
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
@@ -99,7 +99,7 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
     if let Some(t) = args.upload_ttl {
         opts.upload_ttl = t;
     }
-    if config.storage.backend != "fs" && args.root.is_none() {
+    if config.storage.backend != wharf_storage::stack::Backend::Fs && args.root.is_none() {
         return run_object(&config, &opts, args.json);
     }
     if !root.join("blobs").is_dir() || !root.join("repositories").is_dir() {
@@ -136,13 +136,8 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
 /// takes the shared Redis (the lock every replica's pushes take, and the cache they read), so without it only a dry
 /// run is allowed.
 fn run_object(config: &Config, opts: &GcOptions, json: bool) -> anyhow::Result<()> {
-    if !opts.dry_run && (config.redis.url.is_empty() || config.cache.kind == "memory") {
-        anyhow::bail!(
-            "on {} `wharf gc` deletes only with [redis] url set and [cache] kind = \"redis\" or \"off\": running \
-             servers would not see its lock or forget what it deletes; set [gc] interval_secs to collect inside a \
-             server, or use --dry-run",
-            config.storage.backend
-        );
+    if !opts.dry_run {
+        wharf_storage::stack::check_offline_delete(&config.stack()?)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

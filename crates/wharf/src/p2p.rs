@@ -1,14 +1,14 @@
 //! `wharf node` and `wharf scheduler`: P2P distribution (see `wharf_p2p`). This module turns flags into the
 //! libraries' configurations, works out the address a node advertises, and runs the servers.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use wharf_p2p::node::{Node, NodeConfig};
+use wharf_p2p::node::{Node, NodeConfig, net};
 use wharf_p2p::proto::Peer;
 
 #[derive(Debug, Args)]
@@ -192,7 +192,7 @@ fn merge_node(mut args: NodeArgs) -> anyhow::Result<NodeArgs> {
     }
     args.peer_send_buffer = args.peer_send_buffer.or(rate("peer_send_buffer", f.peer_send_buffer)?);
     if let Some(b) = args.peer_send_buffer
-        && !(MIN_SEND_BUFFER..=MAX_SEND_BUFFER).contains(&b)
+        && !(net::MIN_SEND_BUFFER..=net::MAX_SEND_BUFFER).contains(&b)
     {
         anyhow::bail!("--peer-send-buffer {b}: must be between 4K and 1G");
     }
@@ -201,109 +201,14 @@ fn merge_node(mut args: NodeArgs) -> anyhow::Result<NodeArgs> {
     Ok(args)
 }
 
-/// Bounds of `--peer-send-buffer`: below a few KiB the kernel raises it anyway, above 1G it is no bound.
-const MIN_SEND_BUFFER: u64 = 4 << 10;
-const MAX_SEND_BUFFER: u64 = 1 << 30;
-
-/// The peer API's listener. Connections accepted from it inherit its send buffer: set before `listen`, a size fixed
-/// by hand also turns off the kernel's send-buffer autotuning for them.
-pub(crate) fn peer_listener(addr: SocketAddr, send_buffer: Option<u64>) -> anyhow::Result<tokio::net::TcpListener> {
-    let what = || format!("cannot listen on {addr}");
-    let sock = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
-    }
-    .with_context(what)?;
-    // As `TcpListener::bind` does: a restarted node gets its port back at once.
-    sock.set_reuseaddr(true).with_context(what)?;
-    if let Some(size) = send_buffer {
-        let size = u32::try_from(size).context("--peer-send-buffer: too large")?;
-        sock.set_send_buffer_size(size)
-            .with_context(|| format!("cannot set the peer API's send buffer to {size} bytes"))?;
-        // The kernel caps the size at net.core.wmem_max (then doubles it, on Linux): say so rather than run with
-        // another bound than the one asked for.
-        let asked = if cfg!(target_os = "linux") {
-            2 * u64::from(size)
-        } else {
-            u64::from(size)
-        };
-        if let Ok(got) = sock.send_buffer_size()
-            && u64::from(got) < asked
-        {
-            tracing::warn!(
-                asked = size,
-                got,
-                "--peer-send-buffer capped by the kernel (net.core.wmem_max): raise that sysctl for a larger buffer"
-            );
-        }
-    }
-    sock.bind(addr).with_context(what)?;
-    sock.listen(1024).with_context(what)
-}
-
-/// The IP this host uses to reach `url`'s host: connecting a UDP socket sends nothing but makes the kernel pick the
-/// route and the source address.
-fn route_source(url: &str) -> anyhow::Result<(IpAddr, IpAddr)> {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    let target = hostport
-        .to_socket_addrs()
-        .or_else(|_| format!("{hostport}:80").to_socket_addrs())
-        .with_context(|| format!("cannot resolve scheduler {url}"))?
-        .next()
-        .with_context(|| format!("scheduler {url} resolves to nothing"))?;
-    let bind = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-    let sock = UdpSocket::bind(bind).context("cannot open a UDP socket to find the route")?;
-    sock.connect(target)
-        .with_context(|| format!("no route to scheduler {url}"))?;
-    Ok((sock.local_addr()?.ip(), target.ip()))
-}
-
-/// The address peers should use. A loopback address advertised to a scheduler that is not on loopback would send
-/// every peer to itself and every pull back to the origin (Dragonfly's advertiseIp pitfall): refused loudly.
-pub fn advertise(args: &NodeArgs) -> anyhow::Result<IpAddr> {
-    let scheduler = args.schedulers.first();
-    let ip = match (args.advertise_addr, scheduler) {
-        (Some(ip), _) => ip,
-        (None, Some(s)) => route_source(s)?.0,
-        (None, None) if args.peer_listen.is_some_and(|a| !a.ip().is_unspecified()) => {
-            args.peer_listen.map(|a| a.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]))
-        }
-        (None, None) => anyhow::bail!("no --scheduler and no --advertise-addr: cannot tell peers where this node is"),
-    };
-    if let Some(s) = scheduler {
-        let (_, target) = route_source(s)?;
-        check_advertised(ip, target, s)?;
-    } else if ip.is_unspecified() {
-        anyhow::bail!("cannot advertise {ip}: pass --advertise-addr");
-    }
-    Ok(ip)
-}
-
-/// Whether peers of a scheduler at `target` can reach a node advertising `ip`.
-fn check_advertised(ip: IpAddr, target: IpAddr, scheduler: &str) -> anyhow::Result<()> {
-    if ip.is_loopback() && !target.is_loopback() {
-        anyhow::bail!(
-            "refusing to advertise loopback address {ip} to scheduler {scheduler}, which is not on loopback: peers \
-             would connect to themselves and every pull would go back to the origin; pass --advertise-addr with this \
-             host's address on the scheduler's network"
-        );
-    }
-    if ip.is_unspecified() {
-        anyhow::bail!("cannot advertise {ip}: pass --advertise-addr");
-    }
-    Ok(())
-}
-
 pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let args = merge_node(args)?;
-    crate::serve::init_logging(args.log.as_deref().unwrap_or("info"), "text")?;
+    crate::serve::init_logging(args.log.as_deref().unwrap_or("info"), crate::config::LogFormat::Text)?;
     let (listen, peer_listen) = (
         args.listen.context("no listen address")?,
         args.peer_listen.context("no peer listen address")?,
     );
-    let ip = advertise(&args)?;
+    let ip = net::advertise(args.advertise_addr, &args.schedulers, args.peer_listen)?;
     let mut upstreams = Vec::new();
     let mut default = None;
     for flag in &args.upstreams {
@@ -324,7 +229,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         let mirror = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let peer_listener = peer_listener(peer_listen, args.peer_send_buffer)?;
+        let peer_listener = net::peer_listener(peer_listen, args.peer_send_buffer)?;
         let (mirror_addr, peer_addr) = (mirror.local_addr()?, peer_listener.local_addr()?);
         let addr = SocketAddr::new(ip, peer_addr.port());
         let peer = Peer {
@@ -396,7 +301,10 @@ pub fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         .unwrap_or(defaults.max_origin_leases)
         .max(1);
     let relay = args.relay.or(f.relay).unwrap_or(defaults.relay);
-    crate::serve::init_logging(args.log.as_deref().or(f.log.as_deref()).unwrap_or("info"), "text")?;
+    crate::serve::init_logging(
+        args.log.as_deref().or(f.log.as_deref()).unwrap_or("info"),
+        crate::config::LogFormat::Text,
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -458,14 +366,10 @@ pub struct GetArgs {
     pub ratelimit: Option<u64>,
 }
 
-/// `wharf get`: one file through the swarm (Dragonfly's dfget), with an in-process node that serves its pieces to
-/// peers while it downloads and leaves the swarm when done.
+/// `wharf get`: one file through the swarm (see `wharf_p2p::get`), with a progress bar on a terminal.
 pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
-    crate::serve::init_logging("warn", "text")?;
-    if !(args.url.starts_with("http://") || args.url.starts_with("https://")) {
-        anyhow::bail!("{}: only http:// and https:// URLs", args.url);
-    }
-    let expected = match &args.digest {
+    crate::serve::init_logging("warn", crate::config::LogFormat::Text)?;
+    let digest = match &args.digest {
         Some(d) => Some(
             d.parse::<wharf_oci::Digest>()
                 .map_err(|e| anyhow::anyhow!("--digest {d}: {e}"))?,
@@ -479,116 +383,43 @@ pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--header {h:?}: expected NAME: VALUE"))?;
         headers.push((k.trim().to_owned(), v.trim().to_owned()));
     }
-    let root = std::env::temp_dir().join(format!("wharf-get-{}", std::process::id()));
-    let node_args = NodeArgs {
-        config: None,
-        root: Some(root.clone()),
-        listen: Some("127.0.0.1:0".parse()?),
-        peer_listen: Some(args.peer_listen),
+    let options = wharf_p2p::get::GetOptions {
+        url: args.url.clone(),
+        output: args.output.clone(),
         schedulers: args.schedulers.clone(),
-        upstreams: vec![],
-        seed: false,
-        ratelimit: args.ratelimit,
-        upload_ratelimit: None,
-        advertise_addr: args.advertise_addr,
+        digest,
+        headers,
         token: args.token.clone(),
-        rack: None,
-        cache_size: None,
-        piece_size: Some(wharf_p2p::piece::DEFAULT_PIECE),
-        concurrency: None,
-        peer_send_buffer: None,
-        tag_ttl_secs: None,
-        log: None,
-    };
-    let ip = if args.schedulers.is_empty() {
-        IpAddr::from([127, 0, 0, 1])
-    } else {
-        advertise(&node_args)?
+        peer_listen: args.peer_listen,
+        advertise_addr: args.advertise_addr,
+        ratelimit: args.ratelimit,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(async {
-        let peer_listener = peer_listener(args.peer_listen, None)?;
-        let addr = SocketAddr::new(ip, peer_listener.local_addr()?.port());
-        let peer = Peer {
-            id: addr.to_string(),
-            addr: format!("http://{addr}"),
-            rack: None,
-            seed: false,
-            relays: true,
-        };
-        let node = Node::new(NodeConfig {
-            root: root.clone(),
-            listen: "127.0.0.1:0".parse()?,
-            peer_listen: addr,
-            peer,
-            schedulers: args.schedulers.clone(),
-            token: args.token.clone(),
-            upstreams: vec![],
-            default_upstream: None,
-            piece_len: wharf_p2p::piece::DEFAULT_PIECE,
-            concurrency: wharf_p2p::node::DEFAULT_CONCURRENCY,
-            origin_concurrency: 4,
-            download_rate: args.ratelimit,
-            upload_rate: None,
-            cache_bytes: 0,
-            timeout: Duration::from_secs(30),
-            tag_ttl: Duration::from_secs(60),
-        })?;
-        let server =
-            tokio::spawn(axum::serve(peer_listener, wharf_p2p::node::peer::router(node.clone())).into_future());
-        let task = node.url_task(&args.url, headers, expected).await?;
-        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-            let bar = indicatif::ProgressBar::new(task.size);
-            bar.set_style(
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let size = runtime.block_on(wharf_p2p::get::get(options, |p| match p {
+        wharf_p2p::get::GetProgress::Started { size } if terminal => {
+            let b = indicatif::ProgressBar::new(size);
+            b.set_style(
                 indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_bar}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            bar
-        });
-        let part = args.output.with_extension("part");
-        let mut file = tokio::fs::File::create(&part)
-            .await
-            .with_context(|| format!("cannot create {}", part.display()))?;
-        let stream = wharf_p2p::node::stream::stream(task.clone());
-        futures_util::pin_mut!(stream);
-        let written = async {
-            use futures_util::StreamExt;
-            use tokio::io::AsyncWriteExt;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| anyhow::anyhow!("{}: {e}", args.url))?;
-                file.write_all(&chunk).await?;
-                if let Some(b) = &bar {
-                    b.inc(chunk.len() as u64);
-                }
-            }
-            file.sync_all().await?;
-            anyhow::Ok(())
+            bar = Some(b);
         }
-        .await;
-        if let Some(b) = &bar {
-            b.finish_and_clear();
-        }
-        node.forget(&task).await;
-        server.abort();
-        match written {
-            Ok(()) => {
-                tokio::fs::rename(&part, &args.output)
-                    .await
-                    .with_context(|| format!("cannot write {}", args.output.display()))?;
-                Ok(task.size)
-            }
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&part).await;
-                Err(e)
+        wharf_p2p::get::GetProgress::Started { .. } => {}
+        wharf_p2p::get::GetProgress::Written(n) => {
+            if let Some(b) = &bar {
+                b.inc(n);
             }
         }
-    });
-    let _ = std::fs::remove_dir_all(&root);
-    let size = result?;
-    eprintln!("{}: {size} bytes", args.output.display());
+    }));
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    eprintln!("{}: {} bytes", args.output.display(), size?);
     Ok(())
 }
 
@@ -611,7 +442,7 @@ pub struct PreheatArgs {
 
 /// `wharf preheat`: lists an image's blobs (every platform of an index) and queues them for the seed nodes.
 pub fn run_preheat(args: PreheatArgs) -> anyhow::Result<()> {
-    crate::serve::init_logging("warn", "text")?;
+    crate::serve::init_logging("warn", crate::config::LogFormat::Text)?;
     let reference = wharf_remote::Reference::parse(&args.image)?;
     let credentials = match &args.creds {
         Some(c) => Some(wharf_remote::Credentials::parse(c).context("--creds: expected USER:PASSWORD")?),
@@ -620,91 +451,27 @@ pub fn run_preheat(args: PreheatArgs) -> anyhow::Result<()> {
             None
         }),
     };
-    let scheme = if args.plain_http || reference.is_loopback() {
-        "http"
-    } else {
-        "https"
-    };
     let options = wharf_remote::ClientOptions {
         credentials,
         ..wharf_remote::ClientOptions::default()
     };
-    let base = format!("{scheme}://{}/", reference.api_host());
-    let registry = wharf_remote::Registry::new(&reference.registry, &base, &options)?;
-    let repo = reference.repository.clone();
-    let scopes = [wharf_remote::pull_scope(&repo)];
+    let registry = wharf_remote::Registry::for_reference(&reference, args.plain_http, &options)?;
+    let schedulers = wharf_p2p::node::Clients::new(args.schedulers.clone(), args.token.clone())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let mut blobs = Vec::new();
-        let mut manifests = vec![(reference.manifest_reference(), reference.digest.clone())];
-        while let Some((r, expected)) = manifests.pop() {
-            let m = registry.manifest(&repo, &r, expected.as_ref(), &scopes).await?;
-            let view = wharf_oci::manifest::ManifestView::parse(&m.bytes, Some(&m.media_type))
-                .map_err(|e| anyhow::anyhow!("{}/{repo}@{}: {e}", reference.registry, m.digest))?;
-            manifests.extend(
-                view.manifests
-                    .iter()
-                    .map(|d| (d.digest.to_string(), Some(d.digest.clone()))),
-            );
-            for d in view.config.iter().chain(&view.layers) {
-                blobs.push(wharf_p2p::proto::PreheatBlob {
-                    repository: repo.clone(),
-                    digest: d.digest.to_string(),
-                    size: d.size,
-                });
-            }
-        }
-        blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
-        blobs.dedup_by(|a, b| a.digest == b.digest);
-        let total: u64 = blobs.iter().map(|b| b.size).sum();
-        let n = blobs.len();
-        let clients = wharf_p2p::node::Clients::new(args.schedulers.clone(), args.token.clone())?;
-        clients.preheat(&wharf_p2p::proto::Preheat { blobs }).await?;
-        eprintln!("preheat queued: {n} blobs, {total} bytes of {reference}");
-        anyhow::Ok(())
-    })
+    let queued = runtime.block_on(wharf_p2p::preheat::preheat(&registry, &reference, &schedulers))?;
+    eprintln!(
+        "preheat queued: {} blobs, {} bytes of {reference}",
+        queued.blobs, queued.bytes
+    );
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_is_never_advertised_to_a_remote_scheduler() {
-        let lo = IpAddr::from([127, 0, 0, 1]);
-        let remote = IpAddr::from([198, 18, 0, 1]);
-        let err = check_advertised(lo, remote, "http://198.18.0.1:8002")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("refusing to advertise loopback"), "{err}");
-        assert!(check_advertised(lo, lo, "http://127.0.0.1:8002").is_ok());
-        assert!(check_advertised(IpAddr::from([198, 18, 0, 7]), remote, "s").is_ok());
-        assert!(check_advertised(IpAddr::from([0, 0, 0, 0]), remote, "s").is_err());
-    }
-
-    /// The size fixed on the listener is the one every served connection gets (Linux doubles it; without a size the
-    /// kernel grows each connection's buffer as it goes, so only the exact doubled value shows it was applied).
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn peer_connections_get_the_send_buffer_set_on_the_listener() {
-        let listener = peer_listener("127.0.0.1:0".parse().unwrap(), Some(24 << 10)).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (served, _) = listener.accept().await.unwrap();
-        let served = tokio::net::TcpSocket::from_std_stream(served.into_std().unwrap());
-        assert_eq!(served.send_buffer_size().unwrap(), 2 * (24 << 10));
-        // Without a size, the kernel's default (and autotuning) stays.
-        let listener = peer_listener("127.0.0.1:0".parse().unwrap(), None).unwrap();
-        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (served, _) = listener.accept().await.unwrap();
-        let served = tokio::net::TcpSocket::from_std_stream(served.into_std().unwrap());
-        assert_ne!(served.send_buffer_size().unwrap(), 2 * (24 << 10));
-    }
 
     #[test]
     fn peer_send_buffer_comes_from_the_flag_or_the_file_and_is_bounded() {

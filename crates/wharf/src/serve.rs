@@ -9,10 +9,11 @@ use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 use wharf_mirror::{MirrorConfig, MirrorStore, UpstreamConfig};
 use wharf_registry::{App, Namespace, Namespaces, RegistryConfig};
-use wharf_storage::{CacheConfig, CachedStore, FsStore, RegistryStore};
+use wharf_storage::RegistryStore;
+use wharf_storage::stack::Collectable;
 
 use crate::cli::ServeArgs;
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 
 /// Merges the config file (if any) with the flags; flags win.
 fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -36,9 +37,6 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if config.server.tls_cert.as_os_str().is_empty() != config.server.tls_key.as_os_str().is_empty() {
         anyhow::bail!("TLS needs both tls_cert and tls_key");
     }
-    if !matches!(config.log.format.as_str(), "text" | "json") {
-        anyhow::bail!("log format {:?}: use \"text\" or \"json\"", config.log.format);
-    }
     for flag in &args.upstreams {
         config.mirror.upstreams.push(crate::config::Upstream::parse_flag(flag)?);
     }
@@ -54,7 +52,7 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-pub(crate) fn init_logging(level: &str, format: &str) -> anyhow::Result<()> {
+pub(crate) fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v),
         _ => EnvFilter::try_new(level),
@@ -63,7 +61,7 @@ pub(crate) fn init_logging(level: &str, format: &str) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let result = if format == "json" {
+    let result = if format == LogFormat::Json {
         builder.json().with_current_span(false).try_init()
     } else {
         builder
@@ -75,7 +73,7 @@ pub(crate) fn init_logging(level: &str, format: &str) -> anyhow::Result<()> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = effective_config(&args)?;
-    init_logging(&config.log.level, &config.log.format)?;
+    init_logging(&config.log.level, config.log.format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,102 +84,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// What requests go to, the namespaces it mirrors, and the local store stack again (for garbage collection).
 type Stores = (Arc<dyn RegistryStore>, Namespaces, Collectable);
 
-/// The local store stack as garbage collection sees it.
-pub(crate) enum Collectable {
-    Fs(Arc<CachedStore<FsStore>>),
-    Object(Arc<dyn wharf_storage::object::gc::Collectable>),
-}
-
 /// The local store: the filesystem or an object store, behind the configured metadata cache.
 pub(crate) async fn local_store(config: &Config) -> anyhow::Result<(Arc<dyn RegistryStore>, Collectable)> {
-    let s = &config.storage;
-    let c = &config.cache;
-    let sizes = match c.kind.as_str() {
-        "memory" => CacheConfig {
-            blob_descriptors: c.blob_descriptors,
-            manifest_bytes: c.manifest_bytes,
-        },
-        // Zero-sized caches keep nothing, so garbage collection still has its hooks.
-        "off" | "redis" => CacheConfig {
-            blob_descriptors: 0,
-            manifest_bytes: 0,
-        },
-        other => anyhow::bail!("cache kind {other:?}: use \"memory\", \"redis\" or \"off\""),
-    };
-    let redis = if config.redis.url.is_empty() {
-        None
-    } else {
-        Some(
-            wharf_storage::redis_meta::RedisMeta::connect(&config.redis.url, &config.redis.prefix)
-                .await
-                .context("[redis] url")?,
-        )
-    };
-    if c.kind == "redis" && redis.is_none() {
-        anyhow::bail!("cache kind \"redis\" needs [redis] url");
-    }
-    if s.backend == "fs" {
-        if c.kind == "redis" {
-            anyhow::bail!(
-                "cache kind \"redis\" is for replicas sharing an object store; the fs backend caches in memory"
-            );
-        }
-        let root = &s.root;
-        let fs = FsStore::open(root).with_context(|| format!("cannot open storage at {}", root.display()))?;
-        let cached = Arc::new(CachedStore::new(fs.verify_references(true), sizes));
-        return Ok((cached.clone(), Collectable::Fs(cached)));
-    }
-    if config.gc.delete_untagged {
-        anyhow::bail!(
-            "[gc] delete_untagged: on {} every manifest revision is kept; leave it off",
-            s.backend
-        );
-    }
-    if config.gc.interval_secs > 0 && redis.is_some() && c.kind == "memory" {
-        anyhow::bail!(
-            "[gc] interval_secs with [cache] kind = \"memory\" on a shared {}: other replicas' memory caches would \
-             not hear of what a collection deletes; use kind = \"redis\" (or \"off\")",
-            s.backend
-        );
-    }
-    if config.gc.interval_secs > 0 && redis.is_none() {
-        tracing::warn!(
-            "garbage collection on {} without [redis]: safe for one server only; replicas must share a Redis",
-            s.backend
-        );
-    }
-    let object = wharf_storage::object::ObjectConfig {
-        service: s.backend.clone(),
-        options: s.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        redirect: (s.redirect_secs > 0).then(|| Duration::from_secs(s.redirect_secs)),
-        part_size: usize::try_from(s.part_size).context("part_size")?,
-        ..Default::default()
-    };
-    let op = wharf_storage::object::operator(&object).context("object storage")?;
-    let sessions: Arc<dyn wharf_storage::object::SessionStore> = match &redis {
-        Some(r) => Arc::new(wharf_storage::redis_meta::RedisSessions::new(r.clone())),
-        None => Arc::new(wharf_storage::object::BucketSessions::new(op.clone())),
-    };
-    let mut store = wharf_storage::object::ObjectStore::new(op, sessions, &object);
-    if let Some(r) = &redis {
-        // Replicas coordinate their writes with a collection any of them runs.
-        store = store.with_gc_lock(Arc::new(wharf_storage::redis_meta::RedisGcLock::new(r.clone())));
-    }
-    tracing::info!(backend = %s.backend, cache = %c.kind, redis = redis.is_some(), "object storage");
-    Ok(match (c.kind.as_str(), redis) {
-        ("memory", _) => {
-            let s = Arc::new(CachedStore::new(store, sizes));
-            (s.clone(), Collectable::Object(s))
-        }
-        ("redis", Some(r)) => {
-            let s = Arc::new(wharf_storage::redis_meta::RedisCache::new(store, r, Default::default()));
-            (s.clone(), Collectable::Object(s))
-        }
-        _ => {
-            let s = Arc::new(store);
-            (s.clone(), Collectable::Object(s))
-        }
-    })
+    let stack = wharf_storage::stack::open(&config.stack()?)
+        .await
+        .with_context(|| format!("cannot open {} storage", config.storage.backend))?;
+    Ok((stack.store, stack.collectable))
 }
 
 /// The store stack: the local store with its caches, wrapped by the mirror when upstreams are set.

@@ -24,17 +24,11 @@ pub struct RegistryClient {
 
 impl RegistryClient {
     pub fn new(reference: Reference, options: &RegistryOptions) -> Result<RegistryClient, Error> {
-        let scheme = if options.insecure || reference.is_loopback() {
-            "http"
-        } else {
-            "https"
-        };
         let client_options = ClientOptions {
             credentials: options.credentials.clone(),
             ..ClientOptions::default()
         };
-        let base = format!("{scheme}://{}/", reference.api_host());
-        let remote = Registry::new(&reference.registry, &base, &client_options)?;
+        let remote = Registry::for_reference(&reference, options.insecure, &client_options)?;
         Ok(RegistryClient { reference, remote })
     }
 

@@ -13,6 +13,7 @@
 
 mod client;
 pub mod download;
+pub mod net;
 pub mod peer;
 pub mod relay;
 pub mod store;
