@@ -157,9 +157,30 @@ pub struct Report {
     /// The peer that misbehaved.
     pub bad: String,
     pub piece: u32,
-    /// `corrupt` (its bytes did not match the digest), `refused` (its port refused the connection: gone) or
-    /// `unreachable` (no answer: gone, or a congested network).
-    pub reason: String,
+    pub reason: ReportReason,
+}
+
+/// What a reported peer did (on the wire: `corrupt`, `refused`, `unreachable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportReason {
+    /// Its bytes did not match the piece's digest.
+    Corrupt,
+    /// Its port refused the connection, or cut it: gone.
+    Refused,
+    /// No answer in time: gone, or a congested network.
+    Unreachable,
+}
+
+impl ReportReason {
+    /// Its name on the wire (and as a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportReason::Corrupt => "corrupt",
+            ReportReason::Refused => "refused",
+            ReportReason::Unreachable => "unreachable",
+        }
+    }
 }
 
 /// Ask seed nodes to fetch tasks ahead of a rollout.

@@ -18,7 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::Node;
 use super::task::{Phase, Receiving, Task};
 use crate::P2pError;
-use crate::proto::{Report, ScheduleRequest, ScheduleResponse, Source, TaskShape};
+use crate::proto::{Report, ReportReason, ScheduleRequest, ScheduleResponse, Source, TaskShape};
 
 /// A piece that has been "wait" this long, while the node stored no piece of any task either, is fetched from the
 /// origin regardless: the swarm is stuck, not slow. (Not while pieces keep arriving: an image whose origin alone
@@ -349,17 +349,17 @@ impl Download {
                             self.cooling.insert(id.clone(), Instant::now());
                         }
                         let reason = if corrupt {
-                            "corrupt"
+                            ReportReason::Corrupt
                         } else if matches!(error, P2pError::PeerRefused { .. }) {
-                            "refused"
+                            ReportReason::Refused
                         } else {
-                            "unreachable"
+                            ReportReason::Unreachable
                         };
                         let report = Report {
                             peer: node.peer.clone(),
                             bad: id,
                             piece: n,
-                            reason: reason.into(),
+                            reason,
                         };
                         node.clients.report(&task.id, &report).await;
                     }

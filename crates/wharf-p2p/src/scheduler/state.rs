@@ -35,10 +35,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::piece;
+use crate::piece::{self, PieceSet};
 use crate::proto::{
-    self, Announce, Assignment, Peer, PeerInfo, Preheat, PreheatBlob, Report, ScheduleRequest, ScheduleResponse,
-    Source, SwarmInfo, Swarms, TaskShape,
+    self, Announce, Assignment, Peer, PeerInfo, Preheat, PreheatBlob, Report, ReportReason, ScheduleRequest,
+    ScheduleResponse, Source, SwarmInfo, Swarms, TaskShape,
 };
 
 /// Most pieces a task may have (a shape with more is refused: it would only cost memory).
@@ -177,49 +177,40 @@ struct PieceState {
 
 #[derive(Debug)]
 struct Member {
-    /// Bit set of the pieces it holds.
-    have: Vec<u64>,
-    held: u32,
+    /// The pieces it holds.
+    have: PieceSet,
     done: bool,
 }
 
 impl Member {
     fn new(pieces: u32) -> Self {
         Member {
-            have: vec![0; pieces.div_ceil(64) as usize],
-            held: 0,
+            have: PieceSet::new(pieces),
             done: false,
         }
     }
 
     fn has(&self, p: u32) -> bool {
-        self.have[(p / 64) as usize] & (1 << (p % 64)) != 0
+        self.have.contains(p)
     }
 
     /// Returns whether it was new.
     fn set(&mut self, p: u32) -> bool {
-        let w = &mut self.have[(p / 64) as usize];
-        let new = *w & (1 << (p % 64)) == 0;
-        *w |= 1 << (p % 64);
-        self.held += u32::from(new);
-        new
+        self.have.insert(p)
     }
 
     fn clear(&mut self, p: u32) {
-        let w = &mut self.have[(p / 64) as usize];
-        if *w & (1 << (p % 64)) != 0 {
-            *w &= !(1 << (p % 64));
-            self.held -= 1;
+        if self.have.remove(p) {
             self.done = false;
         }
     }
 
     fn pieces(&self) -> impl Iterator<Item = u32> + '_ {
-        self.have.iter().enumerate().flat_map(|(i, &w)| {
-            (0..64u32)
-                .filter(move |&b| w & (1u64 << b) != 0)
-                .map(move |b| i as u32 * 64 + b)
-        })
+        self.have.iter()
+    }
+
+    fn held(&self) -> u32 {
+        self.have.len()
     }
 }
 
@@ -436,6 +427,268 @@ fn lease_live(lease: &Lease, peers: &[Option<PeerEntry>], now: Instant, policy: 
             .is_some_and(|e| e.holds(now, policy))
 }
 
+/// Who may serve one wanted piece to the requester: peers that hold it, and relays (`true`) receiving it.
+type Sources = Vec<(Key, bool)>;
+
+/// Each wanted piece's way to the requester, before the caps: under each peer that can serve it (with the number
+/// of its sources, for rarest-first, a tie-break and whether that peer relays it), from the origin, or not yet.
+struct Candidates {
+    by_holder: HashMap<Key, Vec<(usize, u64, u32, bool)>>,
+    origin: Vec<(u64, u32)>,
+    waits: Vec<u32>,
+}
+
+/// What limits new origin leases beyond the requester's own cap: how many it says it can start now, and the live
+/// leases on its origin over all swarms.
+struct LeaseRoom {
+    new_allowed: u32,
+    origin_live: u32,
+}
+
+/// One schedule request against one swarm: the requester, the clock, and the parts of the state it changes.
+struct Round<'a> {
+    me: Key,
+    now: Instant,
+    policy: &'a Policy,
+    peers: &'a mut [Option<PeerEntry>],
+    swarm: &'a mut Swarm,
+}
+
+impl Round<'_> {
+    fn usable(&self, k: Key) -> bool {
+        usable(self.peers, k, self.now, self.policy.peer_ttl)
+    }
+
+    fn lease_live(&self, l: &Lease) -> bool {
+        lease_live(l, self.peers, self.now, self.policy)
+    }
+
+    /// It needs these pieces, so it neither receives them (whatever it was assigned before) nor relays them: a
+    /// transfer it served as a relay broke with its own.
+    fn end_replaced_transfers(&mut self, wanted: &PieceSet) {
+        let me = self.me;
+        self.swarm.end_transfers(self.peers, |requester, p, source, _| {
+            !(wanted.contains(p) && (requester == me || source == me))
+        });
+    }
+
+    /// Who receives each wanted piece from a peer and may relay it: those whose bytes come from somewhere, i.e. whose
+    /// source (usable) holds the piece, fetches it from the origin, or is such a relay itself. (A chain whose root is
+    /// gone would otherwise pass nothing around in a circle, and keep the piece from being leased again.) Relays
+    /// only between nodes that speak them ([`Peer::relays`]); none when the policy turns them off.
+    fn rooted_relays(&self, wanted: &PieceSet) -> HashMap<u32, Vec<Key>> {
+        let mut receivers: HashMap<u32, Vec<Key>> = HashMap::new();
+        if !(self.policy.relay && speaks(self.peers, self.me)) {
+            return receivers;
+        }
+        let mut edges: HashMap<u32, Vec<(Key, Key)>> = HashMap::new();
+        for (&(r, p), &(source, _)) in &self.swarm.inflight {
+            if wanted.contains(p) && self.usable(r) && self.usable(source) {
+                edges.entry(p).or_default().push((r, source));
+            }
+        }
+        for (p, edges) in edges {
+            let ps = &self.swarm.pieces[p as usize];
+            let leased_to = ps.lease.filter(|l| self.lease_live(l)).map(|l| l.peer);
+            let is_root = |k: Key| leased_to == Some(k) || self.swarm.members.get(&k).is_some_and(|m| m.has(p));
+            // Walk down from the roots (each receiver has one source, so each is reached at most once).
+            let mut fed: HashMap<Key, Vec<Key>> = HashMap::new();
+            for &(r, source) in &edges {
+                fed.entry(source).or_default().push(r);
+            }
+            let mut todo: Vec<Key> = fed.keys().copied().filter(|&k| is_root(k)).collect();
+            let rooted = receivers.entry(p).or_default();
+            while let Some(k) = todo.pop() {
+                for &r in fed.get(&k).into_iter().flatten() {
+                    if !is_root(r) && speaks(self.peers, r) {
+                        rooted.push(r);
+                        todo.push(r);
+                    }
+                }
+            }
+        }
+        receivers
+    }
+
+    /// Every wanted piece (once) with its candidate sources. Pieces some usable peer holds are listed under each such
+    /// holder; pieces nobody usable holds get the origin (under the lease caps), or wait when another node holds its
+    /// lease or a suspect peer holds the piece (the origin sends each piece once).
+    fn candidates(&mut self, want: &[u32], receivers: &HashMap<u32, Vec<Key>>) -> Candidates {
+        let me = self.me;
+        let relays = self.policy.relay && speaks(self.peers, me);
+        let mut out = Candidates {
+            by_holder: HashMap::new(),
+            origin: Vec::new(),
+            waits: Vec::new(),
+        };
+        let mut seen = PieceSet::new(self.swarm.count());
+        let mut sources: Sources = Vec::new();
+        for &p in want {
+            if !seen.insert(p) {
+                continue;
+            }
+            // It needs the piece, so it does not hold it (whatever it said before).
+            self.swarm.remove_holder(me, p);
+            let ps = &self.swarm.pieces[p as usize];
+            let tie = mix(u64::from(me), u64::from(p));
+            sources.clear();
+            if ps.digest.is_some() {
+                sources.extend(
+                    ps.holders
+                        .iter()
+                        .copied()
+                        .filter(|&k| k != me && self.usable(k))
+                        .map(|k| (k, false)),
+                );
+            }
+            // Relays: whoever receives it from a peer, and the node fetching it from the origin. Their bytes are
+            // checked too: a requester without the digest yet asks for it once the piece is whole (the lease
+            // holder publishes it then), and a relay hands out its last bytes only after that check.
+            sources.extend(receivers.get(&p).into_iter().flatten().map(|&k| (k, true)));
+            if relays
+                && let Some(l) = ps.lease
+                && l.peer != me
+                && self.lease_live(&l)
+                && self.usable(l.peer)
+                && speaks(self.peers, l.peer)
+                && !sources.iter().any(|&(k, _)| k == l.peer)
+            {
+                sources.push((l.peer, true));
+            }
+            if !sources.is_empty() {
+                for &(k, relay) in &sources {
+                    out.by_holder.entry(k).or_default().push((sources.len(), tie, p, relay));
+                }
+            } else if ps.lease.is_some_and(|l| l.peer != me && self.lease_live(&l))
+                || (ps.digest.is_some()
+                    && ps.holders.iter().any(|&k| {
+                        k != me
+                            && self.peers[k as usize]
+                                .as_ref()
+                                .is_some_and(|e| e.holds(self.now, self.policy))
+                    }))
+            {
+                out.waits.push(p);
+            } else {
+                out.origin.push((tie, p));
+            }
+        }
+        out
+    }
+
+    /// Origin leases first: they are the pieces nobody can serve yet. Its own lease (asked again: its fetch failed?)
+    /// is renewed; a new one needs room under its cap ([`Policy::lease_spread`], [`Policy::max_leases_per_peer`]),
+    /// under what it says it can start, under the origin's cap ([`Policy::max_origin_leases`]) and a free slot. A
+    /// lease it could only queue would keep the piece from everyone else: those wait.
+    fn grant_leases(
+        &mut self,
+        mut origin: Vec<(u64, u32)>,
+        mut room: LeaseRoom,
+        slots: &mut u32,
+        assignments: &mut Vec<Assignment>,
+        waits: &mut Vec<u32>,
+    ) {
+        let (me, now, policy) = (self.me, self.now, self.policy);
+        let n = self.swarm.count();
+        let cap = n
+            .div_ceil(policy.lease_spread.max(1))
+            .clamp(1, policy.max_leases_per_peer.max(1));
+        let mut leased = self
+            .swarm
+            .pieces
+            .iter()
+            .filter(|ps| ps.lease.is_some_and(|l| l.peer == me && self.lease_live(&l)))
+            .count() as u32;
+        origin.sort_unstable();
+        for (_, p) in origin {
+            let mine = self.swarm.pieces[p as usize]
+                .lease
+                .is_some_and(|l| l.peer == me && lease_live(&l, self.peers, now, policy));
+            let has_room = leased < cap && room.new_allowed > 0 && room.origin_live < policy.max_origin_leases;
+            // Its own lease is already counted in what it receives.
+            if mine || (has_room && *slots > 0) {
+                let ps = &mut self.swarm.pieces[p as usize];
+                if ps.lease.is_none() {
+                    self.swarm.leases += 1;
+                }
+                ps.lease = Some(Lease { peer: me, since: now });
+                let new = u32::from(!mine);
+                leased += new;
+                room.new_allowed -= new;
+                room.origin_live += new;
+                *slots -= new;
+                assignments.push(Assignment {
+                    piece: p,
+                    source: Source::Origin,
+                });
+            } else {
+                waits.push(p);
+            }
+        }
+    }
+
+    /// Then peers: the holder with the fewest transfers in flight serves its rarest wanted piece, again and again,
+    /// as long as it has a free upload slot ([`Policy::max_uploads_per_peer`]) and the requester a free slot. Same
+    /// rack first, seeds last among equals.
+    fn assign_peers(
+        &mut self,
+        mut by_holder: HashMap<Key, Vec<(usize, u64, u32, bool)>>,
+        n: u32,
+        slots: &mut u32,
+        assignments: &mut Vec<Assignment>,
+    ) {
+        let me = self.me;
+        let me_rack = self.peers[me as usize].as_ref().and_then(|e| e.peer.rack.clone());
+        let mut heap = BinaryHeap::with_capacity(by_holder.len());
+        for (&k, pieces) in &mut by_holder {
+            pieces.sort_unstable_by(|a, b| b.cmp(a)); // rarest last: popped first
+            let Some(e) = self.peers[k as usize].as_ref() else {
+                continue;
+            };
+            let same_rack = me_rack.is_some() && e.peer.rack == me_rack;
+            let tie = mix(u64::from(me), u64::from(k));
+            heap.push(Reverse((e.inflight, !same_rack, e.peer.seed, tie, k)));
+        }
+        let mut assigned = PieceSet::new(n);
+        while *slots > 0
+            && let Some(Reverse((load, far, seed, tie, k))) = heap.pop()
+        {
+            if load >= self.policy.max_uploads_per_peer {
+                // The least loaded holder is full: so is every other one.
+                break;
+            }
+            let Some(pieces) = by_holder.get_mut(&k) else {
+                continue;
+            };
+            let Some((p, relay)) = std::iter::from_fn(|| pieces.pop())
+                .map(|(_, _, p, relay)| (p, relay))
+                .find(|(p, _)| !assigned.contains(*p))
+            else {
+                continue;
+            };
+            let Some(e) = self.peers[k as usize].as_mut() else {
+                continue;
+            };
+            assigned.insert(p);
+            e.inflight += 1;
+            let source = Source::Peer {
+                id: e.peer.id.clone(),
+                addr: e.peer.addr.clone(),
+                relay,
+            };
+            if let Some(e) = self.peers[me as usize].as_mut() {
+                e.downloads += 1;
+            }
+            self.swarm.inflight.insert((me, p), (k, self.now));
+            *slots -= 1;
+            assignments.push(Assignment { piece: p, source });
+            if !pieces.is_empty() {
+                heap.push(Reverse((load + 1, far, seed, tie, k)));
+            }
+        }
+    }
+}
+
 impl State {
     pub fn new(policy: Policy) -> Self {
         State {
@@ -505,21 +758,18 @@ impl State {
 
     /// A source for (at most [`Policy::max_assignments`] of) the pieces `req.want`, and every known digest. Pieces
     /// wanted but not in the answer should be asked for again later, like `Wait`.
+    ///
+    /// In phases, each a function of [`Round`]: the requester joins the swarm; the transfers it no longer receives
+    /// end; the relays whose chain reaches a holder are found; each wanted piece gets its candidate sources (peers,
+    /// relays, the origin, or wait); origin leases are granted within the caps; then peers are assigned, the least
+    /// loaded holder first; what is left waits.
     pub fn schedule(
         &mut self,
         task: &str,
         req: &ScheduleRequest,
         now: Instant,
     ) -> Result<ScheduleResponse, StateError> {
-        let n = check_shape(&req.shape)?;
-        check_peer(&req.peer)?;
-        check_pieces(req.want.iter().copied(), n)?;
-        if let Some(origin) = &req.origin
-            && (origin.is_empty() || origin.len() > MAX_ADDR_LEN || origin.chars().any(char::is_control))
-        {
-            return Err(StateError::Invalid(format!("origin {origin:?}")));
-        }
-        self.check_swarm_shape(task, &req.shape)?;
+        let n = self.check_schedule(task, req)?;
         let me = self.touch(&req.peer, now);
         let swarm = self
             .swarms
@@ -532,224 +782,47 @@ impl State {
         // Live origin leases over the origin's swarms (this one included), for the per-origin cap; and the
         // requester's own over all swarms, which take its download slots.
         // (A swarm without an origin is the group of its name.)
-        let mut origin_live = self.live_leases(now, |name, s, _| s.origin.as_deref().unwrap_or(name) == group);
+        let origin_live = self.live_leases(now, |name, s, _| s.origin.as_deref().unwrap_or(name) == group);
         let my_leases = self.live_leases(now, |_, _, l| l.peer == me);
-        let policy = &self.policy;
-        let peers = &mut self.peers;
         let Some(swarm) = self.swarms.get_mut(task) else {
             return Err(StateError::Invalid(format!("{task}: swarm vanished")));
         };
         swarm.last_active = now;
         swarm.member(me);
-
-        let cap = n
-            .div_ceil(policy.lease_spread.max(1))
-            .clamp(1, policy.max_leases_per_peer.max(1));
-        let mut leased = swarm
-            .pieces
-            .iter()
-            .filter(|ps| {
-                ps.lease
-                    .is_some_and(|l| l.peer == me && lease_live(&l, peers, now, policy))
-            })
-            .count() as u32;
-
-        // Pieces some usable peer holds, listed under each such holder as (rarity, tie-break, piece); pieces nobody
-        // usable holds get the origin (under the lease caps) or wait.
-        let mut by_holder: HashMap<Key, Vec<(usize, u64, u32, bool)>> = HashMap::new();
-        let mut origin: Vec<(u64, u32)> = Vec::new();
-        let mut waits: Vec<u32> = Vec::new();
-        let mut wanted = vec![0u64; n.div_ceil(64) as usize];
+        let mut wanted = PieceSet::new(n);
         for &p in &req.want {
-            wanted[(p / 64) as usize] |= 1 << (p % 64);
+            wanted.insert(p);
         }
-        let is_wanted = |p: u32| wanted[(p / 64) as usize] & (1 << (p % 64)) != 0;
-        // It needs these pieces, so it neither receives them (whatever it was assigned before) nor relays them: a
-        // transfer it served as a relay broke with its own.
-        swarm.end_transfers(peers, |requester, p, source, _| {
-            !(is_wanted(p) && (requester == me || source == me))
-        });
-        // Who receives each wanted piece from a peer: relays, if their bytes come from somewhere, i.e. their source
-        // (usable) holds the piece, fetches it from the origin, or is such a relay itself. (A chain whose root is
-        // gone would otherwise pass nothing around in a circle, and keep the piece from being leased again.)
-        // Relays only between nodes that speak them ([`Peer::relays`]).
-        let relays = policy.relay && speaks(peers, me);
-        let mut receivers: HashMap<u32, Vec<Key>> = HashMap::new();
-        if relays {
-            let mut edges: HashMap<u32, Vec<(Key, Key)>> = HashMap::new();
-            for (&(r, p), &(source, _)) in &swarm.inflight {
-                if is_wanted(p) && usable(peers, r, now, policy.peer_ttl) && usable(peers, source, now, policy.peer_ttl)
-                {
-                    edges.entry(p).or_default().push((r, source));
-                }
-            }
-            for (p, edges) in edges {
-                let ps = &swarm.pieces[p as usize];
-                let leased_to = ps.lease.filter(|l| lease_live(l, peers, now, policy)).map(|l| l.peer);
-                let is_root = |k: Key| leased_to == Some(k) || swarm.members.get(&k).is_some_and(|m| m.has(p));
-                // Walk down from the roots (each receiver has one source, so each is reached at most once).
-                let mut fed: HashMap<Key, Vec<Key>> = HashMap::new();
-                for &(r, source) in &edges {
-                    fed.entry(source).or_default().push(r);
-                }
-                let mut todo: Vec<Key> = fed.keys().copied().filter(|&k| is_root(k)).collect();
-                let rooted = receivers.entry(p).or_default();
-                while let Some(k) = todo.pop() {
-                    for &r in fed.get(&k).into_iter().flatten() {
-                        if !is_root(r) && speaks(peers, r) {
-                            rooted.push(r);
-                            todo.push(r);
-                        }
-                    }
-                }
-            }
-        }
-        let mut seen = vec![0u64; n.div_ceil(64) as usize];
-        let mut sources: Vec<(Key, bool)> = Vec::new();
-        for &p in &req.want {
-            if seen[(p / 64) as usize] & (1 << (p % 64)) != 0 {
-                continue;
-            }
-            seen[(p / 64) as usize] |= 1 << (p % 64);
-            // It needs the piece, so it does not hold it (whatever it said before).
-            swarm.remove_holder(me, p);
-            let ps = &swarm.pieces[p as usize];
-            let tie = mix(u64::from(me), u64::from(p));
-            sources.clear();
-            if ps.digest.is_some() {
-                sources.extend(
-                    ps.holders
-                        .iter()
-                        .copied()
-                        .filter(|&k| k != me && usable(peers, k, now, policy.peer_ttl))
-                        .map(|k| (k, false)),
-                );
-            }
-            // Relays: whoever receives it from a peer, and the node fetching it from the origin. Their bytes are
-            // checked too: a requester without the digest yet asks for it once the piece is whole (the lease
-            // holder publishes it then), and a relay hands out its last bytes only after that check.
-            sources.extend(receivers.get(&p).into_iter().flatten().map(|&k| (k, true)));
-            if relays
-                && let Some(l) = ps.lease
-                && l.peer != me
-                && lease_live(&l, peers, now, policy)
-                && usable(peers, l.peer, now, policy.peer_ttl)
-                && speaks(peers, l.peer)
-                && !sources.iter().any(|&(k, _)| k == l.peer)
-            {
-                sources.push((l.peer, true));
-            }
-            if !sources.is_empty() {
-                for &(k, relay) in &sources {
-                    by_holder.entry(k).or_default().push((sources.len(), tie, p, relay));
-                }
-            } else if ps
-                .lease
-                .is_some_and(|l| l.peer != me && lease_live(&l, peers, now, policy))
-                || (ps.digest.is_some()
-                    && ps
-                        .holders
-                        .iter()
-                        .any(|&k| k != me && peers[k as usize].as_ref().is_some_and(|e| e.holds(now, policy))))
-            {
-                // Leased to another node, or held by a peer that is only suspect for now: the origin sends each
-                // piece once.
-                waits.push(p);
-            } else {
-                origin.push((tie, p));
-            }
-        }
-
+        let mut round = Round {
+            me,
+            now,
+            policy: &self.policy,
+            peers: &mut self.peers,
+            swarm,
+        };
+        round.end_replaced_transfers(&wanted);
+        let receivers = round.rooted_relays(&wanted);
+        let candidates = round.candidates(&req.want, &receivers);
         // Transfers (from the origin or a peer) it can start now: its slots less what it receives already, as far as
         // this scheduler knows (the wanted pieces' transfers were just ended). Several of its tasks may ask at once:
         // each answer sees the transfers the others were given.
-        let busy = peers[me as usize].as_ref().map_or(0, |e| e.downloads) + my_leases;
+        let busy = round.peers[me as usize].as_ref().map_or(0, |e| e.downloads) + my_leases;
         let mut slots = req
             .slots
             .map_or(u32::MAX, |s| s.saturating_sub(busy))
-            .min(policy.max_assignments as u32);
-
+            .min(round.policy.max_assignments as u32);
         let mut assignments = Vec::new();
-        // Origin leases first: they are the pieces nobody can serve yet. A node says how many it can start now; a
-        // lease it could only queue would keep the piece from everyone else.
-        let mut new_allowed = req.max_origin.unwrap_or(u32::MAX);
-        origin.sort_unstable();
-        for (_, p) in origin {
-            let ps = &mut swarm.pieces[p as usize];
-            let mine = ps
-                .lease
-                .is_some_and(|l| l.peer == me && lease_live(&l, peers, now, policy));
-            // Its own lease (asked again: its fetch failed?) is renewed; a new one is within the caps.
-            let room = leased < cap && new_allowed > 0 && origin_live < policy.max_origin_leases;
-            // Its own lease is already counted in what it receives.
-            if mine || (room && slots > 0) {
-                if ps.lease.is_none() {
-                    swarm.leases += 1;
-                }
-                ps.lease = Some(Lease { peer: me, since: now });
-                leased += u32::from(!mine);
-                new_allowed -= u32::from(!mine);
-                origin_live += u32::from(!mine);
-                slots -= u32::from(!mine);
-                assignments.push(Assignment {
-                    piece: p,
-                    source: Source::Origin,
-                });
-            } else {
-                waits.push(p);
-            }
-        }
-
-        // Then peers: the holder with the fewest transfers in flight serves its rarest wanted piece, again and again,
-        // as long as it has a free upload slot.
-        let me_rack = peers[me as usize].as_ref().and_then(|e| e.peer.rack.clone());
-        let mut heap = BinaryHeap::with_capacity(by_holder.len());
-        for (&k, pieces) in &mut by_holder {
-            pieces.sort_unstable_by(|a, b| b.cmp(a)); // rarest last: popped first
-            let e = peers[k as usize].as_ref().expect("a holder names a live slot");
-            let same_rack = me_rack.is_some() && e.peer.rack == me_rack;
-            let tie = mix(u64::from(me), u64::from(k));
-            heap.push(Reverse((e.inflight, !same_rack, e.peer.seed, tie, k)));
-        }
-        let mut assigned = vec![0u64; n.div_ceil(64) as usize];
-        while slots > 0
-            && let Some(Reverse((load, far, seed, tie, k))) = heap.pop()
-        {
-            if load >= policy.max_uploads_per_peer {
-                // The least loaded holder is full: so is every other one.
-                break;
-            }
-            let pieces = by_holder.get_mut(&k).expect("heap entries have a piece list");
-            let Some((p, relay)) = std::iter::from_fn(|| pieces.pop())
-                .map(|(_, _, p, relay)| (p, relay))
-                .find(|(p, _)| assigned[(p / 64) as usize] & (1 << (p % 64)) == 0)
-            else {
-                continue;
-            };
-            assigned[(p / 64) as usize] |= 1 << (p % 64);
-            if let Some(e) = peers[me as usize].as_mut() {
-                e.downloads += 1;
-            }
-            let e = peers[k as usize].as_mut().expect("a holder names a live slot");
-            e.inflight += 1;
-            swarm.inflight.insert((me, p), (k, now));
-            slots -= 1;
-            assignments.push(Assignment {
-                piece: p,
-                source: Source::Peer {
-                    id: e.peer.id.clone(),
-                    addr: e.peer.addr.clone(),
-                    relay,
-                },
-            });
-            if !pieces.is_empty() {
-                heap.push(Reverse((load + 1, far, seed, tie, k)));
-            }
-        }
-
+        let mut waits = candidates.waits;
+        let lease_room = LeaseRoom {
+            new_allowed: req.max_origin.unwrap_or(u32::MAX),
+            origin_live,
+        };
+        round.grant_leases(candidates.origin, lease_room, &mut slots, &mut assignments, &mut waits);
+        round.assign_peers(candidates.by_holder, n, &mut slots, &mut assignments);
         waits.sort_unstable();
+        let max = round.policy.max_assignments;
         for p in waits {
-            if assignments.len() >= policy.max_assignments {
+            if assignments.len() >= max {
                 break;
             }
             assignments.push(Assignment {
@@ -759,8 +832,22 @@ impl State {
         }
         Ok(ScheduleResponse {
             assignments,
-            digests: swarm.pieces.iter().map(|ps| ps.digest.clone()).collect(),
+            digests: round.swarm.pieces.iter().map(|ps| ps.digest.clone()).collect(),
         })
+    }
+
+    /// The request's shape, peer, pieces and origin are sane and its shape is the swarm's; returns the piece count.
+    fn check_schedule(&self, task: &str, req: &ScheduleRequest) -> Result<u32, StateError> {
+        let n = check_shape(&req.shape)?;
+        check_peer(&req.peer)?;
+        check_pieces(req.want.iter().copied(), n)?;
+        if let Some(origin) = &req.origin
+            && (origin.is_empty() || origin.len() > MAX_ADDR_LEN || origin.chars().any(char::is_control))
+        {
+            return Err(StateError::Invalid(format!("origin {origin:?}")));
+        }
+        self.check_swarm_shape(task, &req.shape)?;
+        Ok(n)
     }
 
     /// Live origin leases, over all swarms, that `counts` accepts (given the swarm's name, the swarm, the lease).
@@ -870,12 +957,6 @@ impl State {
     /// else holds them).
     pub fn report(&mut self, task: &str, r: &Report, now: Instant) -> Result<(), StateError> {
         check_peer(&r.peer)?;
-        if !matches!(r.reason.as_str(), "corrupt" | "refused" | "unreachable") {
-            return Err(StateError::Invalid(format!(
-                "reason {:?}: expected corrupt, refused or unreachable",
-                r.reason
-            )));
-        }
         if r.bad.is_empty() || r.bad.len() > MAX_ID_LEN {
             return Err(StateError::BadPeer(format!("id {:?}", r.bad)));
         }
@@ -887,7 +968,7 @@ impl State {
             return Ok(());
         }
         let bad = self.ids.get(&r.bad).copied();
-        if r.reason == "corrupt" {
+        if r.reason == ReportReason::Corrupt {
             if self.excluded.insert(r.bad.clone()) {
                 tracing::warn!(task, peer = %r.bad, piece = r.piece, reporter = %r.peer.id,
                     "peer reported for a corrupt piece: excluded");
@@ -906,7 +987,7 @@ impl State {
                 e.reports = 0;
             }
             e.reports += 1;
-            if r.reason == "refused" {
+            if r.reason == ReportReason::Refused {
                 // Nothing listens there: gone, not congested.
                 e.reports = e.reports.max(self.policy.unreachable_reports);
             }
@@ -979,8 +1060,8 @@ impl State {
                 let mut holders: Vec<(String, u32)> = s
                     .members
                     .iter()
-                    .filter(|(_, m)| m.held > 0)
-                    .map(|(k, m)| (self.entry(*k).peer.id.clone(), m.held))
+                    .filter(|(_, m)| m.held() > 0)
+                    .map(|(k, m)| (self.entry(*k).peer.id.clone(), m.held()))
                     .collect();
                 holders.sort();
                 let mut done: Vec<String> = s
@@ -1139,12 +1220,12 @@ mod tests {
         s.announce(TASK, &a, now).unwrap();
     }
 
-    fn report(s: &mut State, by: &Peer, bad: &Peer, reason: &str, now: Instant) {
+    fn report(s: &mut State, by: &Peer, bad: &Peer, reason: ReportReason, now: Instant) {
         let r = Report {
             peer: by.clone(),
             bad: bad.id.clone(),
             piece: 0,
-            reason: reason.into(),
+            reason,
         };
         s.report(TASK, &r, now).unwrap();
     }
@@ -1423,7 +1504,7 @@ mod tests {
             peer: peer(2),
             bad: "p99".into(),
             piece: 3,
-            reason: "unreachable".into(),
+            reason: ReportReason::Unreachable,
         };
         s.report(TASK, &r, t).unwrap();
         assert_eq!(total(&s), 1);
@@ -1565,7 +1646,7 @@ mod tests {
         assert_eq!(origins(&ask(&mut s, &b, 1, [0], t + Duration::from_secs(11))), vec![0]);
         // An unreachable report does not end it: b fetches from the origin, not from its peers.
         let c = peer(2);
-        report(&mut s, &c, &b, "unreachable", t + Duration::from_secs(12));
+        report(&mut s, &c, &b, ReportReason::Unreachable, t + Duration::from_secs(12));
         assert_eq!(waits(&ask(&mut s, &c, 1, [0], t + Duration::from_secs(12))), vec![0]);
     }
 
@@ -1585,7 +1666,7 @@ mod tests {
         };
         s.announce(OTHER, &other, t).unwrap();
         have(&mut s, &good, 2, &[1], t);
-        report(&mut s, &me, &bad, "corrupt", t);
+        report(&mut s, &me, &bad, ReportReason::Corrupt, t);
         let r = ask(&mut s, &me, 2, [0, 1], t);
         assert_eq!(source_of(&r, 0), &Source::Origin);
         assert_eq!(peer_ids(&r), vec![good.id.clone()]);
@@ -1618,7 +1699,7 @@ mod tests {
         let (gone, other, me) = (peer(0), peer(1), peer(2));
         have(&mut s, &gone, 1, &[0], t);
         have(&mut s, &other, 1, &[0], t);
-        report(&mut s, &me, &gone, "unreachable", t);
+        report(&mut s, &me, &gone, ReportReason::Unreachable, t);
         for _ in 0..4 {
             let r = ask(&mut s, &me, 1, [0], t);
             assert_eq!(peer_ids(&r), vec![other.id.clone()]);
@@ -1646,13 +1727,13 @@ mod tests {
         let t = Instant::now();
         let (holder, a, b, c) = (peer(0), peer(1), peer(2), peer(3));
         have(&mut s, &holder, 1, &[0], t);
-        report(&mut s, &a, &holder, "unreachable", t);
+        report(&mut s, &a, &holder, ReportReason::Unreachable, t);
         // One report: it may just be congested; the piece waits for it rather than leave the origin again.
         assert_eq!(waits(&ask(&mut s, &a, 1, [0], t)), vec![0]);
-        report(&mut s, &b, &holder, "unreachable", t);
+        report(&mut s, &b, &holder, ReportReason::Unreachable, t);
         assert_eq!(waits(&ask(&mut s, &b, 1, [0], t)), vec![0]);
         // Three reports in a row: gone for practical purposes; the origin serves the piece once more.
-        report(&mut s, &c, &holder, "unreachable", t);
+        report(&mut s, &c, &holder, ReportReason::Unreachable, t);
         assert_eq!(origins(&ask(&mut s, &c, 1, [0], t)), vec![0]);
         assert_eq!(waits(&ask(&mut s, &a, 1, [0], t)), vec![0], "one lease at a time");
     }
@@ -1670,7 +1751,7 @@ mod tests {
         // It also holds the origin lease of piece 1.
         assert_eq!(origins(&ask(&mut s, &dead, 2, [1], t)), vec![1]);
         assert_eq!(waits(&ask(&mut s, &b, 2, [1], t)), vec![1]);
-        report(&mut s, &a, &dead, "refused", t);
+        report(&mut s, &a, &dead, ReportReason::Refused, t);
         // Its piece and its lease are free again at once.
         let r = ask(&mut s, &a, 2, [0, 1], t);
         assert_eq!(origins(&r).len(), 1, "{r:?}");
@@ -2008,7 +2089,7 @@ mod tests {
             &mut s,
             &b,
             &peer(if source == "p100" { 100 } else { 101 }),
-            "unreachable",
+            ReportReason::Unreachable,
             t,
         );
         let r = ask(&mut s, &b, 1, [0], t);
