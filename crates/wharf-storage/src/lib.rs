@@ -20,7 +20,6 @@ mod atomic;
 mod cache;
 mod error;
 mod fs;
-mod fs_upload;
 pub mod gc;
 pub mod object;
 pub mod paths;

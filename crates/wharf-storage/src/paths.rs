@@ -9,7 +9,7 @@
 //!     _manifests/tags/<tag>                            digest the tag points at
 //!     _referrers/<subject alg>/<subject hex>/<alg>-<hex>.json  descriptor of a manifest whose subject it is
 //!   uploads/<uuid>/data                                bytes received so far
-//!   uploads/<uuid>/state.json                          repository, offset and hasher state (see fs_upload.rs)
+//!   uploads/<uuid>/state.json                          repository, offset and hasher state (see fs/upload.rs)
 //!   tmp/                                               staging for atomic writes of small files
 //!   tmp/gc-clock                                       touched as a garbage collection starts (see gc.rs)
 //!   gc.lock                                            flock: shared by each `wharf serve`, exclusive by `wharf gc`

@@ -21,16 +21,15 @@
 //! Replicas share the lock and the reused set through Redis (`crate::redis_meta::RedisGcLock`), which also makes
 //! only one replica collect at a time; what a collection deletes is forgotten by the caches ([`Collectable`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use wharf_oci::Digest;
-use wharf_oci::manifest::ManifestView;
 
 use super::{ObjectStore, is_not_found, keys};
-use crate::gc::{GcOptions, GcReport, RemovedBlob, RemovedUpload, every_digest};
+use crate::gc::{GcOptions, GcReport, RemovedBlob, RemovedUpload, Revision, mark_repository};
 use crate::{CachedStore, RegistryStore, Result, StorageError};
 
 /// Deletions per exclusive section.
@@ -239,35 +238,36 @@ async fn sweep(stack: &dyn Collectable, opts: &GcOptions, start: SystemTime, rep
     stale_uploads(store, opts, report).await
 }
 
-/// Every blob that some manifest revision of some repository names, and the revisions themselves.
+/// Every blob that some manifest revision of some repository names, and the revisions themselves: every revision is
+/// a root (a bucket keeps every revision; see `delete_untagged` in `stack.rs`), through the mark all backends share.
 async fn mark(store: &ObjectStore, repos: &[String]) -> Result<HashSet<Digest>> {
     let mut marked = HashSet::new();
     for repo in repos {
+        let mut bodies: HashMap<Digest, Option<Vec<u8>>> = HashMap::new();
         for alg in ["sha256", "sha512"] {
             let prefix = format!("repositories/{repo}/_manifests/revisions/{alg}/");
             for hex in store.list_names(&prefix).await? {
                 let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
                     continue;
                 };
-                let Some(body) = store.read_small(&keys::blob(&d)).await? else {
-                    continue;
-                };
-                match ManifestView::parse(&body, None) {
-                    Ok(v) => {
-                        let refs = v.config.iter().chain(&v.layers).chain(&v.manifests);
-                        marked.extend(refs.map(|r| r.digest.clone()));
-                    }
-                    Err(_) => {
-                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
-                            let mut all = Vec::new();
-                            every_digest(&v, &mut all);
-                            marked.extend(all);
-                        }
-                    }
-                }
-                marked.insert(d);
+                let body = store.read_small(&keys::blob(&d)).await?.map(|b| b.to_vec());
+                bodies.insert(d, body);
             }
         }
+        let roots: Vec<Digest> = bodies.keys().cloned().collect();
+        mark_repository(
+            repo,
+            roots,
+            |d| bodies.contains_key(d),
+            |d| {
+                Ok::<_, StorageError>(Revision {
+                    body: bodies.get(d).cloned().flatten(),
+                    media_type: String::new(),
+                    referrers: Vec::new(),
+                })
+            },
+            &mut marked,
+        )?;
     }
     Ok(marked)
 }

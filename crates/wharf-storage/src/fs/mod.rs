@@ -1,4 +1,8 @@
-//! [`FsStore`]: the filesystem implementation of [`RegistryStore`]. Uploads are in `fs_upload.rs`.
+//! [`FsStore`]: the filesystem implementation of [`RegistryStore`]. Uploads are in `upload.rs`, garbage collection
+//! in `gc.rs`.
+
+pub(crate) mod gc;
+mod upload;
 
 use std::collections::HashMap;
 use std::io::{self, SeekFrom};
@@ -13,7 +17,7 @@ use wharf_oci::Digest;
 use wharf_oci::manifest::{Descriptor, ManifestView};
 
 use crate::atomic::{blocking, list_dir, read_optional, remove_optional, touch, write_atomic};
-use crate::fs_upload::SessionSlot;
+use upload::SessionSlot;
 use crate::paths::Layout;
 use crate::{
     BlobSource, ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StorageError, StoredManifest,
