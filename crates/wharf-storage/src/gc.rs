@@ -174,4 +174,3 @@ pub(crate) fn every_digest(v: &serde_json::Value, out: &mut Vec<Digest>) {
         _ => {}
     }
 }
-

@@ -17,12 +17,12 @@ use wharf_oci::Digest;
 use wharf_oci::manifest::{Descriptor, ManifestView};
 
 use crate::atomic::{blocking, list_dir, read_optional, remove_optional, touch, write_atomic};
-use upload::SessionSlot;
 use crate::paths::Layout;
 use crate::{
     BlobSource, ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StorageError, StoredManifest,
     UploadStatus,
 };
+use upload::SessionSlot;
 
 /// Read buffer for blob bodies: large enough that a 1 GiB GET is ~1000 trips to the blocking pool, not 100,000.
 const READ_CHUNK: usize = 1 << 20;
