@@ -12,7 +12,7 @@ use wharf_oci::Digest;
 use wharf_oci::manifest::Descriptor;
 use wharf_storage::{
     BlobSource, ByteStream, CacheConfig, CachedStore, FsStore, NewManifest, OpenBlob, Reference, RegistryStore, Result,
-    StorageError, StoredManifest, UploadStatus,
+    StorageError, StoredManifest, UploadStatus, Uploads,
 };
 
 use crate::config::MirrorConfig;
@@ -375,6 +375,39 @@ impl BlobSource for Counted {
 }
 
 #[async_trait]
+impl Uploads for MirrorStore {
+    async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
+        match self.route(repo) {
+            Some((up, _)) => Err(self.read_only(repo, &up)),
+            None => self.local.start_upload(repo).await,
+        }
+    }
+
+    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
+        self.local.upload_status(repo, id).await
+    }
+
+    async fn append_upload(&self, repo: &str, id: &str, start: Option<u64>, body: ByteStream) -> Result<UploadStatus> {
+        self.local.append_upload(repo, id, start, body).await
+    }
+
+    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
+        self.local.commit_upload(repo, id, expected).await
+    }
+
+    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()> {
+        self.local.cancel_upload(repo, id).await
+    }
+
+    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
+        match self.route(repo) {
+            Some((up, _)) => Err(self.read_only(repo, &up)),
+            None => self.local.put_blob(repo, expected, body).await,
+        }
+    }
+}
+
+#[async_trait]
 impl RegistryStore for MirrorStore {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         self.local.blob_size(digest).await
@@ -436,36 +469,6 @@ impl RegistryStore for MirrorStore {
         match self.route(repo) {
             Some((up, _)) => Err(self.read_only(repo, &up)),
             None => self.local.unlink_blob(repo, digest).await,
-        }
-    }
-
-    async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
-        match self.route(repo) {
-            Some((up, _)) => Err(self.read_only(repo, &up)),
-            None => self.local.start_upload(repo).await,
-        }
-    }
-
-    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
-        self.local.upload_status(repo, id).await
-    }
-
-    async fn append_upload(&self, repo: &str, id: &str, start: Option<u64>, body: ByteStream) -> Result<UploadStatus> {
-        self.local.append_upload(repo, id, start, body).await
-    }
-
-    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
-        self.local.commit_upload(repo, id, expected).await
-    }
-
-    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()> {
-        self.local.cancel_upload(repo, id).await
-    }
-
-    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
-        match self.route(repo) {
-            Some((up, _)) => Err(self.read_only(repo, &up)),
-            None => self.local.put_blob(repo, expected, body).await,
         }
     }
 

@@ -17,7 +17,9 @@ use moka::sync::Cache;
 use wharf_oci::Digest;
 use wharf_oci::manifest::Descriptor;
 
-use crate::{ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StoredManifest, UploadStatus};
+use crate::{
+    ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StoredManifest, UploadStatus, Uploads,
+};
 
 /// Sizes of the caches.
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +142,39 @@ impl<S: RegistryStore> CachedStore<S> {
 }
 
 #[async_trait]
+impl<S: RegistryStore> Uploads for CachedStore<S> {
+    async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
+        self.inner.start_upload(repo).await
+    }
+
+    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
+        self.inner.upload_status(repo, id).await
+    }
+
+    async fn append_upload(&self, repo: &str, id: &str, start: Option<u64>, body: ByteStream) -> Result<UploadStatus> {
+        self.inner.append_upload(repo, id, start, body).await
+    }
+
+    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
+        let size = self.inner.commit_upload(repo, id, expected).await?;
+        self.blobs.insert(expected.clone(), size);
+        self.repo_blobs.insert((repo.to_owned(), expected.clone()), size);
+        Ok(size)
+    }
+
+    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()> {
+        self.inner.cancel_upload(repo, id).await
+    }
+
+    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
+        let size = self.inner.put_blob(repo, expected, body).await?;
+        self.blobs.insert(expected.clone(), size);
+        self.repo_blobs.insert((repo.to_owned(), expected.clone()), size);
+        Ok(size)
+    }
+}
+
+#[async_trait]
 impl<S: RegistryStore> RegistryStore for CachedStore<S> {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         if let Some(size) = self.blobs.get(digest) {
@@ -198,36 +233,6 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
         self.repo_blobs.invalidate(&(repo.to_owned(), digest.clone()));
         self.bump();
         removed
-    }
-
-    async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
-        self.inner.start_upload(repo).await
-    }
-
-    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
-        self.inner.upload_status(repo, id).await
-    }
-
-    async fn append_upload(&self, repo: &str, id: &str, start: Option<u64>, body: ByteStream) -> Result<UploadStatus> {
-        self.inner.append_upload(repo, id, start, body).await
-    }
-
-    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
-        let size = self.inner.commit_upload(repo, id, expected).await?;
-        self.blobs.insert(expected.clone(), size);
-        self.repo_blobs.insert((repo.to_owned(), expected.clone()), size);
-        Ok(size)
-    }
-
-    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()> {
-        self.inner.cancel_upload(repo, id).await
-    }
-
-    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
-        let size = self.inner.put_blob(repo, expected, body).await?;
-        self.blobs.insert(expected.clone(), size);
-        self.repo_blobs.insert((repo.to_owned(), expected.clone()), size);
-        Ok(size)
     }
 
     async fn put_manifest(&self, repo: &str, m: NewManifest) -> Result<()> {

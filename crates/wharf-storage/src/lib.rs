@@ -93,10 +93,28 @@ pub struct NewManifest {
     pub referrer: Option<(Digest, Descriptor)>,
 }
 
+/// Blob uploads: sessions that resume, and whole blobs in one request. A blob becomes visible (linked into its
+/// repository) only once its bytes matched the digest the client declared.
+#[async_trait]
+pub trait Uploads: Send + Sync {
+    /// A new session in `repo`.
+    async fn start_upload(&self, repo: &str) -> Result<UploadStatus>;
+    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus>;
+    /// Appends `body` to an upload. With `start`, the chunk must begin exactly at the current offset. Bytes that
+    /// arrived before the body broke off are kept, so the client can resume from [`Uploads::upload_status`].
+    async fn append_upload(&self, repo: &str, id: &str, start: Option<u64>, body: ByteStream) -> Result<UploadStatus>;
+    /// Verifies the upload against `expected` and, if it matches, makes it a blob linked into `repo`. Returns the
+    /// blob's size. On a mismatch the session is discarded and nothing is stored.
+    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64>;
+    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()>;
+    /// A whole blob in one request, its digest known up front (`POST ?digest=`): verified and committed at once.
+    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64>;
+}
+
 /// Registry-level storage. Implementations must make every write atomic: a reader sees the old state or the new,
 /// never a half-written blob, link or tag.
 #[async_trait]
-pub trait RegistryStore: Send + Sync + 'static {
+pub trait RegistryStore: Uploads + Send + Sync + 'static {
     /// Size of a blob anywhere in the store (for cross-repository mounts and dedup).
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
     /// Size of a blob that `repo` links to; `None` if the repository has no such blob.
@@ -115,18 +133,6 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<()>;
     /// Removes `repo`'s link to a blob; the bytes stay until garbage collection. False if there was no link.
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool>;
-
-    async fn start_upload(&self, repo: &str) -> Result<UploadStatus>;
-    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus>;
-    /// Appends `body` to an upload. With `start`, the chunk must begin exactly at the current offset. Bytes that
-    /// arrived before the body broke off are kept, so the client can resume from [`RegistryStore::upload_status`].
-    async fn append_upload(&self, repo: &str, id: &str, start: Option<u64>, body: ByteStream) -> Result<UploadStatus>;
-    /// Verifies the upload against `expected` and, if it matches, makes it a blob linked into `repo`. Returns the
-    /// blob's size. On a mismatch the session is discarded and nothing is stored.
-    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64>;
-    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()>;
-    /// A whole blob in one request, its digest known up front (`POST ?digest=`): verified and committed at once.
-    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64>;
 
     async fn put_manifest(&self, repo: &str, manifest: NewManifest) -> Result<()>;
     async fn get_manifest(&self, repo: &str, reference: &Reference) -> Result<Option<StoredManifest>>;

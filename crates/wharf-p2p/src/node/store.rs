@@ -16,7 +16,7 @@ use wharf_oci::manifest::Descriptor;
 use wharf_remote::{RemoteError, Upstream};
 use wharf_storage::{
     BlobSource, ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StorageError, StoredManifest,
-    UploadStatus,
+    UploadStatus, Uploads,
 };
 
 use super::Node;
@@ -145,6 +145,39 @@ impl BlobSource for TaskBlob {
 }
 
 #[async_trait]
+impl Uploads for SwarmStore {
+    async fn start_upload(&self, name: &str) -> Result<UploadStatus> {
+        Err(Self::read_only(name))
+    }
+
+    async fn upload_status(&self, _name: &str, id: &str) -> Result<UploadStatus> {
+        Err(StorageError::UploadUnknown(id.to_owned()))
+    }
+
+    async fn append_upload(
+        &self,
+        _name: &str,
+        id: &str,
+        _start: Option<u64>,
+        _body: ByteStream,
+    ) -> Result<UploadStatus> {
+        Err(StorageError::UploadUnknown(id.to_owned()))
+    }
+
+    async fn commit_upload(&self, _name: &str, id: &str, _expected: &Digest) -> Result<u64> {
+        Err(StorageError::UploadUnknown(id.to_owned()))
+    }
+
+    async fn cancel_upload(&self, _name: &str, id: &str) -> Result<()> {
+        Err(StorageError::UploadUnknown(id.to_owned()))
+    }
+
+    async fn put_blob(&self, name: &str, _expected: &Digest, _body: ByteStream) -> Result<u64> {
+        Err(Self::read_only(name))
+    }
+}
+
+#[async_trait]
 impl RegistryStore for SwarmStore {
     /// Nothing is mountable from a node.
     async fn blob_size(&self, _digest: &Digest) -> Result<Option<u64>> {
@@ -184,36 +217,6 @@ impl RegistryStore for SwarmStore {
     }
 
     async fn unlink_blob(&self, name: &str, _digest: &Digest) -> Result<bool> {
-        Err(Self::read_only(name))
-    }
-
-    async fn start_upload(&self, name: &str) -> Result<UploadStatus> {
-        Err(Self::read_only(name))
-    }
-
-    async fn upload_status(&self, _name: &str, id: &str) -> Result<UploadStatus> {
-        Err(StorageError::UploadUnknown(id.to_owned()))
-    }
-
-    async fn append_upload(
-        &self,
-        _name: &str,
-        id: &str,
-        _start: Option<u64>,
-        _body: ByteStream,
-    ) -> Result<UploadStatus> {
-        Err(StorageError::UploadUnknown(id.to_owned()))
-    }
-
-    async fn commit_upload(&self, _name: &str, id: &str, _expected: &Digest) -> Result<u64> {
-        Err(StorageError::UploadUnknown(id.to_owned()))
-    }
-
-    async fn cancel_upload(&self, _name: &str, id: &str) -> Result<()> {
-        Err(StorageError::UploadUnknown(id.to_owned()))
-    }
-
-    async fn put_blob(&self, name: &str, _expected: &Digest, _body: ByteStream) -> Result<u64> {
         Err(Self::read_only(name))
     }
 

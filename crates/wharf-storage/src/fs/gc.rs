@@ -538,6 +538,7 @@ mod tests {
     use wharf_oci::media;
 
     use super::*;
+    use crate::Uploads;
     use crate::{ByteStream, CacheConfig, NewManifest, Reference, RegistryStore};
 
     const HOUR: Duration = Duration::from_secs(3600);

@@ -20,7 +20,6 @@ use crate::atomic::{blocking, list_dir, read_optional, remove_optional, touch, w
 use crate::paths::Layout;
 use crate::{
     BlobSource, ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StorageError, StoredManifest,
-    UploadStatus,
 };
 use upload::SessionSlot;
 
@@ -347,30 +346,6 @@ impl RegistryStore for FsStore {
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
         let link = self.layout.layer_link(repo, digest);
         blocking(move || remove_optional(&link)).await
-    }
-
-    async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
-        self.upload_start(repo).await
-    }
-
-    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
-        self.upload_stat(repo, id).await
-    }
-
-    async fn append_upload(&self, repo: &str, id: &str, start: Option<u64>, body: ByteStream) -> Result<UploadStatus> {
-        self.upload_append(repo, id, start, body).await
-    }
-
-    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
-        self.upload_commit(repo, id, expected).await
-    }
-
-    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()> {
-        self.upload_cancel(repo, id).await
-    }
-
-    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
-        self.upload_monolithic(repo, expected, body).await
     }
 
     async fn put_manifest(&self, repo: &str, m: NewManifest) -> Result<()> {

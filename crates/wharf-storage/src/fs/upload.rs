@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ use wharf_oci::{Algorithm, Digest, DigestHasher};
 
 use crate::atomic::{blocking, create_dir_all, fsync_dir, read_optional, touch, write_atomic};
 use crate::fs::FsStore;
-use crate::{ByteStream, Result, StorageError, UploadStatus};
+use crate::{ByteStream, Result, StorageError, UploadStatus, Uploads};
 
 pub(crate) type SessionSlot = Arc<tokio::sync::Mutex<Option<Session>>>;
 
@@ -228,10 +229,6 @@ impl FsStore {
         }
     }
 
-    pub(crate) async fn upload_start(&self, repo: &str) -> Result<UploadStatus> {
-        self.upload_start_with(repo, Algorithm::Sha256).await
-    }
-
     /// Starts a session hashing with `algorithm` (known up front for monolithic uploads).
     pub(crate) async fn upload_start_with(&self, repo: &str, algorithm: Algorithm) -> Result<UploadStatus> {
         let id = uuid::Uuid::new_v4().hyphenated().to_string();
@@ -255,82 +252,6 @@ impl FsStore {
         Ok(UploadStatus { id, offset: 0 })
     }
 
-    pub(crate) async fn upload_stat(&self, repo: &str, id: &str) -> Result<UploadStatus> {
-        let (id, guard) = self.locked(repo, id).await?;
-        let offset = guard.as_ref().map(|s| s.offset).unwrap_or(0);
-        Ok(UploadStatus { id, offset })
-    }
-
-    pub(crate) async fn upload_append(
-        &self,
-        repo: &str,
-        id: &str,
-        start: Option<u64>,
-        mut body: ByteStream,
-    ) -> Result<UploadStatus> {
-        let (id, mut guard) = self.locked(repo, id).await?;
-        let session = guard.as_mut().ok_or_else(|| StorageError::UploadUnknown(id.clone()))?;
-        if let Some(start) = start
-            && start != session.offset
-        {
-            return Err(StorageError::RangeMismatch {
-                expected: session.offset,
-                got: start,
-            });
-        }
-        let dir = self.layout.upload_dir(&id);
-        let data = dir.join("data");
-        let before = session.hasher.clone();
-        let (tx, writer) = spawn_writer(data.clone(), session.offset);
-        let mut body_error = None;
-        while let Some(item) = body.next().await {
-            match item {
-                Ok(chunk) => {
-                    session.hasher.update(&chunk);
-                    if tx.send(chunk).await.is_err() {
-                        break; // the writer failed; its error is reported below
-                    }
-                }
-                Err(e) => {
-                    body_error = Some(e);
-                    break;
-                }
-            }
-        }
-        drop(tx);
-        let written = match writer.await {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                self.rollback(session, before, &data).await;
-                return Err(e);
-            }
-            Err(join) => {
-                self.rollback(session, before, &data).await;
-                return Err(StorageError::io(&data, io::Error::other(join.to_string())));
-            }
-        };
-        session.offset += written;
-        let state = dir.join("state.json");
-        let tmp = self.layout.tmp();
-        let snapshot = Session {
-            repo: session.repo.clone(),
-            offset: session.offset,
-            hasher: session.hasher.clone(),
-            created: session.created,
-        };
-        blocking(move || snapshot.save(&state, &tmp)).await?;
-        if let Some(source) = body_error {
-            return Err(StorageError::BodyInterrupted {
-                kept: session.offset,
-                source,
-            });
-        }
-        Ok(UploadStatus {
-            id,
-            offset: session.offset,
-        })
-    }
-
     /// Undoes a failed append: the hasher goes back and the file is cut back to the last good offset.
     async fn rollback(&self, session: &mut Session, before: DigestHasher, data: &Path) {
         session.hasher = before;
@@ -347,57 +268,6 @@ impl FsStore {
         if let Err(e) = result {
             tracing::error!(error = %e, "could not roll back a failed upload append");
         }
-    }
-
-    pub(crate) async fn upload_commit(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
-        let (id, mut guard) = self.locked(repo, id).await?;
-        let session = guard.take().ok_or_else(|| StorageError::UploadUnknown(id.clone()))?;
-        let dir = self.layout.upload_dir(&id);
-        let data = dir.join("data");
-        let size = session.offset;
-        let computed = if session.hasher.algorithm() == expected.algorithm() {
-            session.hasher.finish()
-        } else {
-            let data = data.clone();
-            let alg = expected.algorithm();
-            blocking(move || rehash(&data, alg)).await?
-        };
-        let layout = self.layout.clone();
-        let expected2 = expected.clone();
-        let repo2 = repo.to_owned();
-        let matched = computed == *expected;
-        let gc = self.gc_lock.clone();
-        let result = blocking(move || {
-            if !matched {
-                let _ = fs::remove_dir_all(&dir);
-                return Ok(());
-            }
-            let _section = FsStore::write_section(&gc);
-            publish(&layout, &expected2, &data)?;
-            let _ = fs::remove_dir_all(&dir);
-            write_atomic(&layout.tmp(), &layout.layer_link(&repo2, &expected2), b"", true)
-        })
-        .await;
-        drop(guard);
-        self.forget(&id);
-        result?;
-        if !matched {
-            return Err(StorageError::DigestMismatch {
-                expected: expected.clone(),
-                computed,
-            });
-        }
-        Ok(size)
-    }
-
-    pub(crate) async fn upload_cancel(&self, repo: &str, id: &str) -> Result<()> {
-        let (id, mut guard) = self.locked(repo, id).await?;
-        guard.take();
-        let dir = self.layout.upload_dir(&id);
-        let result = blocking(move || fs::remove_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))).await;
-        drop(guard);
-        self.forget(&id);
-        result
     }
 
     /// Publishes a file whose bytes the caller has already hashed and verified as `digest` (a mirror's spool file,
@@ -472,15 +342,149 @@ impl FsStore {
         }
         result
     }
+}
+
+#[async_trait]
+impl Uploads for FsStore {
+    async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
+        self.upload_start_with(repo, Algorithm::Sha256).await
+    }
+
+    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
+        let (id, guard) = self.locked(repo, id).await?;
+        let offset = guard.as_ref().map(|s| s.offset).unwrap_or(0);
+        Ok(UploadStatus { id, offset })
+    }
+
+    async fn append_upload(
+        &self,
+        repo: &str,
+        id: &str,
+        start: Option<u64>,
+        mut body: ByteStream,
+    ) -> Result<UploadStatus> {
+        let (id, mut guard) = self.locked(repo, id).await?;
+        let session = guard.as_mut().ok_or_else(|| StorageError::UploadUnknown(id.clone()))?;
+        if let Some(start) = start
+            && start != session.offset
+        {
+            return Err(StorageError::RangeMismatch {
+                expected: session.offset,
+                got: start,
+            });
+        }
+        let dir = self.layout.upload_dir(&id);
+        let data = dir.join("data");
+        let before = session.hasher.clone();
+        let (tx, writer) = spawn_writer(data.clone(), session.offset);
+        let mut body_error = None;
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(chunk) => {
+                    session.hasher.update(&chunk);
+                    if tx.send(chunk).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    body_error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = match writer.await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                self.rollback(session, before, &data).await;
+                return Err(e);
+            }
+            Err(join) => {
+                self.rollback(session, before, &data).await;
+                return Err(StorageError::io(&data, io::Error::other(join.to_string())));
+            }
+        };
+        session.offset += written;
+        let state = dir.join("state.json");
+        let tmp = self.layout.tmp();
+        let snapshot = Session {
+            repo: session.repo.clone(),
+            offset: session.offset,
+            hasher: session.hasher.clone(),
+            created: session.created,
+        };
+        blocking(move || snapshot.save(&state, &tmp)).await?;
+        if let Some(source) = body_error {
+            return Err(StorageError::BodyInterrupted {
+                kept: session.offset,
+                source,
+            });
+        }
+        Ok(UploadStatus {
+            id,
+            offset: session.offset,
+        })
+    }
+
+    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
+        let (id, mut guard) = self.locked(repo, id).await?;
+        let session = guard.take().ok_or_else(|| StorageError::UploadUnknown(id.clone()))?;
+        let dir = self.layout.upload_dir(&id);
+        let data = dir.join("data");
+        let size = session.offset;
+        let computed = if session.hasher.algorithm() == expected.algorithm() {
+            session.hasher.finish()
+        } else {
+            let data = data.clone();
+            let alg = expected.algorithm();
+            blocking(move || rehash(&data, alg)).await?
+        };
+        let layout = self.layout.clone();
+        let expected2 = expected.clone();
+        let repo2 = repo.to_owned();
+        let matched = computed == *expected;
+        let gc = self.gc_lock.clone();
+        let result = blocking(move || {
+            if !matched {
+                let _ = fs::remove_dir_all(&dir);
+                return Ok(());
+            }
+            let _section = FsStore::write_section(&gc);
+            publish(&layout, &expected2, &data)?;
+            let _ = fs::remove_dir_all(&dir);
+            write_atomic(&layout.tmp(), &layout.layer_link(&repo2, &expected2), b"", true)
+        })
+        .await;
+        drop(guard);
+        self.forget(&id);
+        result?;
+        if !matched {
+            return Err(StorageError::DigestMismatch {
+                expected: expected.clone(),
+                computed,
+            });
+        }
+        Ok(size)
+    }
+
+    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()> {
+        let (id, mut guard) = self.locked(repo, id).await?;
+        guard.take();
+        let dir = self.layout.upload_dir(&id);
+        let result = blocking(move || fs::remove_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))).await;
+        drop(guard);
+        self.forget(&id);
+        result
+    }
 
     /// A one-shot upload whose digest is known up front: hashed with the right algorithm, committed at once.
-    pub(crate) async fn upload_monolithic(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
+    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
         let status = self.upload_start_with(repo, expected.algorithm()).await?;
-        if let Err(e) = self.upload_append(repo, &status.id, None, body).await {
-            let _ = self.upload_cancel(repo, &status.id).await;
+        if let Err(e) = self.append_upload(repo, &status.id, None, body).await {
+            let _ = self.cancel_upload(repo, &status.id).await;
             return Err(e);
         }
-        self.upload_commit(repo, &status.id, expected).await
+        self.commit_upload(repo, &status.id, expected).await
     }
 }
 

@@ -325,6 +325,7 @@ async fn stale_uploads(store: &ObjectStore, opts: &GcOptions, report: &mut GcRep
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Uploads;
 
     use std::sync::Arc;
 

@@ -30,7 +30,6 @@ use wharf_oci::{Digest, DigestHasher};
 
 use crate::{
     BlobSource, ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StorageError, StoredManifest,
-    UploadStatus,
 };
 pub use gc_lock::{GcLock, LocalGcLock};
 pub use session::{MemorySessions, SessionState, SessionStore};
@@ -402,32 +401,6 @@ impl RegistryStore for ObjectStore {
 
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
         self.delete_key(&keys::layer_link(repo, digest)).await
-    }
-
-    async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
-        self.upload_start(repo).await
-    }
-
-    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
-        self.upload_stat(repo, id).await
-    }
-
-    async fn append_upload(&self, repo: &str, id: &str, start: Option<u64>, body: ByteStream) -> Result<UploadStatus> {
-        self.upload_append(repo, id, start, body).await
-    }
-
-    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
-        self.upload_commit(repo, id, expected).await
-    }
-
-    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()> {
-        self.upload_cancel(repo, id).await
-    }
-
-    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
-        let size = self.write_verified(expected, body).await?;
-        self.link(repo, expected).await?;
-        Ok(size)
     }
 
     async fn put_manifest(&self, repo: &str, m: NewManifest) -> Result<()> {

@@ -10,6 +10,7 @@ use wharf_oci::Digest;
 use wharf_oci::manifest::Descriptor;
 
 use super::*;
+use crate::Uploads;
 use crate::{ByteStream, NewManifest, Reference, RegistryStore, StorageError};
 
 fn memory_op() -> Operator {

@@ -11,13 +11,14 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use wharf_oci::{Algorithm, Digest, DigestHasher};
 
 use super::session::{Chunk, SessionState};
 use super::{ObjectStore, abort, keys, now};
-use crate::{ByteStream, Result, StorageError, UploadStatus};
+use crate::{ByteStream, Result, StorageError, UploadStatus, Uploads};
 
 /// Smallest part a multipart upload accepts except the last (S3's limit; others' are smaller).
 const MIN_PART: u64 = 5 << 20;
@@ -72,7 +73,83 @@ impl ObjectStore {
         }
     }
 
-    pub(crate) async fn upload_start(&self, repo: &str) -> Result<UploadStatus> {
+    /// Forgets a session and deletes its objects. Leftovers (a failed delete) are only space: nothing reads them.
+    pub(super) async fn discard(&self, id: &str) {
+        if let Err(e) = self.sessions.remove(id).await {
+            tracing::warn!(upload = id, error = %e, "could not forget an upload session");
+        }
+        if let Err(e) = self.op.delete_with(&keys::upload_dir(id)).recursive(true).await {
+            tracing::warn!(upload = id, error = %e, "could not delete an upload's chunks");
+        }
+    }
+
+    /// The digest of the chunks under another algorithm than the session's (a client committing a sha512 upload).
+    async fn rehash(&self, chunks: &[Chunk], algorithm: Algorithm) -> Result<Digest> {
+        let mut hasher = DigestHasher::new(algorithm);
+        for c in chunks {
+            let mut stream = self.chunk_stream(&c.key).await?;
+            while let Some(b) = stream.next().await {
+                hasher.update(&b.map_err(|e| StorageError::backend(format!("read {}", c.key), e))?);
+            }
+        }
+        Ok(hasher.finish())
+    }
+
+    async fn chunk_stream(&self, key: &str) -> Result<opendal::FuturesBytesStream> {
+        let reader = self
+            .op
+            .reader_with(key)
+            .chunk(self.part_size)
+            .concurrent(2)
+            .await
+            .map_err(|e| StorageError::backend(format!("open {key}"), e))?;
+        reader
+            .into_bytes_stream(..)
+            .await
+            .map_err(|e| StorageError::backend(format!("read {key}"), e))
+    }
+
+    /// Writes the verified chunks, in order, as the object `blob`; visible only once complete.
+    async fn assemble(&self, blob: &str, chunks: &[Chunk]) -> Result<()> {
+        if chunks.is_empty() {
+            return self.put_small(blob, Bytes::new()).await;
+        }
+        let native = self.op.info().capability().write_can_copy_from
+            && chunks[..chunks.len() - 1].iter().all(|c| c.size >= MIN_PART);
+        let mut w = self.writer(blob).await?;
+        let result = async {
+            for c in chunks {
+                if native {
+                    for (a, b) in copy_ranges(c.size) {
+                        w.copy_from(&c.key, a..b)
+                            .await
+                            .map_err(|e| StorageError::backend(format!("copy {} into {blob}", c.key), e))?;
+                    }
+                } else {
+                    let mut stream = self.chunk_stream(&c.key).await?;
+                    while let Some(b) = stream.next().await {
+                        let b = b.map_err(|e| StorageError::backend(format!("read {}", c.key), e))?;
+                        w.write(b)
+                            .await
+                            .map_err(|e| StorageError::backend(format!("write {blob}"), e))?;
+                    }
+                }
+            }
+            w.close()
+                .await
+                .map_err(|e| StorageError::backend(format!("complete {blob}"), e))
+        }
+        .await;
+        if result.is_err() {
+            abort(Some(&mut w)).await;
+        }
+        result.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Uploads for ObjectStore {
+    async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
         let id = uuid::Uuid::new_v4().hyphenated().to_string();
         let state = SessionState {
             repo: repo.to_owned(),
@@ -88,7 +165,7 @@ impl ObjectStore {
         Ok(UploadStatus { id, offset: 0 })
     }
 
-    pub(crate) async fn upload_stat(&self, repo: &str, id: &str) -> Result<UploadStatus> {
+    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
         let (id, state) = self.session(repo, id).await?;
         Ok(UploadStatus {
             id,
@@ -96,7 +173,7 @@ impl ObjectStore {
         })
     }
 
-    pub(crate) async fn upload_append(
+    async fn append_upload(
         &self,
         repo: &str,
         id: &str,
@@ -183,7 +260,7 @@ impl ObjectStore {
         }
     }
 
-    pub(crate) async fn upload_commit(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
+    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
         // One lock per session, whatever spelling of its UUID the client uses.
         let lock = self.session_lock(&canonical_id(id).unwrap_or_else(|| id.to_owned()));
         let _held = lock.lock().await;
@@ -211,83 +288,16 @@ impl ObjectStore {
         Ok(state.offset)
     }
 
-    pub(crate) async fn upload_cancel(&self, repo: &str, id: &str) -> Result<()> {
+    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()> {
         let (id, _) = self.session(repo, id).await?;
         self.discard(&id).await;
         Ok(())
     }
 
-    /// Forgets a session and deletes its objects. Leftovers (a failed delete) are only space: nothing reads them.
-    pub(super) async fn discard(&self, id: &str) {
-        if let Err(e) = self.sessions.remove(id).await {
-            tracing::warn!(upload = id, error = %e, "could not forget an upload session");
-        }
-        if let Err(e) = self.op.delete_with(&keys::upload_dir(id)).recursive(true).await {
-            tracing::warn!(upload = id, error = %e, "could not delete an upload's chunks");
-        }
-    }
-
-    /// The digest of the chunks under another algorithm than the session's (a client committing a sha512 upload).
-    async fn rehash(&self, chunks: &[Chunk], algorithm: Algorithm) -> Result<Digest> {
-        let mut hasher = DigestHasher::new(algorithm);
-        for c in chunks {
-            let mut stream = self.chunk_stream(&c.key).await?;
-            while let Some(b) = stream.next().await {
-                hasher.update(&b.map_err(|e| StorageError::backend(format!("read {}", c.key), e))?);
-            }
-        }
-        Ok(hasher.finish())
-    }
-
-    async fn chunk_stream(&self, key: &str) -> Result<opendal::FuturesBytesStream> {
-        let reader = self
-            .op
-            .reader_with(key)
-            .chunk(self.part_size)
-            .concurrent(2)
-            .await
-            .map_err(|e| StorageError::backend(format!("open {key}"), e))?;
-        reader
-            .into_bytes_stream(..)
-            .await
-            .map_err(|e| StorageError::backend(format!("read {key}"), e))
-    }
-
-    /// Writes the verified chunks, in order, as the object `blob`; visible only once complete.
-    async fn assemble(&self, blob: &str, chunks: &[Chunk]) -> Result<()> {
-        if chunks.is_empty() {
-            return self.put_small(blob, Bytes::new()).await;
-        }
-        let native = self.op.info().capability().write_can_copy_from
-            && chunks[..chunks.len() - 1].iter().all(|c| c.size >= MIN_PART);
-        let mut w = self.writer(blob).await?;
-        let result = async {
-            for c in chunks {
-                if native {
-                    for (a, b) in copy_ranges(c.size) {
-                        w.copy_from(&c.key, a..b)
-                            .await
-                            .map_err(|e| StorageError::backend(format!("copy {} into {blob}", c.key), e))?;
-                    }
-                } else {
-                    let mut stream = self.chunk_stream(&c.key).await?;
-                    while let Some(b) = stream.next().await {
-                        let b = b.map_err(|e| StorageError::backend(format!("read {}", c.key), e))?;
-                        w.write(b)
-                            .await
-                            .map_err(|e| StorageError::backend(format!("write {blob}"), e))?;
-                    }
-                }
-            }
-            w.close()
-                .await
-                .map_err(|e| StorageError::backend(format!("complete {blob}"), e))
-        }
-        .await;
-        if result.is_err() {
-            abort(Some(&mut w)).await;
-        }
-        result.map(|_| ())
+    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
+        let size = self.write_verified(expected, body).await?;
+        self.link(repo, expected).await?;
+        Ok(size)
     }
 }
 

@@ -12,7 +12,9 @@ use wharf_oci::Digest;
 use wharf_oci::manifest::Descriptor;
 
 use super::{RedisMeta, fresh_token};
-use crate::{ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StoredManifest, UploadStatus};
+use crate::{
+    ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StoredManifest, UploadStatus, Uploads,
+};
 
 /// How long cache entries live in Redis, and which manifests are cached.
 #[derive(Debug, Clone, Copy)]
@@ -413,6 +415,33 @@ fn decode_manifest(digest: Digest, mut payload: Vec<u8>) -> Option<StoredManifes
 }
 
 #[async_trait]
+impl<S: RegistryStore> Uploads for RedisCache<S> {
+    async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
+        self.inner.start_upload(repo).await
+    }
+
+    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
+        self.inner.upload_status(repo, id).await
+    }
+
+    async fn append_upload(&self, repo: &str, id: &str, start: Option<u64>, body: ByteStream) -> Result<UploadStatus> {
+        self.inner.append_upload(repo, id, start, body).await
+    }
+
+    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
+        self.inner.commit_upload(repo, id, expected).await
+    }
+
+    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()> {
+        self.inner.cancel_upload(repo, id).await
+    }
+
+    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
+        self.inner.put_blob(repo, expected, body).await
+    }
+}
+
+#[async_trait]
 impl<S: RegistryStore> RegistryStore for RedisCache<S> {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         let entry = self.blob_entry(digest);
@@ -469,30 +498,6 @@ impl<S: RegistryStore> RegistryStore for RedisCache<S> {
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
         self.invalidating(&[self.repo_epoch("links", repo)], self.inner.unlink_blob(repo, digest))
             .await
-    }
-
-    async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
-        self.inner.start_upload(repo).await
-    }
-
-    async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
-        self.inner.upload_status(repo, id).await
-    }
-
-    async fn append_upload(&self, repo: &str, id: &str, start: Option<u64>, body: ByteStream) -> Result<UploadStatus> {
-        self.inner.append_upload(repo, id, start, body).await
-    }
-
-    async fn commit_upload(&self, repo: &str, id: &str, expected: &Digest) -> Result<u64> {
-        self.inner.commit_upload(repo, id, expected).await
-    }
-
-    async fn cancel_upload(&self, repo: &str, id: &str) -> Result<()> {
-        self.inner.cancel_upload(repo, id).await
-    }
-
-    async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
-        self.inner.put_blob(repo, expected, body).await
     }
 
     /// Moves tags: the repository's tag entries are invalidated. The manifest itself is named by its digest, so a

@@ -325,6 +325,7 @@ pub(crate) mod testing {
     use super::{RedisMeta, RedisOptions};
     use crate::{
         ByteStream, FsStore, NewManifest, OpenBlob, Reference, RegistryStore, Result, StoredManifest, UploadStatus,
+        Uploads,
     };
 
     /// A `redis-server` of this test's own, killed (by its PID) when dropped.
@@ -592,27 +593,7 @@ pub(crate) mod testing {
     }
 
     #[async_trait]
-    impl RegistryStore for Counting {
-        async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-            self.reads.blob_size.fetch_add(1, Ordering::SeqCst);
-            self.store.blob_size(digest).await
-        }
-        async fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
-            self.reads.repo_blob_size.fetch_add(1, Ordering::SeqCst);
-            self.store.repo_blob_size(repo, digest).await
-        }
-        async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<Option<OpenBlob>> {
-            self.store.open_blob(repo, digest).await
-        }
-        async fn remove_blob(&self, digest: &Digest) -> Result<bool> {
-            self.store.remove_blob(digest).await
-        }
-        async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<()> {
-            self.store.link_blob(repo, digest).await
-        }
-        async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
-            self.store.unlink_blob(repo, digest).await
-        }
+    impl Uploads for Counting {
         async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
             self.store.start_upload(repo).await
         }
@@ -636,6 +617,30 @@ pub(crate) mod testing {
         }
         async fn put_blob(&self, repo: &str, expected: &Digest, body: ByteStream) -> Result<u64> {
             self.store.put_blob(repo, expected, body).await
+        }
+    }
+
+    #[async_trait]
+    impl RegistryStore for Counting {
+        async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+            self.reads.blob_size.fetch_add(1, Ordering::SeqCst);
+            self.store.blob_size(digest).await
+        }
+        async fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
+            self.reads.repo_blob_size.fetch_add(1, Ordering::SeqCst);
+            self.store.repo_blob_size(repo, digest).await
+        }
+        async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<Option<OpenBlob>> {
+            self.store.open_blob(repo, digest).await
+        }
+        async fn remove_blob(&self, digest: &Digest) -> Result<bool> {
+            self.store.remove_blob(digest).await
+        }
+        async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<()> {
+            self.store.link_blob(repo, digest).await
+        }
+        async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+            self.store.unlink_blob(repo, digest).await
         }
         async fn put_manifest(&self, repo: &str, manifest: NewManifest) -> Result<()> {
             self.store.put_manifest(repo, manifest).await
