@@ -140,11 +140,6 @@ pub async fn open(c: &StackConfig) -> Result<Stack> {
         });
     }
     let backend = c.backend;
-    if c.gc.delete_untagged {
-        return Err(config_err(format!(
-            "[gc] delete_untagged: on {backend} every manifest revision is kept; leave it off"
-        )));
-    }
     if c.gc.scheduled && redis.is_some() && c.cache == CacheKind::Memory {
         return Err(config_err(format!(
             "[gc] interval_secs with [cache] kind = \"memory\" on a shared {backend}: other replicas' memory caches \
@@ -243,21 +238,28 @@ mod tests {
         };
         let err = open(&fs_redis).await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("needs [redis] url"), "{err}");
-        let untagged_on_s3 = StackConfig {
+        let shared_memory_cache = StackConfig {
             backend: Backend::S3,
             gc: GcUse {
-                scheduled: false,
+                scheduled: true,
                 delete_untagged: true,
             },
+            redis: Some(("redis://127.0.0.1:1/".into(), "w:".into())),
             ..Default::default()
         };
-        let err = open(&untagged_on_s3)
+        let err = open(&shared_memory_cache)
             .await
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("delete_untagged"), "{err}");
-        assert!(check_offline_delete(&untagged_on_s3).is_err());
+        assert!(err.contains("kind = \"memory\" on a shared s3"), "{err}");
+        assert!(
+            check_offline_delete(&StackConfig {
+                backend: Backend::S3,
+                ..Default::default()
+            })
+            .is_err()
+        );
         assert!(check_offline_delete(&fs_redis).is_ok());
         let stack = open(&StackConfig {
             root: dir.path().to_owned(),

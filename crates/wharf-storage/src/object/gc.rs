@@ -1,9 +1,14 @@
 //! Online garbage collection of an [`ObjectStore`]: deletes blobs that no manifest references while the replicas go
 //! on serving pushes and pulls.
 //!
-//! **Mark**: every manifest revision of every repository is a root (deleting untagged manifests is for the
-//! filesystem store only, for now); each marks its own bytes and every digest it references (config, layers, index
-//! children). Referrers are revisions too, so signatures and SBOMs keep what they name.
+//! **Mark** (the one all backends share, `crate::gc::mark_repository`): every manifest revision of every repository
+//! is a root, or with `delete_untagged` only the tagged ones and those whose revision object is younger than the
+//! grace period (or has no time); from each, index children and referrers are followed, and every digest a kept
+//! manifest references is marked (config, layers, children), its own bytes too.
+//! **Untagged revisions** (with `delete_untagged`): the revisions the mark did not keep, older than the grace
+//! period, are unlinked in one exclusive section per repository, which first reads the tags again and spares any
+//! revision a push reused (a manifest PUT records its own digest) or tagged meanwhile; their referrer entries go
+//! with them, and their bytes go with the blobs below.
 //! **Sweep**: blobs under `blobs/` that are not marked and whose object was last written before
 //! `start - grace` (the bucket's own timestamps), in batches; then `_layers` links to blobs that are gone; then
 //! upload sessions whose newest chunk is older than the upload TTL.
@@ -27,9 +32,10 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use wharf_oci::Digest;
+use wharf_oci::manifest::ManifestView;
 
 use super::{ObjectStore, is_not_found, keys};
-use crate::gc::{GcOptions, GcReport, RemovedBlob, RemovedUpload, Revision, mark_repository};
+use crate::gc::{GcOptions, GcReport, RemovedBlob, RemovedManifest, RemovedUpload, Revision, mark_repository};
 use crate::{CachedStore, RegistryStore, Result, StorageError};
 
 /// Deletions per exclusive section.
@@ -43,6 +49,7 @@ pub trait Collectable: Send + Sync {
     fn object_store(&self) -> &ObjectStore;
     async fn forget_blobs(&self, digests: &[Digest]);
     async fn forget_links(&self, repo: &str, digests: &[Digest]);
+    async fn forget_manifest(&self, repo: &str, digest: &Digest);
 }
 
 #[async_trait]
@@ -52,6 +59,7 @@ impl Collectable for ObjectStore {
     }
     async fn forget_blobs(&self, _: &[Digest]) {}
     async fn forget_links(&self, _: &str, _: &[Digest]) {}
+    async fn forget_manifest(&self, _: &str, _: &Digest) {}
 }
 
 #[async_trait]
@@ -65,6 +73,9 @@ impl Collectable for CachedStore<ObjectStore> {
     async fn forget_links(&self, repo: &str, digests: &[Digest]) {
         CachedStore::forget_links(self, repo, digests);
     }
+    async fn forget_manifest(&self, repo: &str, digest: &Digest) {
+        CachedStore::forget_manifest(self, repo, digest);
+    }
 }
 
 #[async_trait]
@@ -77,6 +88,9 @@ impl Collectable for crate::redis_meta::RedisCache<ObjectStore> {
     }
     async fn forget_links(&self, repo: &str, digests: &[Digest]) {
         crate::redis_meta::RedisCache::forget_links(self, repo, digests).await;
+    }
+    async fn forget_manifest(&self, repo: &str, digest: &Digest) {
+        crate::redis_meta::RedisCache::forget_manifest(self, repo, digest).await;
     }
 }
 
@@ -103,12 +117,6 @@ pub async fn collect(stack: &dyn Collectable, opts: &GcOptions) -> Result<GcRepo
 
 async fn collect_run(stack: &dyn Collectable, opts: &GcOptions) -> Result<GcReport> {
     let store = stack.object_store();
-    if opts.delete_untagged {
-        return Err(StorageError::backend(
-            "delete untagged manifests",
-            "on object storage every manifest revision is kept; leave delete_untagged off",
-        ));
-    }
     let began = Instant::now();
     let mut report = GcReport {
         dry_run: opts.dry_run,
@@ -144,8 +152,17 @@ async fn sweep(stack: &dyn Collectable, opts: &GcOptions, start: SystemTime, rep
         .checked_sub(opts.grace_period + CLOCK_MARGIN)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let repos = store.repositories().await?;
-    let marked = mark(store, &repos).await?;
+    let (marked, seen) = mark(store, &repos, opts, cutoff).await?;
     report.marked_blobs = marked.len();
+    if opts.delete_untagged {
+        for repo in &seen {
+            if stopped(opts) {
+                report.interrupted = true;
+                return Ok(());
+            }
+            delete_untagged(stack, opts, cutoff, repo, report).await?;
+        }
+    }
 
     // Candidates: unmarked blobs last written before the cutoff.
     let entries = store
@@ -238,38 +255,177 @@ async fn sweep(stack: &dyn Collectable, opts: &GcOptions, start: SystemTime, rep
     stale_uploads(store, opts, report).await
 }
 
-/// Every blob that some manifest revision of some repository names, and the revisions themselves: every revision is
-/// a root (a bucket keeps every revision; see `delete_untagged` in `stack.rs`), through the mark all backends share.
-async fn mark(store: &ObjectStore, repos: &[String]) -> Result<HashSet<Digest>> {
+/// One repository as the mark saw it: its revisions with their objects' times, and those kept.
+struct Seen {
+    repo: String,
+    revisions: HashMap<Digest, Option<SystemTime>>,
+    kept: HashSet<Digest>,
+}
+
+/// The time an object was last written, from its listing entry or (when a service's listings carry none) its stat;
+/// `None` if the service keeps no time at all.
+async fn written(store: &ObjectStore, entry: &opendal::Entry) -> Result<Option<SystemTime>> {
+    if let Some(m) = entry.metadata().last_modified() {
+        return Ok(Some(SystemTime::from(m)));
+    }
+    match store.op.stat(entry.path()).await {
+        Ok(m) => Ok(m.last_modified().map(SystemTime::from)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(StorageError::backend(format!("stat {}", entry.path()), e)),
+    }
+}
+
+/// The digests a repository's tags point at.
+async fn tagged(store: &ObjectStore, repo: &str) -> Result<HashSet<Digest>> {
+    let mut out = HashSet::new();
+    for tag in store.list_names(&keys::tags(repo)).await? {
+        if let Some(raw) = store.read_small(&keys::tag(repo, &tag)).await?
+            && let Ok(d) = String::from_utf8_lossy(&raw).trim().parse()
+        {
+            out.insert(d);
+        }
+    }
+    Ok(out)
+}
+
+/// The mark all backends share, over every repository: the blobs kept manifests name (and the manifests), and what
+/// it saw of each repository. Roots: every revision, or with `delete_untagged` the tagged ones and those written
+/// after `cutoff` (or at no known time).
+async fn mark(
+    store: &ObjectStore,
+    repos: &[String],
+    opts: &GcOptions,
+    cutoff: SystemTime,
+) -> Result<(HashSet<Digest>, Vec<Seen>)> {
     let mut marked = HashSet::new();
+    let mut seen = Vec::new();
     for repo in repos {
+        let mut revisions: HashMap<Digest, Option<SystemTime>> = HashMap::new();
+        let prefix = format!("repositories/{repo}/_manifests/revisions/");
+        let entries = match store.op.list_with(&prefix).recursive(true).await {
+            Ok(e) => e,
+            Err(e) if is_not_found(&e) => Vec::new(),
+            Err(e) => return Err(StorageError::backend(format!("list {prefix}"), e)),
+        };
+        for e in entries.iter().filter(|e| e.metadata().is_file()) {
+            let Some(rest) = e.path().strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some(Ok(d)) = rest
+                .split_once('/')
+                .map(|(alg, hex)| format!("{alg}:{hex}").parse::<Digest>())
+            else {
+                continue;
+            };
+            let time = if opts.delete_untagged {
+                written(store, e).await?
+            } else {
+                None
+            };
+            revisions.insert(d, time);
+        }
         let mut bodies: HashMap<Digest, Option<Vec<u8>>> = HashMap::new();
-        for alg in ["sha256", "sha512"] {
-            let prefix = format!("repositories/{repo}/_manifests/revisions/{alg}/");
-            for hex in store.list_names(&prefix).await? {
-                let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
-                    continue;
-                };
-                let body = store.read_small(&keys::blob(&d)).await?.map(|b| b.to_vec());
-                bodies.insert(d, body);
+        let mut referrers: HashMap<Digest, Vec<Digest>> = HashMap::new();
+        for d in revisions.keys() {
+            bodies.insert(d.clone(), store.read_small(&keys::blob(d)).await?.map(|b| b.to_vec()));
+            if opts.delete_untagged {
+                // `<alg>-<hex>` entries under the subject (every revision is a root otherwise: nothing to follow).
+                let names = store.list_names(&keys::referrers(repo, d)).await?;
+                let found = names
+                    .iter()
+                    .filter_map(|n| n.split_once('-'))
+                    .filter_map(|(alg, hex)| format!("{alg}:{hex}").parse::<Digest>().ok());
+                referrers.insert(d.clone(), found.collect());
             }
         }
-        let roots: Vec<Digest> = bodies.keys().cloned().collect();
-        mark_repository(
+        let tags = if opts.delete_untagged {
+            tagged(store, repo).await?
+        } else {
+            HashSet::new()
+        };
+        let roots: Vec<Digest> = revisions
+            .iter()
+            .filter(|(d, t)| !opts.delete_untagged || tags.contains(*d) || t.is_none_or(|t| t >= cutoff))
+            .map(|(d, _)| d.clone())
+            .collect();
+        let kept = mark_repository(
             repo,
             roots,
-            |d| bodies.contains_key(d),
+            |d| revisions.contains_key(d),
             |d| {
                 Ok::<_, StorageError>(Revision {
                     body: bodies.get(d).cloned().flatten(),
                     media_type: String::new(),
-                    referrers: Vec::new(),
+                    referrers: referrers.get(d).cloned().unwrap_or_default(),
                 })
             },
             &mut marked,
         )?;
+        seen.push(Seen {
+            repo: repo.clone(),
+            revisions,
+            kept,
+        });
     }
-    Ok(marked)
+    Ok((marked, seen))
+}
+
+/// Unlinks the revisions of a repository the mark did not keep and that were written before `cutoff`, in one
+/// exclusive section that reads the tags again and spares what a push reused or tagged since the mark.
+async fn delete_untagged(
+    stack: &dyn Collectable,
+    opts: &GcOptions,
+    cutoff: SystemTime,
+    seen: &Seen,
+    report: &mut GcReport,
+) -> Result<()> {
+    let store = stack.object_store();
+    let candidates: Vec<&Digest> = seen
+        .revisions
+        .iter()
+        .filter(|(d, t)| !seen.kept.contains(*d) && t.is_some_and(|t| t < cutoff))
+        .map(|(d, _)| d)
+        .collect();
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    let repo = seen.repo.as_str();
+    if opts.dry_run {
+        for d in candidates {
+            report.manifests.push(RemovedManifest {
+                repository: repo.to_owned(),
+                digest: d.clone(),
+                size: store.size_of(&keys::blob(d)).await?.unwrap_or(0),
+            });
+        }
+        return Ok(());
+    }
+    let hold = store.gc.exclusive().await?;
+    let reused = store.gc.reused(&hold).await?;
+    let tags = tagged(store, repo).await?;
+    for d in candidates {
+        if tags.contains(d) || reused.contains(d) {
+            report.spared += 1;
+            continue;
+        }
+        let body = store.read_small(&keys::blob(d)).await?;
+        if let Some(body) = &body
+            && let Ok(view) = ManifestView::parse(body, None)
+            && let Some(subject) = view.subject
+        {
+            store.delete_key(&keys::referrer(repo, &subject.digest, d)).await?;
+        }
+        if store.delete_key(&keys::revision(repo, d)).await? {
+            stack.forget_manifest(repo, d).await;
+            report.manifests.push(RemovedManifest {
+                repository: repo.to_owned(),
+                digest: d.clone(),
+                size: body.map_or(0, |b| b.len() as u64),
+            });
+        }
+    }
+    drop(hold);
+    Ok(())
 }
 
 /// Upload sessions whose newest object is older than the upload TTL: their chunks and their state.
