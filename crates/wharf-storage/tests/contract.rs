@@ -265,18 +265,7 @@ async fn s3_with_every_cache_and_session_store() {
         s3.create_bucket(&bucket);
         let config = StackConfig {
             backend: Backend::S3,
-            options: [
-                ("bucket", bucket.as_str()),
-                ("endpoint", &s3.endpoint()),
-                ("region", "us-east-1"),
-                ("access_key_id", "test"),
-                ("secret_access_key", "test"),
-                ("disable_config_load", "true"),
-                ("disable_ec2_metadata", "true"),
-            ]
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
+            options: s3.options(&bucket),
             part_size: 5 << 20,
             cache,
             redis: with_redis.then(|| (redis.url(), format!("contract{i}:"))),

@@ -82,18 +82,7 @@ async fn untagged_revisions_and_what_only_they_name_go_tagged_images_stay_whole(
     s3.create_bucket("gc-untagged");
     let config = StackConfig {
         backend: Backend::S3,
-        options: [
-            ("bucket", "gc-untagged"),
-            ("endpoint", s3.endpoint().as_str()),
-            ("region", "us-east-1"),
-            ("access_key_id", "test"),
-            ("secret_access_key", "test"),
-            ("disable_config_load", "true"),
-            ("disable_ec2_metadata", "true"),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect(),
+        options: s3.options("gc-untagged"),
         part_size: 5 << 20,
         cache: CacheKind::Memory,
         ..Default::default()

@@ -81,6 +81,23 @@ impl S3Server {
         );
     }
 
+    /// OpenDAL's options for `bucket` on this server (`[storage.options]`): no ambient AWS config read, no
+    /// instance-metadata address asked.
+    pub fn options(&self, bucket: &str) -> Vec<(String, String)> {
+        [
+            ("bucket", bucket.to_owned()),
+            ("endpoint", self.endpoint()),
+            ("region", "us-east-1".to_owned()),
+            ("access_key_id", "test".to_owned()),
+            ("secret_access_key", "test".to_owned()),
+            ("disable_config_load", "true".to_owned()),
+            ("disable_ec2_metadata", "true".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
     /// The `[storage]` section of a wharf config for `bucket` on this server. OpenDAL reads no ambient AWS config
     /// and never asks an instance-metadata address.
     pub fn storage_toml(&self, bucket: &str, extra: &str) -> String {
