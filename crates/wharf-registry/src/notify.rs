@@ -67,7 +67,6 @@ pub struct Notifier {
 impl Notifier {
     /// Starts one delivery task per endpoint (on the current tokio runtime).
     pub fn start(endpoints: Vec<Endpoint>) -> Arc<Notifier> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut queues = Vec::new();
         for ep in endpoints {
             let (tx, rx) = mpsc::channel(QUEUE);
@@ -101,7 +100,7 @@ impl Notifier {
 }
 
 async fn deliver(ep: Endpoint, mut rx: mpsc::Receiver<Event>) {
-    let client = match reqwest::Client::builder().timeout(ep.timeout).build() {
+    let client = match wharf_remote::http::client_builder().timeout(ep.timeout).build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(endpoint = %ep.name, error = %e, "cannot build the notification client");

@@ -107,11 +107,9 @@ impl Registry {
         }
         url.set_path("/");
         url.set_query(None);
-        crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .connect_timeout(options.connect_timeout)
             .read_timeout(options.read_timeout)
-            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| RemoteError::Unreachable {
                 what: "client setup".into(),

@@ -17,6 +17,7 @@ pub mod client;
 mod credentials;
 pub mod docker_config;
 mod error;
+pub mod http;
 pub mod hub;
 pub mod pull;
 pub mod reference;
@@ -33,10 +34,3 @@ pub use hub::{DOCKER_HUB, DOCKER_HUB_KEY, canonical_host, upstream_repository};
 pub use pull::{MANIFEST_ACCEPT, Manifest};
 pub use reference::Reference;
 pub use upstream::{Upstream, UpstreamConfig};
-
-/// Installs ring as rustls' process-wide crypto provider (reqwest is built without one of its own). The binary calls
-/// it once at start; library constructors that build an HTTP client call it too, for tests and embedders, and a
-/// second install is a no-op.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}

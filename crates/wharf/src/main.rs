@@ -19,6 +19,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // One crypto provider for the whole process (every HTTP client and the TLS listener), before anything uses it.
+    wharf_remote::http::install_crypto_provider();
     let result = match cli.command {
         cli::Command::Serve(args) => serve::run(args),
         cli::Command::Gc(args) => gc::run(args),

@@ -41,11 +41,7 @@ impl Engine {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
-        // reqwest is built without a bundled crypto provider (see RegistryClient::new); a second install is a no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")));
+        let builder = wharf_remote::http::client_builder().connect_timeout(Duration::from_secs(10));
         let (builder, base) = if let Some(path) = host.strip_prefix("unix://") {
             (builder.unix_socket(path), "http://docker".to_owned())
         } else if let Some(addr) = host.strip_prefix("tcp://") {

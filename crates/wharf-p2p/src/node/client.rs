@@ -28,8 +28,7 @@ const SKIP_FOR: Duration = Duration::from_secs(5);
 
 impl Clients {
     pub fn new(schedulers: Vec<String>, token: Option<String>) -> Result<Clients, P2pError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let http = wharf_remote::http::client_builder()
             // Long enough for two SYN retransmissions (1 s, then 3 s): on a congested link a SYN is dropped like any
             // packet, and a peer given up on too early is reported unreachable for nothing.
             .connect_timeout(Duration::from_secs(10))

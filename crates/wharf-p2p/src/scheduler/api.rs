@@ -324,7 +324,7 @@ mod tests {
         }
 
         async fn start_with(token: Option<&str>, policy: Policy) -> Server {
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            wharf_remote::http::install_crypto_provider();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
             let config = SchedulerConfig {

@@ -91,9 +91,7 @@ pub fn operator(config: &ObjectConfig) -> Result<Operator> {
         ));
     }
     opendal::init_default_registry();
-    // reqwest is built without a crypto provider of its own; wharf uses ring everywhere.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
+    let client = wharf_remote::http::client_builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| StorageError::backend("build an HTTP client", e))?;
