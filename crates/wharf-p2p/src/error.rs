@@ -14,8 +14,15 @@ pub enum P2pError {
     /// own source failed, or whose fetch had not started.
     #[error("peer {addr}: {reason}")]
     PieceUnavailable { addr: String, reason: String },
-    #[error("origin: {0}")]
-    Origin(String),
+    /// A file URL's origin failed (`wharf get`).
+    #[error("origin {url}: {reason}")]
+    UrlOrigin { url: String, reason: String },
+    /// Content loaded complete from disk has no origin to go back to.
+    #[error("no origin known for this content")]
+    NoOrigin,
+    /// A background job of a download (a piece fetch, a write, the whole-content check) died.
+    #[error("{what} failed: {reason}")]
+    Job { what: &'static str, reason: String },
     /// The registry the blob comes from failed (unreachable, refused, a broken answer).
     #[error("origin: {0}")]
     Registry(#[from] wharf_remote::RemoteError),

@@ -213,7 +213,10 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
             }
             joined = d.jobs.join_next(), if !d.jobs.is_empty() => {
                 let Some(joined) = joined else { continue };
-                let fetched = joined.map_err(|e| P2pError::Origin(format!("piece task failed: {e}")))?;
+                let fetched = joined.map_err(|e| P2pError::Job {
+                    what: "a piece fetch",
+                    reason: e.to_string(),
+                })?;
                 if let Err(e) = d.finish_piece(fetched).await {
                     if let Some(p) = poll.take() {
                         p.abort();
@@ -310,7 +313,10 @@ impl Download {
                 let len = data.len() as u64;
                 tokio::task::spawn_blocking(move || t.store_piece(n, &data))
                     .await
-                    .map_err(|e| P2pError::Origin(format!("write failed: {e}")))??;
+                    .map_err(|e| P2pError::Job {
+                        what: "a piece write",
+                        reason: e.to_string(),
+                    })??;
                 node.progressed();
                 let source = if origin { "origin" } else { "peer" };
                 metrics::counter!("wharf_p2p_bytes_total", "source" => source).increment(len);
@@ -398,7 +404,7 @@ async fn fetch_origin(node: Arc<Node>, task: Arc<Task>, n: u32, _slot: Slot) -> 
         return Fetched::Failed {
             n,
             from: None,
-            error: P2pError::Origin("no origin known".into()),
+            error: P2pError::NoOrigin,
             corrupt: false,
             relay: false,
         };
@@ -538,7 +544,10 @@ async fn verify(task: &Arc<Task>) -> Result<(), P2pError> {
         Ok(hasher.finish())
     })
     .await
-    .map_err(|e| P2pError::Origin(format!("verify failed: {e}")))??;
+    .map_err(|e| P2pError::Job {
+        what: "the whole-content check",
+        reason: e.to_string(),
+    })??;
     if computed != want {
         return Err(P2pError::BadContent {
             task: task.id.clone(),

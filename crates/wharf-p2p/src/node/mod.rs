@@ -310,16 +310,25 @@ impl Node {
                 for (k, v) in &headers {
                     req = req.header(k, v);
                 }
-                let resp = req.send().await.map_err(|e| P2pError::Origin(format!("{url}: {e}")))?;
+                let resp = req.send().await.map_err(|e| P2pError::UrlOrigin {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
                 if !resp.status().is_success() {
-                    return Err(P2pError::Origin(format!("{url} answered {}", resp.status())));
+                    return Err(P2pError::UrlOrigin {
+                        url: url.clone(),
+                        reason: format!("answered {}", resp.status()),
+                    });
                 }
                 let size = resp
                     .headers()
                     .get("content-length")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| P2pError::Origin(format!("{url}: no Content-Length")))?;
+                    .ok_or_else(|| P2pError::UrlOrigin {
+                        url: url.clone(),
+                        reason: "no Content-Length".into(),
+                    })?;
                 let id = crate::proto::url_task(&url);
                 node.start(id, size, Origin::Url { client, url, headers }, expected)
             })

@@ -70,11 +70,17 @@ impl Origin {
                 for (k, v) in headers {
                     req = req.header(k, v);
                 }
-                let resp = req.send().await.map_err(|e| P2pError::Origin(format!("{url}: {e}")))?;
+                let resp = req.send().await.map_err(|e| P2pError::UrlOrigin {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
                 let status = resp.status();
                 let whole = status == reqwest::StatusCode::OK && start == 0 && resp.content_length() == Some(end);
                 if status != reqwest::StatusCode::PARTIAL_CONTENT && !whole {
-                    return Err(P2pError::Origin(format!("{url} answered {status} to a range request")));
+                    return Err(P2pError::UrlOrigin {
+                        url: url.clone(),
+                        reason: format!("answered {status} to a range request"),
+                    });
                 }
                 let want = usize::try_from(end - start).unwrap_or(usize::MAX);
                 let mut resp = resp;
@@ -84,13 +90,18 @@ impl Origin {
                 })
                 .await;
                 read.map_err(|e| match e {
-                    BodyError::Read(e) => P2pError::Origin(format!("{url}: {e}")),
-                    BodyError::TooLong => {
-                        P2pError::Origin(format!("{url}: range of {} bytes answered with more", end - start))
-                    }
-                    BodyError::Short { got } => {
-                        P2pError::Origin(format!("{url}: range of {} bytes answered with {got}", end - start))
-                    }
+                    BodyError::Read(e) => P2pError::UrlOrigin {
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    },
+                    BodyError::TooLong => P2pError::UrlOrigin {
+                        url: url.clone(),
+                        reason: format!("range of {} bytes answered with more", end - start),
+                    },
+                    BodyError::Short { got } => P2pError::UrlOrigin {
+                        url: url.clone(),
+                        reason: format!("range of {} bytes answered with {got}", end - start),
+                    },
                 })
             }
         }
