@@ -184,8 +184,8 @@ impl Fetch {
 }
 
 fn upstream_error(reason: &str) -> StorageError {
-    StorageError::Upstream {
-        upstream: "blob fetch".into(),
+    StorageError::Remote {
+        registry: "blob fetch".into(),
         reason: reason.to_owned(),
     }
 }

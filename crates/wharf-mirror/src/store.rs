@@ -33,8 +33,8 @@ pub struct MirrorStore {
 }
 
 fn upstream_err(u: &Upstream, e: RemoteError) -> StorageError {
-    StorageError::Upstream {
-        upstream: format!("{} ({})", u.config.name, u.url()),
+    StorageError::Remote {
+        registry: format!("{} ({})", u.config.name, u.url()),
         reason: e.to_string(),
     }
 }
@@ -56,8 +56,8 @@ impl MirrorStore {
         let cache = Arc::new(CachedStore::new(FsStore::open(&cache_root)?, CacheConfig::default()));
         let mut upstreams = Vec::new();
         for u in &config.upstreams {
-            let up = Upstream::new(u.clone(), config.timeout).map_err(|e| StorageError::Upstream {
-                upstream: u.name.clone(),
+            let up = Upstream::new(u.clone(), config.timeout).map_err(|e| StorageError::Remote {
+                registry: u.name.clone(),
                 reason: e.to_string(),
             })?;
             upstreams.push(Arc::new(up));
@@ -88,7 +88,7 @@ impl MirrorStore {
     fn read_only(&self, name: &str, u: &Upstream) -> StorageError {
         StorageError::ReadOnly {
             repo: name.to_owned(),
-            upstream: u.url().to_owned(),
+            reason: format!("it is a read-only mirror of {}; push to another repository", u.url()),
         }
     }
 

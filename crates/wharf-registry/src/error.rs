@@ -80,7 +80,7 @@ impl From<StorageError> for ApiError {
                 .with_header(header::CONTENT_RANGE, format!("bytes */{size}")),
             StorageError::BodyInterrupted { .. } => ApiError::new(ErrorCode::BlobUploadInvalid, message),
             StorageError::ReadOnly { .. } => ApiError::new(ErrorCode::Denied, message),
-            StorageError::Upstream { .. } => {
+            StorageError::Remote { .. } => {
                 ApiError::new(ErrorCode::Unknown, message).with_status(StatusCode::BAD_GATEWAY)
             }
             StorageError::Io { .. } if e.is_no_space() => {

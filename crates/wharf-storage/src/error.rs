@@ -17,10 +17,12 @@ pub enum StorageError {
     RangeNotSatisfiable { size: u64 },
     #[error("the upload body broke off after {kept} bytes were stored: {source}")]
     BodyInterrupted { kept: u64, source: io::Error },
-    #[error("repository {repo} is a read-only mirror of {upstream}; push to another repository")]
-    ReadOnly { repo: String, upstream: String },
-    #[error("upstream {upstream}: {reason}")]
-    Upstream { upstream: String, reason: String },
+    /// The repository cannot be written here (a store that fronts another registry serves it read-only).
+    #[error("repository {repo} is read-only: {reason}")]
+    ReadOnly { repo: String, reason: String },
+    /// A store that fronts another registry (a pull-through mirror, a P2P node) did not get what it asked there.
+    #[error("upstream {registry}: {reason}")]
+    Remote { registry: String, reason: String },
     #[error("storage I/O error at {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("object storage could not {op}: {reason}")]

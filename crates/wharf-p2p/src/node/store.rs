@@ -50,7 +50,7 @@ impl SwarmStore {
     fn read_only(name: &str) -> StorageError {
         StorageError::ReadOnly {
             repo: name.to_owned(),
-            upstream: "the P2P node's upstream".into(),
+            reason: "a P2P node serves its upstreams read-only".into(),
         }
     }
 
@@ -123,8 +123,8 @@ impl SwarmStore {
 }
 
 fn upstream_err(up: &Upstream, e: &dyn std::fmt::Display) -> StorageError {
-    StorageError::Upstream {
-        upstream: format!("{} ({})", up.config.name, up.url()),
+    StorageError::Remote {
+        registry: format!("{} ({})", up.config.name, up.url()),
         reason: e.to_string(),
     }
 }
