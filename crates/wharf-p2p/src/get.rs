@@ -1,6 +1,9 @@
 //! `wharf get`: one file through the swarm (Dragonfly's dfget), with an in-process node that serves its pieces to
-//! peers while it downloads and leaves the swarm when done. Its pieces live in a fresh private directory (random
-//! name, mode 0700, removed at the end), never one another local user could predict and prepare.
+//! peers while it downloads and leaves the swarm when done. Nothing another local user prepared is trusted: the
+//! pieces live in a fresh private directory (random name, mode 0700, removed at the end) and no `done` record is
+//! loaded from anywhere; the output is written to `<output>.part`, created new with mode 0600 and never through a
+//! link (a link or other non-file planted there is refused), and only once whole and verified is it given the
+//! umask's permissions and renamed into place.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -99,6 +102,7 @@ pub async fn get(options: GetOptions, mut progress: impl FnMut(GetProgress)) -> 
         cache_bytes: 0,
         timeout: Duration::from_secs(30),
         tag_ttl: Duration::from_secs(60),
+        load_finished: false,
     })?;
     let server = tokio::spawn(axum::serve(peer_listener, peer::router(node.clone())).into_future());
     let task = node.url_task(&url, headers, digest).await?;
@@ -109,7 +113,7 @@ pub async fn get(options: GetOptions, mut progress: impl FnMut(GetProgress)) -> 
         move |source| P2pError::Io { path, source }
     };
     let written = async {
-        let mut file = tokio::fs::File::create(&part).await.map_err(io_err(&part))?;
+        let mut file = create_private(&part).await.map_err(io_err(&part))?;
         let body = stream::stream(task.clone());
         futures_util::pin_mut!(body);
         while let Some(chunk) = body.next().await {
@@ -120,7 +124,13 @@ pub async fn get(options: GetOptions, mut progress: impl FnMut(GetProgress)) -> 
             file.write_all(&chunk).await.map_err(io_err(&part))?;
             progress(GetProgress::Written(chunk.len() as u64));
         }
-        file.sync_all().await.map_err(io_err(&part))
+        file.sync_all().await.map_err(io_err(&part))?;
+        // Whole and verified: the permissions a new file of this user gets.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = 0o666 & !umask();
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .await
+            .map_err(io_err(&part))
     }
     .await;
     node.forget(&task).await;
@@ -135,4 +145,40 @@ pub async fn get(options: GetOptions, mut progress: impl FnMut(GetProgress)) -> 
             Err(e)
         }
     }
+}
+
+/// Creates `path` new, mode 0600, without following a link: a leftover regular file of ours is replaced; a link
+/// or anything else there is refused (another user may have planted it to make us write through it).
+async fn create_private(path: &std::path::Path) -> std::io::Result<tokio::fs::File> {
+    match tokio::fs::symlink_metadata(path).await {
+        Ok(m) if m.file_type().is_file() => tokio::fs::remove_file(path).await?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "something other than a regular file is in the way (a link?); refusing to write through it",
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // O_EXCL with O_CREAT never follows a link at the last component, even one planted after the check above.
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+}
+
+/// This process's umask, read from `/proc/self/status` (reading it with `umask(2)` means changing it for a moment,
+/// for every thread); 022 when it cannot be read.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }

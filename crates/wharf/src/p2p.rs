@@ -259,6 +259,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             cache_bytes: args.cache_size.unwrap_or(0),
             timeout: Duration::from_secs(30),
             tag_ttl: Duration::from_secs(args.tag_ttl_secs.unwrap_or(60)),
+            load_finished: true,
         };
         let node = Node::new(config).context("cannot start the node")?;
         // Tests and scripts read these lines to learn the ports when they were 0.

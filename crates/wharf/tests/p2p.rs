@@ -447,6 +447,29 @@ async fn preheated_seeds_serve_the_image_and_get_fetches_files_through_the_swarm
         String::from_utf8_lossy(&r.stderr)
     );
     assert!(!bad.exists() && !bad.with_extension("part").exists());
+
+    // The output gets the permissions of a new file of this user (0600 while it is not whole).
+    use std::os::unix::fs::PermissionsExt;
+    let probe = tmp.path().join("probe");
+    std::fs::File::create(&probe).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&a), mode(&probe));
+
+    // A link planted where the partial file goes (another user's trap: make us write a file they cannot read into
+    // one they can) is refused, and nothing is written through it.
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    let trapped = tmp.path().join("trapped.bin");
+    std::os::unix::fs::symlink(&victim, trapped.with_extension("part")).unwrap();
+    let r = get(trapped.clone(), d.clone()).join().unwrap();
+    assert!(!r.status.success(), "wrote through a planted link");
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("refusing to write through it"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert!(!trapped.exists());
 }
 
 /// The node's engine-facing API is the registry's own router: `Range` (206, 416), `HEAD`, `ns`, spec error bodies,

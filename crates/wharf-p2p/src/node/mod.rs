@@ -72,6 +72,9 @@ pub struct NodeConfig {
     /// How long a tag, once checked against the upstream, is served without asking again (the engine-facing
     /// registry's manifest cache).
     pub tag_ttl: Duration,
+    /// Load the tasks a previous run finished under `root` (their `done` records) and serve them. Off for a
+    /// one-shot download (`wharf get`), which trusts nothing it did not fetch itself.
+    pub load_finished: bool,
 }
 
 pub struct Node {
@@ -124,7 +127,9 @@ impl Node {
             upload_limit: RateLimit::new(config.upload_rate),
             config,
         });
-        node.load_finished();
+        if node.config.load_finished {
+            node.load_finished();
+        }
         Ok(node)
     }
 

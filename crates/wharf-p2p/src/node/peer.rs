@@ -152,6 +152,7 @@ mod tests {
             cache_bytes: 0,
             timeout: Duration::from_secs(5),
             tag_ttl: Duration::from_secs(60),
+            load_finished: true,
         };
         let node = crate::node::Node::new(config).unwrap();
         let origin = Origin::Url {
@@ -214,5 +215,69 @@ mod tests {
         // Neither held nor arriving: 404 after a short wait.
         let resp = c.get(format!("{url}/0")).send().await.unwrap();
         assert_eq!(resp.status(), 404);
+    }
+
+    /// A node that does not load finished tasks (`wharf get`) trusts no `done` record it finds under its root; one
+    /// that does (`wharf node`) serves them.
+    #[tokio::test]
+    async fn finished_tasks_are_loaded_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Origin::Url {
+            client: wharf_remote::http::client_builder().build().unwrap(),
+            url: "http://127.0.0.1:1/unused".into(),
+            headers: vec![],
+        };
+        let task_root = crate::node::task::task_dir(dir.path(), TASK);
+        let task = Arc::new(Task::create(TASK.into(), 3 << 16, 64 << 10, task_root, origin, None).unwrap());
+        let data = vec![7u8; task.size as usize];
+        for n in 0..task.pieces {
+            let (start, end) = task.range(n);
+            task.store_piece(n, &data[start as usize..end as usize]).unwrap();
+        }
+        let digests = (0..task.pieces)
+            .map(|n| {
+                let (start, end) = task.range(n);
+                Some(
+                    wharf_oci::Digest::sha256_of(&data[start as usize..end as usize])
+                        .hex()
+                        .to_owned(),
+                )
+            })
+            .collect::<Vec<_>>();
+        if let Ok(mut d) = task.digests.lock() {
+            *d = digests;
+        }
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config = |load_finished| NodeConfig {
+            root: dir.path().to_path_buf(),
+            listen: any,
+            peer_listen: any,
+            peer: Peer {
+                id: "m".into(),
+                addr: "http://127.0.0.1:1".into(),
+                rack: None,
+                seed: false,
+                relays: true,
+            },
+            schedulers: vec![],
+            token: None,
+            upstreams: vec![],
+            default_upstream: None,
+            piece_len: 64 << 10,
+            concurrency: 4,
+            origin_concurrency: 1,
+            download_rate: None,
+            upload_rate: None,
+            cache_bytes: 0,
+            timeout: Duration::from_secs(5),
+            tag_ttl: Duration::from_secs(60),
+            load_finished,
+        };
+        let writer = crate::node::Node::new(config(false)).unwrap();
+        writer.finished(&task);
+        let ignoring = crate::node::Node::new(config(false)).unwrap();
+        assert!(ignoring.task(TASK).is_none(), "a done record was trusted");
+        let loading = crate::node::Node::new(config(true)).unwrap();
+        assert_eq!(loading.task(TASK).map(|t| t.size), Some(task.size));
     }
 }
