@@ -3,12 +3,15 @@
 
 /// Default piece length.
 pub const DEFAULT_PIECE: u64 = 4 << 20;
+/// The shortest piece: nodes never cut shorter ones, and the scheduler refuses them (a task of tiny pieces costs
+/// its memory and nothing else).
+pub const MIN_PIECE: u64 = 64 << 10;
 const MAX_PIECE: u64 = 64 << 20;
 const TARGET_PIECES: u64 = 1000;
 
 /// The piece length for a task of `size` bytes, given the configured minimum.
 pub fn piece_len(size: u64, min: u64) -> u64 {
-    let min = min.max(64 << 10);
+    let min = min.max(MIN_PIECE);
     let want = size.div_ceil(TARGET_PIECES);
     if want <= min {
         // The configured length as it is: small pieces (down to 64 KiB) pass a piece on sooner on slow links.

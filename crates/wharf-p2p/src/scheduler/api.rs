@@ -93,6 +93,8 @@ impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
         let status = if e.is_conflict() {
             StatusCode::CONFLICT
+        } else if e.is_full() {
+            StatusCode::SERVICE_UNAVAILABLE
         } else {
             StatusCode::BAD_REQUEST
         };

@@ -41,8 +41,16 @@ use crate::proto::{
     ScheduleResponse, Source, SwarmInfo, Swarms, TaskShape,
 };
 
-/// Most pieces a task may have (a shape with more is refused: it would only cost memory).
-pub const MAX_PIECES: u32 = 1 << 17;
+/// Most pieces a task may have (a shape with more is refused: it would only cost memory). Nodes aim at ~1000; pieces
+/// of 64 MiB reach this at 1 TiB.
+pub const MAX_PIECES: u32 = 1 << 14;
+/// Most pieces over all swarms: a bound on the state's memory whatever members announce (a piece's state is ~80 bytes,
+/// ~200 with its digest and a few holders: at most a few hundred MiB). A new swarm that would pass it is refused until sweeps make room.
+pub const MAX_TOTAL_PIECES: usize = 1 << 21;
+/// Most peers known at once (silent ones are forgotten by the sweeper).
+pub const MAX_PEERS: usize = 100_000;
+/// Most excluded peer ids remembered.
+pub const MAX_EXCLUDED: usize = 100_000;
 /// Most blobs the preheat queue keeps (the oldest go first).
 pub const MAX_PREHEAT: usize = 10_000;
 const MAX_ID_LEN: usize = 256;
@@ -123,12 +131,20 @@ pub enum StateError {
     BadPeer(String),
     #[error("{0}")]
     Invalid(String),
+    /// A bound on the scheduler's memory was reached: try again later.
+    #[error("the scheduler holds as many {0} as it may; try again later")]
+    Full(&'static str),
 }
 
 impl StateError {
     /// The request contradicts the state (HTTP 409) rather than being malformed (400).
     pub fn is_conflict(&self) -> bool {
         matches!(self, StateError::ShapeMismatch { .. })
+    }
+
+    /// The scheduler is at a bound (HTTP 503) rather than the request being wrong.
+    pub fn is_full(&self) -> bool {
+        matches!(self, StateError::Full(_))
     }
 }
 
@@ -336,12 +352,14 @@ pub struct State {
     /// Ids reported for corrupt pieces, kept when their entry is swept.
     excluded: HashSet<String>,
     swarms: HashMap<String, Swarm>,
+    /// Pieces over all swarms (see [`MAX_TOTAL_PIECES`]).
+    pieces_allocated: usize,
     preheat: Vec<PreheatEntry>,
 }
 
 fn check_shape(shape: &TaskShape) -> Result<u32, StateError> {
     let n = shape.size.div_ceil(shape.piece_len.max(1));
-    if shape.piece_len == 0 || n > u64::from(MAX_PIECES) {
+    if shape.piece_len < piece::MIN_PIECE || n > u64::from(MAX_PIECES) {
         return Err(StateError::BadShape(shape.clone()));
     }
     Ok(n as u32)
@@ -698,6 +716,7 @@ impl State {
             ids: HashMap::new(),
             excluded: HashSet::new(),
             swarms: HashMap::new(),
+            pieces_allocated: 0,
             preheat: Vec::new(),
         }
     }
@@ -712,14 +731,17 @@ impl State {
 
     /// Registers the peer or refreshes what is known of it (alive; a suspicion of being unreachable stays: talking to
     /// the scheduler says nothing of whether peers reach it).
-    fn touch(&mut self, peer: &Peer, now: Instant) -> Key {
+    fn touch(&mut self, peer: &Peer, now: Instant) -> Result<Key, StateError> {
         if let Some(&key) = self.ids.get(&peer.id) {
             let e = self.peers[key as usize].as_mut().expect("a key names a live slot");
             if e.peer != *peer {
                 e.peer = peer.clone();
             }
             e.last_seen = now;
-            return key;
+            return Ok(key);
+        }
+        if self.ids.len() >= MAX_PEERS {
+            return Err(StateError::Full("peers"));
         }
         let entry = PeerEntry {
             peer: peer.clone(),
@@ -742,7 +764,21 @@ impl State {
             }
         };
         self.ids.insert(peer.id.clone(), key);
-        key
+        Ok(key)
+    }
+
+    /// Makes room for swarm `task` of `shape` if it is new: refused past [`MAX_TOTAL_PIECES`].
+    fn admit_swarm(&mut self, task: &str, shape: &TaskShape, now: Instant) -> Result<(), StateError> {
+        if self.swarms.contains_key(task) {
+            return Ok(());
+        }
+        let n = piece::count(shape.size, shape.piece_len) as usize;
+        if self.pieces_allocated + n > MAX_TOTAL_PIECES {
+            return Err(StateError::Full("pieces"));
+        }
+        self.pieces_allocated += n;
+        self.swarms.insert(task.to_owned(), Swarm::new(shape.clone(), now));
+        Ok(())
     }
 
     fn check_swarm_shape(&self, task: &str, shape: &TaskShape) -> Result<(), StateError> {
@@ -770,11 +806,11 @@ impl State {
         now: Instant,
     ) -> Result<ScheduleResponse, StateError> {
         let n = self.check_schedule(task, req)?;
-        let me = self.touch(&req.peer, now);
-        let swarm = self
-            .swarms
-            .entry(task.to_owned())
-            .or_insert_with(|| Swarm::new(req.shape.clone(), now));
+        let me = self.touch(&req.peer, now)?;
+        self.admit_swarm(task, &req.shape, now)?;
+        let Some(swarm) = self.swarms.get_mut(task) else {
+            return Err(StateError::Invalid(format!("{task}: swarm vanished")));
+        };
         if swarm.origin.is_none() {
             swarm.origin.clone_from(&req.origin);
         }
@@ -876,7 +912,7 @@ impl State {
             )));
         }
         self.check_swarm_shape(task, &a.shape)?;
-        let me = self.touch(&a.peer, now);
+        let me = self.touch(&a.peer, now)?;
         if a.gone {
             if let Some(swarm) = self.swarms.get_mut(task) {
                 swarm.remove_member(me, &mut self.peers);
@@ -895,11 +931,11 @@ impl State {
             tracing::debug!(task, peer = %a.peer.id, "announcement of an excluded peer ignored");
             return Ok(Vec::new());
         }
+        self.admit_swarm(task, &a.shape, now)?;
         let peers = &mut self.peers;
-        let swarm = self
-            .swarms
-            .entry(task.to_owned())
-            .or_insert_with(|| Swarm::new(a.shape.clone(), now));
+        let Some(swarm) = self.swarms.get_mut(task) else {
+            return Err(StateError::Invalid(format!("{task}: swarm vanished")));
+        };
         swarm.last_active = now;
         swarm.member(me);
         // Pieces whose bytes, by its own account, differ from what the swarm accepts: not a source of them.
@@ -960,7 +996,7 @@ impl State {
         if r.bad.is_empty() || r.bad.len() > MAX_ID_LEN {
             return Err(StateError::BadPeer(format!("id {:?}", r.bad)));
         }
-        let reporter = self.touch(&r.peer, now);
+        let reporter = self.touch(&r.peer, now)?;
         if let Some(swarm) = self.swarms.get_mut(task) {
             swarm.end_transfer(reporter, r.piece, &mut self.peers);
         }
@@ -969,7 +1005,9 @@ impl State {
         }
         let bad = self.ids.get(&r.bad).copied();
         if r.reason == ReportReason::Corrupt {
-            if self.excluded.insert(r.bad.clone()) {
+            if self.excluded.len() >= MAX_EXCLUDED {
+                tracing::warn!(peer = %r.bad, "the excluded list is full; excluded while it is known only");
+            } else if self.excluded.insert(r.bad.clone()) {
                 tracing::warn!(task, peer = %r.bad, piece = r.piece, reporter = %r.peer.id,
                     "peer reported for a corrupt piece: excluded");
             }
@@ -1023,8 +1061,15 @@ impl State {
             self.ids.remove(&id);
             tracing::debug!(peer = %id, "forgot a silent peer");
         }
-        self.swarms
-            .retain(|_, s| !s.members.is_empty() || now.saturating_duration_since(s.last_active) < policy.forget_after);
+        let mut freed = 0;
+        self.swarms.retain(|_, s| {
+            let keep = !s.members.is_empty() || now.saturating_duration_since(s.last_active) < policy.forget_after;
+            if !keep {
+                freed += s.pieces.len();
+            }
+            keep
+        });
+        self.pieces_allocated -= freed;
         self.preheat
             .retain(|e| now.saturating_duration_since(e.added) < policy.preheat_ttl);
     }
@@ -1176,8 +1221,8 @@ mod tests {
 
     fn shape(pieces: u64) -> TaskShape {
         TaskShape {
-            size: pieces * 1024,
-            piece_len: 1024,
+            size: pieces * piece::MIN_PIECE,
+            piece_len: piece::MIN_PIECE,
         }
     }
 
@@ -1830,6 +1875,16 @@ mod tests {
             ..req.clone()
         };
         assert!(matches!(s.schedule(OTHER, &huge, t), Err(StateError::BadShape(_))));
+        // Pieces shorter than any node cuts: refused (a task of 1-byte pieces only costs memory).
+        let tiny = ScheduleRequest {
+            shape: TaskShape {
+                size: 1 << 17,
+                piece_len: 1,
+            },
+            want: vec![],
+            ..req.clone()
+        };
+        assert!(matches!(s.schedule(OTHER, &tiny, t), Err(StateError::BadShape(_))));
         let bad_addr = ScheduleRequest {
             peer: Peer {
                 addr: "file:///etc/passwd".into(),
@@ -2263,5 +2318,53 @@ mod tests {
         have(&mut s, &peer(1), 8, &[r.assignments[0].piece], t);
         let r3 = s.schedule(OTHER, &other, t).unwrap();
         assert_eq!(peer_ids(&r3).len(), 2, "{r3:?}");
+    }
+
+    /// An announce flood (each a new task of the largest shape, from ever new peer ids) cannot grow the state past
+    /// its bounds: new swarms are refused once [`MAX_TOTAL_PIECES`] pieces are held, new peers past [`MAX_PEERS`];
+    /// what the sweeper forgets makes room again.
+    #[test]
+    fn an_announce_flood_is_bounded() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let biggest = TaskShape {
+            size: u64::from(MAX_PIECES) * piece::MIN_PIECE,
+            piece_len: piece::MIN_PIECE,
+        };
+        let mut refused = 0;
+        for i in 0..300u32 {
+            let task = format!("sha256:{i:064x}");
+            let a = Announce {
+                peer: peer(i as usize),
+                shape: biggest.clone(),
+                have: vec![],
+                digests: vec![],
+                done: false,
+                gone: false,
+            };
+            match s.announce(&task, &a, t) {
+                Ok(_) => {}
+                Err(StateError::Full(what)) => {
+                    assert_eq!(what, "pieces");
+                    refused += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+            assert!(s.pieces_allocated <= MAX_TOTAL_PIECES);
+        }
+        let fit = MAX_TOTAL_PIECES / MAX_PIECES as usize;
+        assert_eq!(refused, 300 - fit, "every swarm that fits is admitted, none more");
+        assert_eq!(s.swarms.len(), fit);
+        // The sweeper forgets the silent peers and their swarms: the room comes back.
+        s.sweep(t + s.policy.forget_after + Duration::from_secs(1));
+        assert_eq!((s.swarms.len(), s.pieces_allocated), (0, 0));
+
+        // Peers: past the bound, a new id is refused; a known one still gets through.
+        let mut s = State::new(Policy::default());
+        for i in 0..MAX_PEERS {
+            s.touch(&peer(i), t).unwrap();
+        }
+        assert!(matches!(s.touch(&peer(MAX_PEERS), t), Err(StateError::Full("peers"))));
+        assert!(s.touch(&peer(7), t).is_ok());
     }
 }
