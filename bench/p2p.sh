@@ -287,7 +287,7 @@ run_case() {
             bad=$((bad + $(p2p_metric "n$i" "${NODE_MIRROR[n$i]}" wharf_p2p_bad_pieces_total)))
             net_exec "n$i" curl -sS --max-time 10 "${NODE_MIRROR[n$i]}/metrics" >"$NET_DIR/n$i.metrics" || true
         done
-        net_exec sched curl -sS --max-time 10 "$SCHED_URL/metrics" >"$NET_DIR/sched.metrics" || true
+        net_exec sched curl -sS --max-time 10 -H "Authorization: Bearer $P2P_TOKEN" "$SCHED_URL/metrics" >"$NET_DIR/sched.metrics" || true
         net_exec sched curl -sS --max-time 10 -H "Authorization: Bearer $P2P_TOKEN" "$SCHED_URL/v1/swarms" \
             >"$NET_DIR/swarms.json" || true
         unreachable=$(grep -c 'peer reported unreachable' "$NET_DIR/sched.log" || true)

@@ -44,9 +44,12 @@ pub struct NodeArgs {
     /// IP address peers reach this node at [default: the address of the interface that routes to the scheduler].
     #[arg(long)]
     pub advertise_addr: Option<IpAddr>,
-    /// Cluster token shared by nodes and schedulers.
+    /// Cluster token shared by nodes and schedulers (required unless --insecure).
     #[arg(long, env = "WHARF_P2P_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Run without a cluster token: anyone who reaches the peer API can fetch the pieces of every blob this node pulled. Refused without this flag.
+    #[arg(long)]
+    pub insecure: bool,
     /// Locality hint (rack, zone): peers with the same one are preferred.
     #[arg(long)]
     pub rack: Option<String>,
@@ -84,9 +87,12 @@ pub struct SchedulerArgs {
     /// [default: 0.0.0.0:8002]
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Cluster token shared by nodes and schedulers.
+    /// Cluster token shared by nodes and schedulers (required unless --insecure).
     #[arg(long, env = "WHARF_P2P_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Run without a cluster token: anyone who reaches the scheduler can list every swarm, announce pieces and steer nodes. Refused without this flag.
+    #[arg(long)]
+    pub insecure: bool,
     /// Seconds after which a silent node counts as gone (nodes re-announce every 5 s) [default: 20].
     #[arg(long)]
     pub peer_ttl_secs: Option<u64>,
@@ -126,6 +132,8 @@ struct NodeFile {
     concurrency: Option<usize>,
     peer_send_buffer: Option<String>,
     tag_ttl_secs: Option<u64>,
+    #[serde(default)]
+    insecure: bool,
     log: Option<String>,
 }
 
@@ -138,6 +146,8 @@ struct SchedulerFile {
     max_uploads_per_peer: Option<u32>,
     max_origin_leases: Option<u32>,
     relay: Option<bool>,
+    #[serde(default)]
+    insecure: bool,
     log: Option<String>,
 }
 
@@ -197,8 +207,25 @@ fn merge_node(mut args: NodeArgs) -> anyhow::Result<NodeArgs> {
         anyhow::bail!("--peer-send-buffer {b}: must be between 4K and 1G");
     }
     args.tag_ttl_secs = args.tag_ttl_secs.or(f.tag_ttl_secs);
+    args.insecure |= f.insecure;
     args.log = args.log.or(f.log);
     Ok(args)
+}
+
+/// A P2P listener is authenticated by the cluster token; running without one takes `--insecure`, said out loud.
+fn require_token(token: Option<&str>, insecure: bool, what: &str, listen: SocketAddr) -> anyhow::Result<()> {
+    match (token, insecure) {
+        (Some(""), _) => anyhow::bail!("{what}: the cluster token is empty"),
+        (Some(_), _) => Ok(()),
+        (None, true) => {
+            tracing::warn!(%listen, "{what} runs without a cluster token (--insecure): whoever reaches it is trusted");
+            Ok(())
+        }
+        (None, false) => anyhow::bail!(
+            "{what}: no cluster token; pass --token (or WHARF_P2P_TOKEN), the same on every node and scheduler, or \
+             --insecure to run an open cluster"
+        ),
+    }
 }
 
 pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
@@ -208,6 +235,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         args.listen.context("no listen address")?,
         args.peer_listen.context("no peer listen address")?,
     );
+    require_token(args.token.as_deref(), args.insecure, "wharf node", peer_listen)?;
     let ip = net::advertise(args.advertise_addr, &args.schedulers, args.peer_listen)?;
     let mut upstreams = Vec::new();
     let mut default = None;
@@ -306,6 +334,7 @@ pub fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         args.log.as_deref().or(f.log.as_deref()).unwrap_or("info"),
         crate::config::LogFormat::Text,
     )?;
+    require_token(token.as_deref(), args.insecure || f.insecure, "wharf scheduler", listen)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -355,8 +384,12 @@ pub struct GetArgs {
     /// Header for the origin, e.g. `Authorization: Bearer x`; repeatable.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
+    /// Cluster token shared by nodes and schedulers (required with --scheduler unless --insecure).
     #[arg(long, env = "WHARF_P2P_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Run without a cluster token: anyone who reaches the peer API while it downloads can fetch its pieces. Refused without this flag.
+    #[arg(long)]
+    pub insecure: bool,
     /// Peer API while downloading (others fetch this download's pieces from it).
     #[arg(long, default_value = "0.0.0.0:0")]
     pub peer_listen: SocketAddr,
@@ -370,6 +403,9 @@ pub struct GetArgs {
 /// `wharf get`: one file through the swarm (see `wharf_p2p::get`), with a progress bar on a terminal.
 pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
     crate::serve::init_logging("warn", crate::config::LogFormat::Text)?;
+    if !args.schedulers.is_empty() {
+        require_token(args.token.as_deref(), args.insecure, "wharf get", args.peer_listen)?;
+    }
     let digest = match &args.digest {
         Some(d) => Some(
             d.parse::<wharf_oci::Digest>()

@@ -569,3 +569,77 @@ async fn the_node_speaks_the_registry_api_and_serves_known_images_through_an_ori
     let r = c.get(format!("{base}/v2/p2p/app/manifests/v2")).send().await.unwrap();
     assert_eq!(r.status(), 502);
 }
+
+/// The cluster is authenticated by default: a scheduler, a node or a `wharf get` through schedulers without a token
+/// refuses to start (with the way out in the message); `--insecure` opens it on purpose; the scheduler's metrics
+/// are behind the token like its API.
+#[tokio::test(flavor = "multi_thread")]
+async fn p2p_without_a_token_takes_insecure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(args)
+            .env_remove("WHARF_P2P_TOKEN")
+            .env_remove("WHARF_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let root = tmp.path().join("n");
+    let refused = [
+        run(&["scheduler", "--listen", "127.0.0.1:0"]),
+        run(&[
+            "node",
+            "--root",
+            root.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--scheduler",
+            "http://127.0.0.1:1",
+        ]),
+        run(&[
+            "get",
+            "http://127.0.0.1:1/f",
+            "-o",
+            "/dev/null",
+            "--scheduler",
+            "http://127.0.0.1:1",
+        ]),
+    ];
+    for out in refused {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started without a token: {err}");
+        assert!(err.contains("no cluster token") && err.contains("--insecure"), "{err}");
+    }
+
+    // --insecure: an open scheduler, said in its log.
+    let open = Proc::start(
+        &["scheduler", "--listen", "127.0.0.1:0", "--insecure"],
+        &[],
+        1,
+        &tmp.path().join("open.log"),
+    );
+    let c = common::client();
+    let r = c.get(format!("{}/v1/swarms", open.url(0))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        std::fs::read_to_string(tmp.path().join("open.log"))
+            .unwrap()
+            .contains("--insecure")
+    );
+
+    // With a token, the metrics are the cluster's only.
+    let s = scheduler(tmp.path(), "sched");
+    let r = c.get(format!("{}/metrics", s.url(0))).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(format!("{}/metrics", s.url(0)))
+        .bearer_auth("t0k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

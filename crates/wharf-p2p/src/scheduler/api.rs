@@ -1,8 +1,8 @@
 //! The scheduler's HTTP API (see [`crate::proto`] for the endpoints and types), plus `GET /v1/preheat?peer=<id>`:
 //! the queued preheat blobs that seed has not announced done, as a [`Preheat`].
 //!
-//! Every `/v1` request must carry `Authorization: Bearer <token>` when a token is configured (401 otherwise);
-//! `/healthz` and `/metrics` are open. Errors are JSON, `{"error": "..."}`: 400 for a malformed request or task id,
+//! Every `/v1` request, and `/metrics`, must carry `Authorization: Bearer <token>` when a token is configured (401
+//! otherwise); `/healthz` is open. Errors are JSON, `{"error": "..."}`: 400 for a malformed request or task id,
 //! 409 for a shape that disagrees with the swarm's.
 //!
 //! Metrics (the `metrics` facade; the binary installs the exporter and passes its renderer):
@@ -56,11 +56,12 @@ pub fn router(scheduler: Arc<Scheduler>, metrics: Option<MetricsRender>) -> Rout
         .route("/v1/tasks/{task}/report", post(report))
         .route("/v1/preheat", post(preheat_add).get(preheat_list))
         .route("/v1/swarms", get(swarms))
+        // What the swarms are and how busy: for the cluster only, like the API.
+        .route("/metrics", get(metrics_text))
         .route_layer(middleware::from_fn_with_state(ctx.clone(), authorize));
     Router::new()
         .merge(v1)
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(ctx)
@@ -420,7 +421,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn token_is_required_on_v1_only() {
+    async fn token_is_required_on_v1_and_metrics() {
         let s = Server::start(Some(TOKEN)).await;
         let get = reqwest::Method::GET;
         let (status, body) = s.send(get.clone(), "/v1/swarms", None, None).await;
@@ -440,7 +441,12 @@ mod tests {
         let swarms: Swarms = serde_json::from_slice(&body).unwrap();
         assert!(swarms.tasks.is_empty(), "the refused schedule left no trace");
         assert_eq!(s.send(get.clone(), "/healthz", None, None).await.0, 200);
-        let (status, body) = s.send(get, "/metrics", None, None).await;
+        assert_eq!(
+            s.send(get.clone(), "/metrics", None, None).await.0,
+            401,
+            "metrics tell what swarms exist"
+        );
+        let (status, body) = s.send(get, "/metrics", Some(TOKEN), None).await;
         assert_eq!((status, body), (200, b"wharf_scheduler_test 1\n".to_vec()));
     }
 
