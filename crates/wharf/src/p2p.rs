@@ -379,8 +379,13 @@ pub struct GetArgs {
     #[arg(long = "scheduler", value_name = "URL")]
     pub schedulers: Vec<String>,
     /// Expected digest of the whole file (`sha256:<hex>`): the download fails rather than write other bytes.
+    /// Required with --scheduler (unless --unverified).
     #[arg(long)]
     pub digest: Option<String>,
+    /// Through schedulers without --digest: the pieces are then checked only against digests other members
+    /// published, so a member could hand out other bytes. Refused without this flag.
+    #[arg(long)]
+    pub unverified: bool,
     /// Header for the origin, e.g. `Authorization: Bearer x`; repeatable.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
@@ -405,6 +410,12 @@ pub fn run_get(args: GetArgs) -> anyhow::Result<()> {
     crate::serve::init_logging("warn", crate::config::LogFormat::Text)?;
     if !args.schedulers.is_empty() {
         require_token(args.token.as_deref(), args.insecure, "wharf get", args.peer_listen)?;
+        if args.digest.is_none() && !args.unverified {
+            anyhow::bail!(
+                "wharf get through a swarm needs --digest sha256:<hex> of the file (without it, any member could \
+                 hand out other bytes); --unverified takes that risk"
+            );
+        }
     }
     let digest = match &args.digest {
         Some(d) => Some(

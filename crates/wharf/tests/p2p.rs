@@ -609,6 +609,22 @@ async fn p2p_without_a_token_takes_insecure() {
             "http://127.0.0.1:1",
         ]),
     ];
+    // Through a swarm without the file's digest: refused unless asked for.
+    let out = run(&[
+        "get",
+        "http://127.0.0.1:1/f",
+        "-o",
+        "/dev/null",
+        "--scheduler",
+        "http://127.0.0.1:1",
+        "--token",
+        "t0k",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--digest") && err.contains("--unverified"),
+        "{err}"
+    );
     for out in refused {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "started without a token: {err}");

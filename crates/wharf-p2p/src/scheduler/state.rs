@@ -377,9 +377,9 @@ fn check_peer(peer: &Peer) -> Result<(), StateError> {
     if !text_ok(&peer.id, MAX_ID_LEN) {
         return Err(StateError::BadPeer(format!("id {:?}", peer.id)));
     }
-    if !text_ok(&peer.addr, MAX_ADDR_LEN) || !(peer.addr.starts_with("http://") || peer.addr.starts_with("https://")) {
+    if !text_ok(&peer.addr, MAX_ADDR_LEN) || !is_peer_address(&peer.addr) {
         return Err(StateError::BadPeer(format!(
-            "{}: address {:?} is not an http(s) URL",
+            "{}: address {:?} is not http(s)://host:port",
             peer.id, peer.addr
         )));
     }
@@ -389,6 +389,23 @@ fn check_peer(peer: &Peer) -> Result<(), StateError> {
         return Err(StateError::BadPeer(format!("{}: rack {rack:?}", peer.id)));
     }
     Ok(())
+}
+
+/// `http(s)://host:port` and nothing more: every node sends requests, with the cluster token, to the addresses
+/// peers announce, so an address with a path, a query, credentials or no port (a URL of the attacker's choosing)
+/// is refused.
+fn is_peer_address(addr: &str) -> bool {
+    let Some(rest) = addr.strip_prefix("http://").or_else(|| addr.strip_prefix("https://")) else {
+        return false;
+    };
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'),
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
 fn splitmix(mut x: u64) -> u64 {
@@ -1885,6 +1902,22 @@ mod tests {
             ..req.clone()
         };
         assert!(matches!(s.schedule(OTHER, &tiny, t), Err(StateError::BadShape(_))));
+        for addr in [
+            "http://198.18.0.9:65002/steal?x=",
+            "http://user:pw@198.18.0.9:65002",
+            "http://198.18.0.9",
+            "http://198.18.0.9:0",
+            "http://evil.example:80/#",
+        ] {
+            assert!(!is_peer_address(addr), "{addr}");
+        }
+        for addr in [
+            "http://198.18.0.9:65002",
+            "https://node-7.cluster.local:8443",
+            "http://[::1]:65002",
+        ] {
+            assert!(is_peer_address(addr), "{addr}");
+        }
         let bad_addr = ScheduleRequest {
             peer: Peer {
                 addr: "file:///etc/passwd".into(),
