@@ -126,15 +126,15 @@ mod tests {
 
     const TASK: &str = "sha256:00000000000000000000000000000000000000000000000000000000000000cc";
 
-    /// A node with one task of three 64 KiB pieces, holding none, and its peer API on a loopback port.
-    async fn node_with_task(root: &std::path::Path) -> (Arc<Task>, String) {
+    /// A node's configuration for tests: on loopback, no schedulers, no upstreams, 64 KiB pieces.
+    fn test_config(root: &std::path::Path, id: &str, load_finished: bool) -> NodeConfig {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let config = NodeConfig {
+        NodeConfig {
             root: root.to_path_buf(),
             listen: any,
             peer_listen: any,
             peer: Peer {
-                id: "n".into(),
+                id: id.into(),
                 addr: "http://127.0.0.1:1".into(),
                 rack: None,
                 seed: false,
@@ -152,8 +152,13 @@ mod tests {
             cache_bytes: 0,
             timeout: Duration::from_secs(5),
             tag_ttl: Duration::from_secs(60),
-            load_finished: true,
-        };
+            load_finished,
+        }
+    }
+
+    /// A node with one task of three 64 KiB pieces, holding none, and its peer API on a loopback port.
+    async fn node_with_task(root: &std::path::Path) -> (Arc<Task>, String) {
+        let config = test_config(root, "n", true);
         let node = crate::node::Node::new(config).unwrap();
         let origin = Origin::Url {
             client: reqwest::Client::new(),
@@ -164,7 +169,7 @@ mod tests {
         let cell = Arc::new(tokio::sync::OnceCell::new());
         assert!(cell.set(task.clone()).is_ok());
         node.tasks.lock().unwrap().insert(TASK.into(), cell);
-        let listener = tokio::net::TcpListener::bind(any).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/p2p/v1/tasks/{TASK}/pieces", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router(node)).await });
         (task, url)
@@ -247,32 +252,7 @@ mod tests {
         if let Ok(mut d) = task.digests.lock() {
             *d = digests;
         }
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let config = |load_finished| NodeConfig {
-            root: dir.path().to_path_buf(),
-            listen: any,
-            peer_listen: any,
-            peer: Peer {
-                id: "m".into(),
-                addr: "http://127.0.0.1:1".into(),
-                rack: None,
-                seed: false,
-                relays: true,
-            },
-            schedulers: vec![],
-            token: None,
-            upstreams: vec![],
-            default_upstream: None,
-            piece_len: 64 << 10,
-            concurrency: 4,
-            origin_concurrency: 1,
-            download_rate: None,
-            upload_rate: None,
-            cache_bytes: 0,
-            timeout: Duration::from_secs(5),
-            tag_ttl: Duration::from_secs(60),
-            load_finished,
-        };
+        let config = |load_finished| test_config(dir.path(), "m", load_finished);
         let writer = crate::node::Node::new(config(false)).unwrap();
         writer.finished(&task);
         let ignoring = crate::node::Node::new(config(false)).unwrap();
