@@ -1024,3 +1024,39 @@ fn compare_trees_reports_differences() {
     assert!(diffs.iter().any(|d| d.starts_with("d: ")), "{diffs:?}");
     assert!(diffs.iter().any(|d| d.starts_with("g: hardlinked")), "{diffs:?}");
 }
+
+/// Zeros cost no disk: a 64 MiB file of zeros (what a sparse tar entry reads as, and what gzip turns into a few KiB)
+/// is written as a hole, its contents intact; and a layer past `max_bytes` fails with a clear error.
+#[test]
+fn zeros_become_holes_and_a_layer_size_limit_holds() {
+    let (_tmp, root) = new_root();
+    let size = 64 << 20;
+    let zeros = vec![0u8; size];
+    let mut tail = vec![0u8; 1 << 20];
+    tail.extend_from_slice(b"end");
+    apply(
+        &root,
+        Layer::new()
+            .file("zeros", 0o644, &zeros)
+            .file("mostly-zeros", 0o644, &tail),
+    );
+    let meta = std::fs::metadata(root.join("zeros")).unwrap();
+    assert_eq!(meta.len(), size as u64);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "{} bytes allocated for a file of zeros",
+        meta.blocks() * 512
+    );
+    assert!(std::fs::read(root.join("zeros")).unwrap().iter().all(|&b| b == 0));
+    assert_eq!(std::fs::read(root.join("mostly-zeros")).unwrap(), tail);
+
+    let (_tmp, root) = new_root();
+    let opts = ApplyOptions {
+        max_bytes: Some(1 << 20),
+        ..ApplyOptions::default()
+    };
+    let layer = Layer::new().file("small", 0o644, b"fits").file("big", 0o644, &zeros);
+    let err = apply_layer(&root, &layer.bytes()[..], &opts).unwrap_err();
+    assert!(matches!(err, ApplyError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("limit of 1048576 bytes"), "{err}");
+}

@@ -49,6 +49,9 @@ pub struct ApplyOptions {
     /// `trusted.overlay.*`, `system.nfs4_acl`) are never applied; `EPERM` on `security.*`/`trusted.*` and a
     /// file system without xattrs are logged and skipped. Default: true.
     pub xattrs: bool,
+    /// Most bytes of file contents (as files' sizes, holes included) one layer may write; past it the layer fails
+    /// with [`ApplyError::TooLarge`]. Default: no limit.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for ApplyOptions {
@@ -56,6 +59,7 @@ impl Default for ApplyOptions {
         ApplyOptions {
             same_owner: sys::is_root(),
             xattrs: true,
+            max_bytes: None,
         }
     }
 }
@@ -86,6 +90,8 @@ pub enum ApplyError {
     },
     #[error("entry {path:?}: {reason}")]
     Invalid { path: String, reason: String },
+    #[error("entry {path:?}: the layer's files pass the limit of {limit} bytes")]
+    TooLarge { path: String, limit: u64 },
 }
 
 /// Applies the layer `layer` (an uncompressed tar stream) onto the directory `root`. The whole stream is read,
@@ -456,7 +462,18 @@ impl<'a> Applier<'a> {
     }
 
     /// Streams an entry's contents into `file` through the large buffer; a stream that ends early is an error.
+    /// Blocks of zeros become holes (a sparse tar entry, or zeros compressed to nothing, cost no disk), and the
+    /// layer's total stays within [`ApplyOptions::max_bytes`].
     fn copy(&mut self, from: &mut impl Read, file: &mut File, expected: u64, name: &str) -> Result<u64, ApplyError> {
+        use std::io::{Seek, SeekFrom};
+        if let Some(limit) = self.opts.max_bytes
+            && self.stats.bytes.saturating_add(expected) > limit
+        {
+            return Err(ApplyError::TooLarge {
+                path: name.to_owned(),
+                limit,
+            });
+        }
         let read_err = |cause| ApplyError::Read {
             at: format!("entry {name:?}"),
             cause,
@@ -475,8 +492,13 @@ impl<'a> Applier<'a> {
             if filled == 0 {
                 break;
             }
-            file.write_all(&self.buf[..filled])
-                .map_err(|e| io_err(name, "writing the file", e))?;
+            let chunk = &self.buf[..filled];
+            if chunk.iter().all(|&b| b == 0) {
+                file.seek(SeekFrom::Current(filled as i64))
+                    .map_err(|e| io_err(name, "writing the file", e))?;
+            } else {
+                file.write_all(chunk).map_err(|e| io_err(name, "writing the file", e))?;
+            }
             total += filled as u64;
             if filled < self.buf.len() {
                 break;
@@ -488,6 +510,8 @@ impl<'a> Applier<'a> {
                 format!("the stream ended after {total} of its {expected} bytes"),
             )));
         }
+        // A hole at the end has no bytes to write: the length says where the file ends.
+        file.set_len(total).map_err(|e| io_err(name, "writing the file", e))?;
         Ok(total)
     }
 
