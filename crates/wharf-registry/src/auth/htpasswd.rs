@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-/// A hash used when the user does not exist, so an unknown user takes as long to refuse as a wrong password.
-const DUMMY_HASH: &str = "$2y$05$JSZxk4zP3V0ehXAANXvC5erS1O6tKPolFIG1cM/BlWyJFkSOC59O2";
+/// The cost of the stand-in hash of a file without users.
+const DEFAULT_COST: u32 = 5;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{source_name}:{line}: {reason}")]
@@ -25,6 +25,9 @@ pub struct HtpasswdError {
 pub struct Htpasswd {
     users: HashMap<String, String>,
     verified: moka::sync::Cache<[u8; 32], ()>,
+    /// Checked when the user does not exist, so an unknown user takes as long to refuse as a wrong password: made at
+    /// the highest cost of the file's hashes (a fixed cheap one would tell by its speed which users exist).
+    dummy: String,
 }
 
 impl std::fmt::Debug for Htpasswd {
@@ -94,8 +97,21 @@ impl Htpasswd {
             }
             users.insert(user.to_owned(), hash.to_owned());
         }
+        let cost = users
+            .values()
+            .filter_map(|h| bcrypt_cost(h))
+            .max()
+            .unwrap_or(DEFAULT_COST);
+        let dummy = bcrypt::hash_with_salt("wharf: no such user", cost, [0x5a; 16])
+            .map(|h| h.to_string())
+            .map_err(|e| HtpasswdError {
+                source_name: source_name.to_owned(),
+                line: 0,
+                reason: format!("cannot make the stand-in hash: {e}"),
+            })?;
         Ok(Htpasswd {
             users,
+            dummy,
             verified: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(60))
@@ -118,7 +134,7 @@ impl Htpasswd {
     /// Checks a password. Blocking (bcrypt): call it off the async threads.
     pub fn verify(&self, user: &str, password: &str) -> bool {
         let Some(hash) = self.users.get(user) else {
-            let _ = bcrypt::verify(password, DUMMY_HASH);
+            let _ = bcrypt::verify(password, &self.dummy);
             return false;
         };
         let key: [u8; 32] = Sha256::new()
@@ -183,6 +199,18 @@ mod tests {
                 .unwrap()
                 .verify("carol", "pw")
         );
+    }
+
+    /// An unknown user is checked against a hash as costly as the dearest user's, so the time a refusal takes does
+    /// not tell which users exist.
+    #[test]
+    fn unknown_users_cost_as_much_as_known_ones() {
+        let dear = bcrypt::hash_with_salt("builder", 8, [7; 16]).unwrap().to_string();
+        let h = Htpasswd::parse(&format!("{ALICE}\nbob:{dear}\n"), "users").unwrap();
+        assert_eq!(bcrypt_cost(&h.dummy), Some(8));
+        assert!(!h.verify("mallory", "builder") && h.verify("bob", "builder"));
+        let empty = Htpasswd::parse("", "users").unwrap();
+        assert_eq!(bcrypt_cost(&empty.dummy), Some(DEFAULT_COST));
     }
 
     #[test]
