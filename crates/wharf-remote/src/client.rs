@@ -297,6 +297,18 @@ impl Registry {
         match challenge {
             Some(Challenge::Bearer { realm, service, .. }) => {
                 let mut url = reqwest::Url::parse(&realm).map_err(|e| fail(format!("bad realm {realm:?}: {e}")))?;
+                // Credentials go to a token realm over HTTPS, or to the registry's own host: a registry (or whoever
+                // answers for it) must not be able to send them in clear text to a host of its choosing.
+                if self.credentials.is_some()
+                    && url.scheme() != "https"
+                    && (url.host_str() != self.base.host_str()
+                        || url.port_or_known_default() != self.base.port_or_known_default())
+                {
+                    return Err(fail(format!(
+                        "the token realm {realm} is plain HTTP on another host than the registry; not sending the \
+                         credentials there"
+                    )));
+                }
                 let req = match self.credentials.as_ref().and_then(Credentials::identity_token) {
                     // An identity token is an OAuth2 refresh token: POST a form to the realm (as Docker does).
                     Some(refresh) => {

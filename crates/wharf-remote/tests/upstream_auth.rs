@@ -123,3 +123,50 @@ async fn basic_auth_flow() {
     let err = wrong.manifest("lib/app", "v1", None).await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
 }
+
+/// A registry whose challenge names a token realm on another host over plain HTTP gets no credentials sent there;
+/// the realm on the registry's own host (above) or over HTTPS does.
+#[tokio::test]
+async fn credentials_never_go_in_clear_text_to_another_host() {
+    // The token server, on another loopback address than the registry; it counts what reaches it.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let token_listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let token_addr = token_listener.local_addr().unwrap();
+    let counter = seen.clone();
+    let token_app = Router::new().fallback(any(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            r#"{"token":"T1"}"#
+        }
+    }));
+    tokio::spawn(async move { axum::serve(token_listener, token_app).await.unwrap() });
+    let registry_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry_addr = registry_listener.local_addr().unwrap();
+    let challenge = format!(r#"Bearer realm="http://{token_addr}/token",service="elsewhere""#);
+    let registry_app = Router::new().fallback(any(move || {
+        let challenge = challenge.clone();
+        async move {
+            let mut h = HeaderMap::new();
+            h.insert(header::WWW_AUTHENTICATE, challenge.parse().unwrap());
+            (StatusCode::UNAUTHORIZED, h)
+        }
+    }));
+    tokio::spawn(async move { axum::serve(registry_listener, registry_app).await.unwrap() });
+
+    let up = Upstream::new(
+        UpstreamConfig {
+            name: "r".into(),
+            url: format!("http://{registry_addr}"),
+            credentials: Some(Credentials {
+                username: "user".into(),
+                password: "secret".into(),
+            }),
+        },
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let err = up.manifest("lib/app", "v1", None).await.unwrap_err();
+    assert!(err.to_string().contains("not sending the credentials"), "{err}");
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "the credentials reached the other host");
+}
