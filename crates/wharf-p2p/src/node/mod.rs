@@ -512,6 +512,11 @@ impl Node {
                 if self.task(&b.digest).is_some() {
                     continue;
                 }
+                // A scheduler is not trusted to name what goes into an upstream URL.
+                if !wharf_oci::name::is_valid_repository(&b.repository) {
+                    tracing::warn!(repository = %b.repository, "preheat of an invalid repository name ignored");
+                    continue;
+                }
                 let repo = wharf_remote::upstream_repository(&upstream.config.name, &b.repository);
                 match self.blob_task(upstream.clone(), &repo, &digest).await {
                     Ok(_) => tracing::info!(blob = %digest, repository = %b.repository, "preheating"),

@@ -1168,10 +1168,8 @@ impl State {
             if !(b.digest.starts_with("sha256:") && proto::valid_task(&b.digest)) {
                 return Err(StateError::Invalid(format!("preheat digest {:?}", b.digest)));
             }
-            if b.repository.is_empty()
-                || b.repository.len() > MAX_ADDR_LEN
-                || b.repository.chars().any(char::is_control)
-            {
+            // It becomes part of the URL seeds fetch from: a repository name by the spec's grammar, nothing else.
+            if b.repository.len() > MAX_ADDR_LEN || !wharf_oci::name::is_valid_repository(&b.repository) {
                 return Err(StateError::Invalid(format!("preheat repository {:?}", b.repository)));
             }
         }
@@ -2017,6 +2015,16 @@ mod tests {
             blobs: vec![blob(&proto::url_task("http://x"))],
         };
         assert!(s.add_preheat(&url, t).is_err());
+        // A repository that is no repository name (it would end up in the seeds' upstream URLs).
+        for bad in ["../../v2/other/blobs", "a/b?x=1", "a#b", "A/upper", ""] {
+            let p = Preheat {
+                blobs: vec![PreheatBlob {
+                    repository: bad.into(),
+                    ..blob(TASK)
+                }],
+            };
+            assert!(s.add_preheat(&p, t).is_err(), "{bad:?}");
+        }
         s.sweep(t + Duration::from_secs(25 * 3600));
         assert!(s.preheat_for("another-seed").blobs.is_empty());
     }
