@@ -66,7 +66,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
-            wharf_registry::serve(listener, app, std::future::pending())
+            wharf_registry::serve(listener, app, Default::default(), std::future::pending())
                 .await
                 .unwrap();
         });

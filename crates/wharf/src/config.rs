@@ -177,6 +177,10 @@ pub struct Server {
     pub listen: SocketAddr,
     /// Seconds that in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_grace_secs: u64,
+    /// Connections served at once; past it, new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (slow or silent connections are closed).
+    pub header_read_timeout_secs: u64,
     /// PEM certificate chain for HTTPS; empty = plain HTTP. Read again on SIGHUP.
     pub tls_cert: PathBuf,
     /// PEM private key for `tls_cert`.
@@ -318,6 +322,8 @@ impl Default for Server {
         Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             shutdown_grace_secs: 30,
+            max_connections: 4096,
+            header_read_timeout_secs: 30,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
         }

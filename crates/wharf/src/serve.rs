@@ -192,6 +192,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, root = %root.display(), "registry started");
 
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let limits = wharf_registry::ServeLimits {
+        max_connections: config.server.max_connections,
+        header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs.max(1)),
+    };
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let stop = async move {
         shutdown_signal().await;
@@ -200,8 +204,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let server = async {
         match tls {
-            Some(tls) => crate::tls::serve(listener, wharf_registry::router(app), tls, stop, grace).await,
-            None => wharf_registry::serve(listener, app, stop)
+            Some(tls) => {
+                crate::tls::serve(
+                    listener,
+                    wharf_registry::router(app),
+                    tls,
+                    stop,
+                    grace,
+                    limits.header_read_timeout,
+                )
+                .await
+            }
+            None => wharf_registry::serve(listener, app, limits, stop)
                 .await
                 .context("server failed"),
         }

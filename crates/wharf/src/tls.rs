@@ -59,13 +59,16 @@ pub fn reload_on_sighup(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
     });
 }
 
-/// Serves `router` over TLS on `listener` until `shutdown` completes, then gives in-flight requests `grace`.
+/// Serves `router` over TLS on `listener` until `shutdown` completes, then gives in-flight requests `grace`. A client
+/// has `header_read_timeout` to send a request's headers. (The connection cap of the plain listener is not applied
+/// here yet: axum-server accepts on its own.)
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     tls: RustlsConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     grace: Duration,
+    header_read_timeout: Duration,
 ) -> anyhow::Result<()> {
     let listener = listener.into_std().context("TLS listener")?;
     let handle = axum_server::Handle::new();
@@ -74,8 +77,13 @@ pub async fn serve(
         shutdown.await;
         stopper.graceful_shutdown(Some(grace));
     });
-    axum_server::from_tcp_rustls(listener, tls)
-        .context("TLS listener")?
+    let mut server = axum_server::from_tcp_rustls(listener, tls).context("TLS listener")?;
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    server
         .handle(handle)
         .serve(router.into_make_service())
         .await

@@ -32,7 +32,7 @@ impl Server {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
-            wharf_registry::serve(listener, app, async {
+            wharf_registry::serve(listener, app, Default::default(), async {
                 let _ = rx.await;
             })
             .await
