@@ -19,8 +19,9 @@ const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+
 
 /// Runs `wharf ARGS...`; returns (success, stdout, stderr).
 fn wharf(args: &[&str]) -> (bool, String, String) {
-    // Never the developer's content store or Docker credentials.
-    let private = std::env::temp_dir().join(format!("wharf-copy-tests-{}", std::process::id()));
+    // Never the developer's content store or Docker credentials; kept under cargo's scratch directory for
+    // integration tests (target/tmp), not the system's /tmp, so runs do not pile up there.
+    let private = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("wharf-copy-tests-{}", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
         .args(args)
         .env("WHARF_STORE", private.join("store"))
