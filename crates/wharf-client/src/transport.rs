@@ -40,6 +40,9 @@ pub struct TransportOptions {
     /// Allow plain HTTP to registries that are not on a loopback address.
     pub insecure: bool,
     pub credentials: Option<Credentials>,
+    /// `rootfs:` destinations: most bytes of file contents the whole image may write (holes included); past it the
+    /// unpacking fails. `None`: no limit.
+    pub unpack_limit: Option<u64>,
 }
 
 pub fn parse_image_name(input: &str) -> Result<ImageName, Error> {
@@ -160,7 +163,11 @@ impl ImageName {
                 store.clone(),
                 Some(repo_tag(r)),
             )),
-            ImageName::Rootfs(path) => Box::new(crate::rootfs::RootfsDestination::create(path, store.clone()).await?),
+            ImageName::Rootfs(path) => Box::new(
+                crate::rootfs::RootfsDestination::create(path, store.clone())
+                    .await?
+                    .with_limit(options.unpack_limit),
+            ),
         })
     }
 }

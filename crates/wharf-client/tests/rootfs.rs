@@ -1060,3 +1060,39 @@ fn zeros_become_holes_and_a_layer_size_limit_holds() {
     assert!(matches!(err, ApplyError::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains("limit of 1048576 bytes"), "{err}");
 }
+
+/// `rootfs:` with an unpack limit: the image's layers together may write that much, no more; the layer that would
+/// pass it fails the pull with the limit named.
+#[tokio::test]
+async fn an_image_past_the_unpack_limit_fails_to_unpack() {
+    use wharf_client::{CopyOptions, TransportOptions, copy, parse_image_name};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = |seed: u8| (0..600_000u32).map(|i| (i % 251) as u8 ^ seed).collect::<Vec<u8>>();
+    let layers = vec![
+        Layer::new().file("a", 0o644, &data(1)).bytes(),
+        Layer::new().file("b", 0o644, &data(2)).bytes(),
+    ];
+    let src = tmp.path().join("src");
+    write_layout(&src, "v1", &layers);
+    let store = wharf_client::store::ContentStore::at(tmp.path().join("store"));
+    let pull = |limit: Option<u64>, into: &str| {
+        let (src, dst, store) = (
+            format!("oci:{}:v1", src.display()),
+            format!("rootfs:{}", tmp.path().join(into).display()),
+            store.clone(),
+        );
+        async move {
+            let t = TransportOptions {
+                unpack_limit: limit,
+                ..TransportOptions::default()
+            };
+            let s = parse_image_name(&src)?.open_source(&t).await?;
+            let d = parse_image_name(&dst)?.open_destination(&t, &store).await?;
+            copy(s.as_ref(), d.as_ref(), &CopyOptions::default()).await
+        }
+    };
+    let err = pull(Some(1 << 20), "limited").await.unwrap_err();
+    assert!(err.to_string().contains("limit of"), "{err}");
+    pull(Some(2 << 20), "enough").await.unwrap();
+    assert_eq!(std::fs::read(tmp.path().join("enough/b")).unwrap(), data(2));
+}

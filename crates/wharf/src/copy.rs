@@ -66,6 +66,10 @@ pub struct TransferOptions {
     /// Allow plain HTTP to registries that are not on localhost/127.0.0.0/8/::1.
     #[arg(long)]
     pub insecure: bool,
+    /// `rootfs:` destinations: most bytes of file contents the image may write, e.g. 20G (files' sizes, holes
+    /// included); past it the unpacking fails [default: no limit].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_unpack_size: Option<u64>,
     /// Credentials for the source registry.
     #[arg(long, value_name = "USER:PASSWORD", env = "WHARF_SRC_CREDS")]
     pub src_creds: Option<String>,
@@ -148,10 +152,12 @@ fn run_transfer(src: &str, dst: &str, o: &TransferOptions) -> anyhow::Result<()>
     let src_transport = TransportOptions {
         insecure: o.insecure,
         credentials: credentials(&o.src_creds, "src", &src_name)?,
+        unpack_limit: None,
     };
     let dst_transport = TransportOptions {
         insecure: o.insecure,
         credentials: credentials(&o.dest_creds, "dest", &dst_name)?,
+        unpack_limit: o.max_unpack_size,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -237,6 +243,14 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// `20G`, `512M`, `1000`: bytes, `K`/`M`/`G` powers of 1024.
+fn parse_size(text: &str) -> Result<u64, String> {
+    wharf_p2p::ratelimit::parse_rate(text)
+        .ok()
+        .filter(|_| !text.trim().ends_with("bit"))
+        .ok_or_else(|| format!("{text:?} is not a size: use e.g. 20G, 512M or a number of bytes"))
 }
 
 #[cfg(test)]

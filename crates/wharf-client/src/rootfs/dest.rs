@@ -46,6 +46,8 @@ pub struct RootfsDestination {
     root: PathBuf,
     store: ContentStore,
     plan: Mutex<Option<Plan>>,
+    /// Most bytes of file contents the image's layers may write together.
+    limit: Option<u64>,
 }
 
 impl RootfsDestination {
@@ -64,7 +66,14 @@ impl RootfsDestination {
             root: root.to_path_buf(),
             store,
             plan: Mutex::new(None),
+            limit: None,
         })
+    }
+
+    /// Bounds what the image's layers may write together (file sizes, holes included).
+    pub fn with_limit(mut self, limit: Option<u64>) -> RootfsDestination {
+        self.limit = limit;
+        self
     }
 
     fn plan(&self) -> std::sync::MutexGuard<'_, Option<Plan>> {
@@ -158,7 +167,7 @@ impl ImageDestination for RootfsDestination {
             )));
         }
         let root = self.root.clone();
-        let applier = tokio::spawn(apply_in_order(root, self.store.clone(), receivers));
+        let applier = tokio::spawn(apply_in_order(root, self.store.clone(), receivers, self.limit));
         *plan = Some(Plan {
             layers,
             senders,
@@ -321,8 +330,10 @@ async fn apply_in_order(
     root: PathBuf,
     store: ContentStore,
     sources: Vec<oneshot::Receiver<LayerSource>>,
+    limit: Option<u64>,
 ) -> Result<Vec<Digest>, Error> {
     let mut diff_ids = Vec::new();
+    let mut written = 0u64;
     for (i, rx) in sources.into_iter().enumerate() {
         let source = rx
             .await
@@ -341,24 +352,30 @@ async fn apply_in_order(
             }
         };
         let root = root.clone();
-        let diff_id = tokio::task::spawn_blocking(move || -> Result<Digest, Error> {
+        let (diff_id, bytes) = tokio::task::spawn_blocking(move || -> Result<(Digest, u64), Error> {
             let mut reader = ChannelReader {
                 rx,
                 current: Bytes::new(),
                 end: None,
             };
-            apply_layer(&root, &mut reader, &ApplyOptions::default()).map_err(|cause| Error::Unpack {
+            let options = ApplyOptions {
+                max_bytes: limit.map(|l| l.saturating_sub(written)),
+                ..ApplyOptions::default()
+            };
+            let stats = apply_layer(&root, &mut reader, &options).map_err(|cause| Error::Unpack {
                 layer: format!("{i}"),
                 cause,
             })?;
             // apply_layer reads to the end of the stream; the decompressor's last word is the diff_id.
             std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| Error::io("reading a layer", e))?;
-            reader
+            let diff_id = reader
                 .end
-                .ok_or_else(|| Error::BadOption(format!("layer {i}: the decompressor stopped early")))
+                .ok_or_else(|| Error::BadOption(format!("layer {i}: the decompressor stopped early")))?;
+            Ok((diff_id, stats.bytes))
         })
         .await
         .map_err(|e| Error::BadOption(format!("layer {i}: {e}")))??;
+        written += bytes;
         diff_ids.push(diff_id);
     }
     Ok(diff_ids)
