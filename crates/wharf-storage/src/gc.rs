@@ -12,7 +12,7 @@ use serde::Serialize;
 use wharf_oci::Digest;
 use wharf_oci::manifest::ManifestView;
 
-pub use crate::fs::gc::{RootLock, collect, collect_cached};
+pub use crate::fs::gc::{RootLock, collect, collect_cached, expire_uploads};
 
 /// What a collection does.
 #[derive(Debug, Clone)]

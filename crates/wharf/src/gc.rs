@@ -225,8 +225,50 @@ pub(crate) fn start_in_server(gc: &config::Gc, root: &Path, store: Collectable) 
             "garbage collection scheduled"
         );
         tokio::spawn(scheduled(store, opts, interval, stop.clone()));
+    } else {
+        // No collections: abandoned upload sessions would still fill the disk or the bucket. They expire on their
+        // own, checked a few times per TTL (at most hourly).
+        let ttl = Duration::from_secs(gc.upload_ttl_secs.max(1));
+        let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        tokio::spawn(expire_uploads_scheduled(store, ttl, every, stop.clone()));
     }
     Ok(InServer { stop, _lock: lock })
+}
+
+/// With garbage collection off: expires idle upload sessions every `every`.
+async fn expire_uploads_scheduled(store: Collectable, ttl: Duration, every: Duration, stop: Arc<AtomicBool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let removed = match &store {
+            Collectable::Fs(fs) => {
+                let fs = fs.clone();
+                match tokio::task::spawn_blocking(move || wharf_storage::gc::expire_uploads(fs.inner(), ttl)).await {
+                    Ok(r) => r.map_err(anyhow::Error::from),
+                    Err(e) => Err(anyhow::anyhow!("upload expiry panicked: {e}")),
+                }
+            }
+            Collectable::Object(stack) => wharf_storage::object::gc::expire_uploads(stack.object_store(), ttl)
+                .await
+                .map_err(anyhow::Error::from),
+        };
+        match removed {
+            Ok(r) if !r.is_empty() => {
+                tracing::info!(
+                    sessions = r.len(),
+                    bytes = r.iter().map(|u| u.size).sum::<u64>(),
+                    "idle upload sessions expired"
+                );
+                metrics::counter!("wharf_uploads_expired_total").increment(r.len() as u64);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "upload expiry failed"),
+        }
+    }
 }
 
 /// One collection of `store`, on a blocking thread for the filesystem.

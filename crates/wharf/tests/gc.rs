@@ -348,3 +348,35 @@ async fn wharf_gc_dry_run_lists_exactly_what_a_real_run_deletes() {
     assert_eq!(head_blob(&c, &w, "app", &kept.blobs[1].0).await, 200);
     assert_eq!(head_blob(&c, &w, "app", &dropped.blobs[1].0).await, 404);
 }
+
+/// With garbage collection off (the default), an upload session left idle past `upload_ttl_secs` still goes, and
+/// one in use stays: abandoned uploads cannot fill the disk.
+#[tokio::test]
+async fn idle_upload_sessions_expire_with_collections_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(&config, "[gc]\ninterval_secs = 0\nupload_ttl_secs = 2\n").unwrap();
+    let w = Wharf::start_with(&dir.path().join("root"), &["--config", config.to_str().unwrap()], None);
+    let c = client();
+    let start = |c: reqwest::Client| {
+        let url = w.url("/v2/team/app/blobs/uploads/");
+        async move {
+            let r = c.post(url).send().await.unwrap();
+            assert_eq!(r.status(), 202);
+            r.headers()["location"].to_str().unwrap().to_owned()
+        }
+    };
+    let idle = start(c.clone()).await;
+    let status = |location: String| {
+        let (c, url) = (c.clone(), w.url(&location));
+        async move { c.get(url).send().await.unwrap().status().as_u16() }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(idle.clone()).await != 404 {
+        assert!(Instant::now() < deadline, "the idle session was never expired");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A session created now is there.
+    let fresh = start(c.clone()).await;
+    assert_eq!(status(fresh).await, 204);
+}

@@ -65,7 +65,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use wharf_oci::Digest;
 use wharf_oci::manifest::{Descriptor, ManifestView};
@@ -87,6 +87,19 @@ const CLOCK_FILE: &str = "gc-clock";
 /// [`collect_cached`] then.
 pub fn collect(store: &FsStore, opts: &GcOptions) -> Result<GcReport> {
     run(store, opts, &NoCache, &|_| {})
+}
+
+/// Removes the upload sessions untouched for longer than `ttl` and not in use, and nothing else: what a server with
+/// garbage collection off runs so abandoned uploads do not fill the disk. Blocking.
+pub fn expire_uploads(store: &FsStore, ttl: Duration) -> Result<Vec<RemovedUpload>> {
+    let cutoff = SystemTime::now().checked_sub(ttl).unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut removed = Vec::new();
+    for id in list_dir(&store.layout().uploads())? {
+        if let Some((repository, size)) = store.expire_upload(&id, cutoff, false)? {
+            removed.push(RemovedUpload { id, repository, size });
+        }
+    }
+    Ok(removed)
 }
 
 /// [`collect`] for a store behind a [`CachedStore`]: what is deleted is forgotten by the cache too.
@@ -1077,5 +1090,25 @@ mod tests {
         for t in tags {
             assert_complete(&fs, "app", tag(&t)).await;
         }
+    }
+
+    /// With collections off, abandoned upload sessions still go: those idle past the TTL, not the fresh ones.
+    #[tokio::test]
+    async fn idle_upload_sessions_expire_without_a_collection() {
+        let (dir, fs) = store();
+        let old = fs.start_upload("a").await.unwrap();
+        fs.append_upload("a", &old.id, None, once(b"abc".to_vec()))
+            .await
+            .unwrap();
+        backdate(&fs.layout().upload_dir(&old.id), 2 * HOUR);
+        let fresh = fs.start_upload("a").await.unwrap();
+        let removed = expire_uploads(&fs, HOUR).unwrap();
+        assert_eq!(
+            removed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            [old.id.as_str()]
+        );
+        assert!(fs.upload_status("a", &old.id).await.is_err());
+        assert!(fs.upload_status("a", &fresh.id).await.is_ok());
+        drop(dir);
     }
 }
