@@ -134,6 +134,17 @@ fn layout(dir: &Path, seed: u64) -> (String, String) {
     (format!("oci:{}:v1", root.display()), digest)
 }
 
+/// `wharf push` of `src` to `dst` with alice's credentials given on the command line; must succeed.
+fn push_as_alice(dir: &Path, src: &str, dst: &str) {
+    let r = wharf(
+        dir,
+        "alice",
+        &["push", "--quiet", "--dest-creds", "alice:wonderland", src, dst],
+        "",
+    );
+    assert!(r.ok, "{}", r.stderr);
+}
+
 fn pulled_digest(dir: &Path, name: &str) -> String {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join(name).join("index.json")).unwrap()).unwrap();
@@ -315,20 +326,7 @@ async fn expired_tokens_are_refused_and_a_new_one_is_fetched() {
     let c = common::client();
     let (src, digest) = layout(dir, 3);
     // The client copes with 1 s tokens (it renews them early, and again on any 401).
-    let r = wharf(
-        dir,
-        "alice",
-        &[
-            "push",
-            "--quiet",
-            "--dest-creds",
-            "alice:wonderland",
-            &src,
-            &format!("{addr}/team/app:v1"),
-        ],
-        "",
-    );
-    assert!(r.ok, "{}", r.stderr);
+    push_as_alice(dir, &src, &format!("{addr}/team/app:v1"));
 
     let url = reg.url(&format!("/v2/team/app/manifests/{digest}"));
     let r = c.get(&url).send().await.unwrap();
@@ -480,20 +478,7 @@ async fn preheat_lists_an_image_of_a_token_auth_registry_with_the_callers_creden
     let reg = start(dir, 300);
     let addr = reg.addr.clone();
     let (src, _) = layout(dir, 7);
-    let r = wharf(
-        dir,
-        "alice",
-        &[
-            "push",
-            "--quiet",
-            "--dest-creds",
-            "alice:wonderland",
-            &src,
-            &format!("{addr}/team/app:v1"),
-        ],
-        "",
-    );
-    assert!(r.ok, "{}", r.stderr);
+    push_as_alice(dir, &src, &format!("{addr}/team/app:v1"));
 
     let mut sched = Command::new(env!("CARGO_BIN_EXE_wharf"))
         .args(["scheduler", "--listen", "127.0.0.1:0", "--token", "t0k"])
