@@ -201,10 +201,8 @@ fn merge_node(mut args: NodeArgs) -> anyhow::Result<NodeArgs> {
         anyhow::bail!("--concurrency must be at least 1");
     }
     args.peer_send_buffer = args.peer_send_buffer.or(rate("peer_send_buffer", f.peer_send_buffer)?);
-    if let Some(b) = args.peer_send_buffer
-        && !(net::MIN_SEND_BUFFER..=net::MAX_SEND_BUFFER).contains(&b)
-    {
-        anyhow::bail!("--peer-send-buffer {b}: must be between 4K and 1G");
+    if let Some(b) = args.peer_send_buffer {
+        net::check_send_buffer(b).map_err(|e| anyhow::anyhow!("--peer-send-buffer: {e}"))?;
     }
     args.tag_ttl_secs = args.tag_ttl_secs.or(f.tag_ttl_secs);
     args.insecure |= f.insecure;

@@ -9,6 +9,17 @@ use crate::P2pError;
 pub const MIN_SEND_BUFFER: u64 = 4 << 10;
 pub const MAX_SEND_BUFFER: u64 = 1 << 30;
 
+/// A peer send buffer within [`MIN_SEND_BUFFER`]..=[`MAX_SEND_BUFFER`].
+pub fn check_send_buffer(size: u64) -> Result<(), P2pError> {
+    if (MIN_SEND_BUFFER..=MAX_SEND_BUFFER).contains(&size) {
+        Ok(())
+    } else {
+        Err(P2pError::Config(format!(
+            "peer send buffer {size}: must be between 4K and 1G"
+        )))
+    }
+}
+
 fn listen_err(addr: SocketAddr) -> impl Fn(std::io::Error) -> P2pError {
     move |source| P2pError::Listen { addr, source }
 }
@@ -26,11 +37,7 @@ pub fn peer_listener(addr: SocketAddr, send_buffer: Option<u64>) -> Result<tokio
     // As `TcpListener::bind` does: a restarted node gets its port back at once.
     sock.set_reuseaddr(true).map_err(&err)?;
     if let Some(size) = send_buffer {
-        if !(MIN_SEND_BUFFER..=MAX_SEND_BUFFER).contains(&size) {
-            return Err(P2pError::Config(format!(
-                "peer send buffer {size}: must be between 4K and 1G"
-            )));
-        }
+        check_send_buffer(size)?;
         let size = u32::try_from(size).map_err(|_| P2pError::Config("peer send buffer: too large".into()))?;
         sock.set_send_buffer_size(size).map_err(&err)?;
         // The kernel caps the size at net.core.wmem_max (then doubles it, on Linux): say so rather than run with

@@ -92,14 +92,22 @@ pub fn collect(store: &FsStore, opts: &GcOptions) -> Result<GcReport> {
 /// Removes the upload sessions untouched for longer than `ttl` and not in use, and nothing else: what a server with
 /// garbage collection off runs so abandoned uploads do not fill the disk. Blocking.
 pub fn expire_uploads(store: &FsStore, ttl: Duration) -> Result<Vec<RemovedUpload>> {
-    let cutoff = SystemTime::now().checked_sub(ttl).unwrap_or(SystemTime::UNIX_EPOCH);
-    let mut removed = Vec::new();
-    for id in list_dir(&store.layout().uploads())? {
-        if let Some((repository, size)) = store.expire_upload(&id, cutoff, false)? {
-            removed.push(RemovedUpload { id, repository, size });
-        }
-    }
-    Ok(removed)
+    // The collector's own step, alone: the same rule for which sessions go.
+    let opts = GcOptions {
+        upload_ttl: ttl,
+        ..GcOptions::default()
+    };
+    let mut gc = Gc {
+        fs: store,
+        layout: store.layout(),
+        opts: &opts,
+        forget: &NoCache,
+        cutoff: SystemTime::UNIX_EPOCH,
+        marked: HashSet::new(),
+        report: GcReport::default(),
+    };
+    gc.expire_uploads()?;
+    Ok(gc.report.uploads)
 }
 
 /// [`collect`] for a store behind a [`CachedStore`]: what is deleted is forgotten by the cache too.
