@@ -104,7 +104,12 @@ pub async fn get(options: GetOptions, mut progress: impl FnMut(GetProgress)) -> 
         tag_ttl: Duration::from_secs(60),
         load_finished: false,
     })?;
-    let server = tokio::spawn(axum::serve(peer_listener, peer::router(node.clone())).into_future());
+    let server = tokio::spawn(wharf_registry::listen::serve_router(
+        peer_listener,
+        peer::router(node.clone()),
+        wharf_registry::ServeLimits::default(),
+        std::future::pending(),
+    ));
     let task = node.url_task(&url, headers, digest).await?;
     progress(GetProgress::Started { size: task.size });
     let part = output.with_extension("part");

@@ -4,7 +4,8 @@
 //! - `POST /v1/tasks/{task}/schedule` [`ScheduleRequest`] → [`ScheduleResponse`]: a source for each wanted piece.
 //! - `POST /v1/tasks/{task}/announce` [`Announce`] → 204: pieces the node now holds (with the SHA-256 of pieces it
 //!   fetched from the origin), or that it is done or gone.
-//! - `POST /v1/tasks/{task}/report` [`Report`] → 204: a peer sent a bad piece or could not be reached.
+//! - `POST /v1/tasks/{task}/report` [`Report`] → 204: a peer sent a bad piece or could not be reached, or a
+//!   published piece digest is false.
 //! - `GET /v1/tasks/{task}` → [`TaskShape`] (404 if unknown): how big a task is, for a node whose origin is down.
 //! - `GET /v1/tasks/{task}/pieces/{n}/digest?hold_ms=` → [`PieceDigest`], held up to `hold_ms` (at most
 //!   [`MAX_HOLD_MS`]) until it is known, else 404: for a piece relayed from the node fetching it from the origin.
@@ -158,6 +159,9 @@ pub struct Report {
     pub bad: String,
     pub piece: u32,
     pub reason: ReportReason,
+    /// With [`ReportReason::Forged`]: the piece's SHA-256 (hex) as the origin sent it to the reporter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// What a reported peer did (on the wire: `corrupt`, `refused`, `unreachable`).
@@ -170,6 +174,9 @@ pub enum ReportReason {
     Refused,
     /// No answer in time: gone, or a congested network.
     Unreachable,
+    /// The piece's published digest is false: the reporter fetched the piece from the origin (after the whole
+    /// content failed its digest) and got other bytes. `bad` is not used: the scheduler knows who published it.
+    Forged,
 }
 
 impl ReportReason {
@@ -179,6 +186,7 @@ impl ReportReason {
             ReportReason::Corrupt => "corrupt",
             ReportReason::Refused => "refused",
             ReportReason::Unreachable => "unreachable",
+            ReportReason::Forged => "forged",
         }
     }
 }
@@ -225,8 +233,12 @@ pub struct PeerInfo {
     pub rack: Option<String>,
     pub seed: bool,
     pub seconds_since_seen: u64,
-    /// Reported for bad pieces: never assigned again.
+    /// Reported for corrupt pieces by enough members, or caught publishing a false digest: not assigned until the
+    /// exclusion ends.
     pub excluded: bool,
+    /// Reported (unreachable, or one corrupt report): not assigned for a while.
+    #[serde(default)]
+    pub suspect: bool,
 }
 
 #[cfg(test)]

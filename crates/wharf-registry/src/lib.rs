@@ -23,6 +23,7 @@ mod dispatch;
 mod error;
 mod handlers;
 mod headers;
+pub mod listen;
 mod namespaces;
 pub mod notify;
 mod observe;
@@ -37,6 +38,7 @@ use axum::routing::{any, get};
 use wharf_storage::RegistryStore;
 
 pub use error::ApiError;
+pub use listen::ServeLimits;
 pub use namespaces::{Namespace, Namespaces};
 
 /// Settings of the HTTP API itself.
@@ -113,90 +115,13 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-/// What one listener allows: every connection counts against `max_connections` until it closes (past it, new ones
-/// wait in the kernel's backlog), and a client has `header_read_timeout` to send a request's headers, so connections
-/// that open and say nothing cannot hold the server.
-#[derive(Debug, Clone, Copy)]
-pub struct ServeLimits {
-    pub max_connections: usize,
-    pub header_read_timeout: std::time::Duration,
-}
-
-impl Default for ServeLimits {
-    fn default() -> Self {
-        ServeLimits {
-            max_connections: 4096,
-            header_read_timeout: std::time::Duration::from_secs(30),
-        }
-    }
-}
-
-/// Serves the registry on `listener` until `shutdown` completes, then lets in-flight requests finish. Written on
-/// hyper-util rather than `axum::serve`, which sets no timer (so no header-read timeout) and has no connection cap.
+/// Serves the registry on `listener` until `shutdown` completes, then lets in-flight requests finish (see
+/// [`listen::serve_router`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: App,
     limits: ServeLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
-
-    let router = router(app);
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let tcp = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    // Out of descriptors and the like: wait a moment rather than spin (as axum::serve does).
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        // Without TCP_NODELAY, a response whose headers and body leave in two writes waits ~40 ms for a delayed ACK.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        let service = TowerToHyperService::new(router.clone());
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
-        let first_byte_within = limits.header_read_timeout;
-        tokio::spawn(async move {
-            // hyper's header-read timeout starts with the first byte (before it, the protocol is still being told
-            // apart): a connection that sends nothing at all is closed here.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(first_byte_within, tcp.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return drop(permit),
-            }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    listen::serve_router(listener, router(app), limits, shutdown).await
 }

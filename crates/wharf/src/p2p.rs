@@ -105,6 +105,10 @@ pub struct SchedulerArgs {
     /// Let a node pass on a piece it is still receiving (cut-through) [default: true].
     #[arg(long, value_name = "BOOL")]
     pub relay: Option<bool>,
+    /// Take the peer addresses nodes announce as they are. By default a node's requests must come from the address
+    /// it announces, so no member can steer the others to someone else's; nodes behind NAT or a proxy need this.
+    #[arg(long)]
+    pub trust_peer_addresses: bool,
     #[arg(long)]
     pub log: Option<String>,
 }
@@ -148,6 +152,8 @@ struct SchedulerFile {
     relay: Option<bool>,
     #[serde(default)]
     insecure: bool,
+    #[serde(default)]
+    trust_peer_addresses: bool,
     log: Option<String>,
 }
 
@@ -355,6 +361,7 @@ pub fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         let config = wharf_p2p::scheduler::SchedulerConfig {
             token,
             policy,
+            trust_peer_addresses: args.trust_peer_addresses || f.trust_peer_addresses,
             ..Default::default()
         };
         println!("wharf scheduler: listening on http://{addr}");

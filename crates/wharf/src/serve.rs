@@ -182,7 +182,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None
     } else {
         let (cert, key) = (config.server.tls_cert.clone(), config.server.tls_key.clone());
-        let tls = axum_server::tls_rustls::RustlsConfig::from_config(crate::tls::server_config(&cert, &key)?);
+        let tls = crate::tls::TlsHandshake::new(crate::tls::server_config(&cert, &key)?);
         crate::tls::reload_on_sighup(tls.clone(), cert, key);
         Some(tls)
     };
@@ -203,22 +203,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = stopping_tx.send(());
     };
     let server = async {
+        let router = wharf_registry::router(app);
         match tls {
-            Some(tls) => {
-                crate::tls::serve(
-                    listener,
-                    wharf_registry::router(app),
-                    tls,
-                    stop,
-                    grace,
-                    limits.header_read_timeout,
-                )
-                .await
-            }
-            None => wharf_registry::serve(listener, app, limits, stop)
-                .await
-                .context("server failed"),
+            Some(tls) => wharf_registry::listen::serve_with(listener, router, limits, tls, stop).await,
+            None => wharf_registry::listen::serve_router(listener, router, limits, stop).await,
         }
+        .context("server failed")
     };
     let deadline = async {
         if stopping_rx.await.is_ok() {

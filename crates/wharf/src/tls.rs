@@ -1,14 +1,13 @@
 //! TLS for `wharf serve`: rustls (ring provider, TLS 1.2 and 1.3), HTTP/2 and HTTP/1.1 negotiated by ALPN, the
 //! certificate and key read from PEM files and read again on SIGHUP (a bad new pair is logged and the old one kept,
-//! so a botched renewal never takes the registry down). Served by axum-server, which does the TLS accept loop and
-//! graceful shutdown for axum routers.
+//! so a botched renewal never takes the registry down). Served by wharf's one accept loop
+//! ([`wharf_registry::listen`]) with a tokio-rustls handshake: the same connection cap and header-read timeout as
+//! the plain listener, and the handshake must end within that timeout.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context;
-use axum_server::tls_rustls::RustlsConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -34,8 +33,34 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
     Ok(Arc::new(config))
 }
 
+/// The server configuration in use: each handshake reads it, SIGHUP replaces it.
+#[derive(Clone)]
+pub struct TlsHandshake {
+    config: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+}
+
+impl TlsHandshake {
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        TlsHandshake {
+            config: Arc::new(RwLock::new(config)),
+        }
+    }
+
+    fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
+    }
+}
+
+impl wharf_registry::listen::Handshake for TlsHandshake {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    async fn handshake(&self, tcp: tokio::net::TcpStream) -> std::io::Result<Self::Io> {
+        let config = self.config.read().unwrap_or_else(PoisonError::into_inner).clone();
+        tokio_rustls::TlsAcceptor::from(config).accept(tcp).await
+    }
+}
+
 /// Reloads the certificate and key on every SIGHUP.
-pub fn reload_on_sighup(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
+pub fn reload_on_sighup(tls: TlsHandshake, cert: PathBuf, key: PathBuf) {
     tokio::spawn(async move {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => s,
@@ -47,7 +72,7 @@ pub fn reload_on_sighup(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
         while hup.recv().await.is_some() {
             match server_config(&cert, &key) {
                 Ok(c) => {
-                    tls.reload_from_config(c);
+                    tls.replace(c);
                     tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
                 }
                 Err(e) => tracing::error!(
@@ -57,35 +82,4 @@ pub fn reload_on_sighup(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
             }
         }
     });
-}
-
-/// Serves `router` over TLS on `listener` until `shutdown` completes, then gives in-flight requests `grace`. A client
-/// has `header_read_timeout` to send a request's headers. (The connection cap of the plain listener is not applied
-/// here yet: axum-server accepts on its own.)
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    tls: RustlsConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    grace: Duration,
-    header_read_timeout: Duration,
-) -> anyhow::Result<()> {
-    let listener = listener.into_std().context("TLS listener")?;
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        stopper.graceful_shutdown(Some(grace));
-    });
-    let mut server = axum_server::from_tcp_rustls(listener, tls).context("TLS listener")?;
-    server
-        .http_builder()
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    server
-        .handle(handle)
-        .serve(router.into_make_service())
-        .await
-        .context("TLS server failed")
 }

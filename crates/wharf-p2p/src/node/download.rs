@@ -63,17 +63,24 @@ pub async fn run(node: Arc<Node>, task: Arc<Task>) {
     let result = match result {
         Err(P2pError::BadContent { .. }) => {
             tracing::warn!(task = %task.id, "content failed its digest; fetching it again from the origin alone");
+            let published = task.digests.lock().map(|d| d.clone()).unwrap_or_default();
             task.reset();
-            download(&node, &task, true).await
+            let again = download(&node, &task, true).await;
+            if again.is_ok() {
+                report_forged(&node, &task, &published).await;
+            }
+            again
         }
         other => other,
     };
     metrics::gauge!("wharf_p2p_active_tasks").decrement(1.0);
     match result {
         Ok(()) => {
+            // On disk before anyone is told (the engine gets its last bytes at `Done`, then the scheduler): a node
+            // stopped right after a pull still has the blob when it starts again.
+            node.finished(&task);
             task.finish(Phase::Done);
             node.announce(&task, vec![], vec![], true).await;
-            node.finished(&task);
         }
         Err(e) => {
             tracing::warn!(task = %task.id, error = %e, "download failed");
@@ -231,6 +238,31 @@ async fn download(node: &Arc<Node>, task: &Arc<Task>, origin_only: bool) -> Resu
     verify(task).await
 }
 
+/// After the whole content failed its digest and came again from the origin alone: every piece whose digest the
+/// swarm published (`published`, as the first attempt knew them) differs from the origin's bytes is reported, so the
+/// scheduler withdraws the false digest and finds out who published it.
+async fn report_forged(node: &Arc<Node>, task: &Arc<Task>, published: &[Option<String>]) {
+    let from_origin = task.digests.lock().map(|d| d.clone()).unwrap_or_default();
+    for (n, (old, new)) in published.iter().zip(from_origin).enumerate() {
+        let (Some(old), Some(new)) = (old, new) else {
+            continue;
+        };
+        if *old == new {
+            continue;
+        }
+        tracing::warn!(task = %task.id, piece = n, published = %old, origin = %new, "a published piece digest was false");
+        metrics::counter!("wharf_p2p_forged_digests_total").increment(1);
+        let report = Report {
+            peer: node.peer.clone(),
+            bad: String::new(),
+            piece: n as u32,
+            reason: ReportReason::Forged,
+            digest: Some(new),
+        };
+        node.clients.report(&task.id, &report).await;
+    }
+}
+
 /// What one download of a task keeps from one turn of its loop to the next.
 struct Download {
     node: Arc<Node>,
@@ -366,6 +398,7 @@ impl Download {
                             bad: id,
                             piece: n,
                             reason,
+                            digest: None,
                         };
                         node.clients.report(&task.id, &report).await;
                     }

@@ -29,6 +29,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, Semaphore};
 use wharf_oci::Digest;
+use wharf_registry::listen::serve_router;
 use wharf_remote::{Upstream, UpstreamConfig};
 
 use crate::P2pError;
@@ -548,18 +549,18 @@ pub async fn serve(
     if let Some(render) = metrics {
         app = app.with_metrics(render);
     }
-    let mirror = axum::serve(mirror_listener, wharf_registry::router(app)).with_graceful_shutdown({
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.changed().await;
-        }
-    });
-    let peer = axum::serve(peer_listener, peer::router(node.clone())).with_graceful_shutdown({
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.changed().await;
-        }
-    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.changed().await;
+    };
+    // Both listeners bounded like `wharf serve`'s: a connection cap and a header-read timeout.
+    let limits = wharf_registry::ServeLimits::default();
+    let mirror = serve_router(
+        mirror_listener,
+        wharf_registry::router(app),
+        limits,
+        stopped(rx.clone()),
+    );
+    let peer = serve_router(peer_listener, peer::router(node.clone()), limits, stopped(rx.clone()));
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);

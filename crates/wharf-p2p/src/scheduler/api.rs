@@ -2,24 +2,26 @@
 //! the queued preheat blobs that seed has not announced done, as a [`Preheat`].
 //!
 //! Every `/v1` request, and `/metrics`, must carry `Authorization: Bearer <token>` when a token is configured (401
-//! otherwise); `/healthz` is open. Errors are JSON, `{"error": "..."}`: 400 for a malformed request or task id,
-//! 409 for a shape that disagrees with the swarm's.
+//! otherwise); `/healthz` is open. A request naming a peer must come from that peer's address (403 otherwise; see
+//! `check_source`). Errors are JSON, `{"error": "..."}`: 400 for a malformed request or task id, 409 for a shape
+//! that disagrees with the swarm's or a live peer's id at another address, 503 at a memory bound.
 //!
 //! Metrics (the `metrics` facade; the binary installs the exporter and passes its renderer):
 //! - `wharf_scheduler_schedule_requests_total`
 //! - `wharf_scheduler_assignments_total{source="peer"|"origin"|"wait"}`
 //! - `wharf_scheduler_announces_total`
-//! - `wharf_scheduler_reports_total{reason="corrupt"|"refused"|"unreachable"}`
+//! - `wharf_scheduler_reports_total{reason="corrupt"|"refused"|"unreachable"|"forged"}`
 //! - `wharf_scheduler_tasks`, `wharf_scheduler_live_peers` (gauges, refreshed by the sweeper)
 
 use std::fmt::Display;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{Extensions, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,7 +32,7 @@ use super::{Scheduler, StateError};
 use tokio::sync::Notify;
 
 use crate::proto::{
-    self, Announce, MAX_HOLD_MS, PieceDigest, Preheat, Report, ScheduleRequest, ScheduleResponse, Source,
+    self, Announce, MAX_HOLD_MS, Peer, PieceDigest, Preheat, Report, ScheduleRequest, ScheduleResponse, Source,
 };
 
 /// Renders the Prometheus text served at `/metrics`.
@@ -132,6 +134,46 @@ fn same_secret(a: &str, b: &str) -> bool {
         == 0
 }
 
+/// The address a peer announces must be the one its request comes from (its host resolves to the connection's
+/// source address): every node sends requests, with the cluster token, to the addresses peers announce, so a member
+/// must not name someone else's. Off with [`super::SchedulerConfig::trust_peer_addresses`] (nodes behind NAT or a
+/// proxy).
+async fn check_source(ctx: &Ctx, ext: &Extensions, peer: &Peer) -> Result<(), ApiError> {
+    if ctx.scheduler.config().trust_peer_addresses {
+        return Ok(());
+    }
+    let forbidden = |why: String| Err(ApiError(StatusCode::FORBIDDEN, why));
+    let Some(remote) = wharf_registry::listen::remote_addr(ext) else {
+        return forbidden("cannot tell where the request comes from".into());
+    };
+    let source = remote.ip().to_canonical();
+    let hostport = peer
+        .addr
+        .strip_prefix("http://")
+        .or_else(|| peer.addr.strip_prefix("https://"))
+        .unwrap_or_default();
+    let Some((host, port)) = hostport.rsplit_once(':') else {
+        return forbidden(format!("peer address {:?} is not http(s)://host:port", peer.addr));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let matches = match host.parse::<IpAddr>() {
+        Ok(ip) => ip.to_canonical() == source,
+        Err(_) => match tokio::net::lookup_host((host, port.parse::<u16>().unwrap_or(0))).await {
+            Ok(mut addrs) => addrs.any(|a| a.ip().to_canonical() == source),
+            Err(_) => false,
+        },
+    };
+    if matches {
+        Ok(())
+    } else {
+        forbidden(format!(
+            "peer {} announces address {} but connects from {source}; behind NAT or a proxy, start the scheduler \
+             with --trust-peer-addresses",
+            peer.id, peer.addr
+        ))
+    }
+}
+
 fn bearer(value: &HeaderValue) -> Option<&str> {
     let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -154,9 +196,15 @@ async fn authorize(State(ctx): State<Ctx>, request: Request, next: Next) -> Resp
     next.run(request).await
 }
 
-async fn schedule(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn schedule(
+    State(ctx): State<Ctx>,
+    Path(task): Path<String>,
+    ext: Extensions,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     check_task(&task)?;
     let req: ScheduleRequest = parse(&body)?;
+    check_source(&ctx, &ext, &req.peer).await?;
     metrics::counter!("wharf_scheduler_schedule_requests_total").increment(1);
     let hold = Duration::from_millis(u64::from(req.hold_ms.unwrap_or(0).min(MAX_HOLD_MS)));
     let answer = if hold.is_zero() {
@@ -243,9 +291,15 @@ async fn piece_digest(
     }
 }
 
-async fn announce(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes) -> Result<StatusCode, ApiError> {
+async fn announce(
+    State(ctx): State<Ctx>,
+    Path(task): Path<String>,
+    ext: Extensions,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
     check_task(&task)?;
     let a: Announce = parse(&body)?;
+    check_source(&ctx, &ext, &a.peer).await?;
     metrics::counter!("wharf_scheduler_announces_total").increment(1);
     let others = ctx.scheduler.with_state(|s, now| s.announce(&task, &a, now))?;
     ctx.scheduler.wake(&task);
@@ -255,9 +309,15 @@ async fn announce(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes)
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn report(State(ctx): State<Ctx>, Path(task): Path<String>, body: Bytes) -> Result<StatusCode, ApiError> {
+async fn report(
+    State(ctx): State<Ctx>,
+    Path(task): Path<String>,
+    ext: Extensions,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
     check_task(&task)?;
     let r: Report = parse(&body)?;
+    check_source(&ctx, &ext, &r.peer).await?;
     ctx.scheduler.with_state(|s, now| s.report(&task, &r, now))?;
     ctx.scheduler.wake(&task);
     metrics::counter!("wharf_scheduler_reports_total", "reason" => r.reason.as_str()).increment(1);
@@ -393,7 +453,8 @@ mod tests {
     fn peer(i: u32) -> Peer {
         Peer {
             id: format!("node-{i}"),
-            addr: format!("http://127.0.0.{i}:65002"),
+            // (Requests come from 127.0.0.1: the address a peer announces must be where it connects from.)
+            addr: format!("http://127.0.0.1:{}", 65000 + i),
             rack: None,
             seed: false,
             relays: true,
@@ -566,8 +627,66 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn schedule_announce_report_round_trip() {
+    async fn a_peer_must_announce_the_address_it_connects_from() {
         let s = Server::start(Some(TOKEN)).await;
+        // A client whose connections leave from 127.0.0.2.
+        let from_2 = reqwest::Client::builder()
+            .local_address(IpAddr::from([127, 0, 0, 2]))
+            .build()
+            .unwrap();
+        let announce = |addr: &str| Announce {
+            peer: Peer {
+                id: "node-x".into(),
+                addr: addr.into(),
+                rack: None,
+                seed: false,
+                relays: true,
+            },
+            shape: shape(),
+            have: vec![],
+            digests: vec![],
+            done: false,
+            gone: false,
+        };
+        let post = |a: Announce| {
+            from_2
+                .post(format!("{}/v1/tasks/{TASK}/announce", s.base))
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&a).unwrap())
+                .send()
+        };
+        // Someone else's address (every node would send it requests with the cluster token): refused.
+        let r = post(announce("http://127.0.0.3:65002")).await.unwrap();
+        assert_eq!(r.status(), 403);
+        let why = r.text().await.unwrap();
+        assert!(
+            why.contains("connects from 127.0.0.2") && why.contains("--trust-peer-addresses"),
+            "{why}"
+        );
+        // Its own: taken, and then the id is its own.
+        assert_eq!(post(announce("http://127.0.0.2:65002")).await.unwrap().status(), 204);
+        assert_eq!(post(announce("http://127.0.0.2:65003")).await.unwrap().status(), 409);
+        // A host name resolving to it will do.
+        let by_name = Announce {
+            peer: Peer {
+                id: "node-y".into(),
+                ..announce("http://localhost:65002").peer
+            },
+            ..announce("")
+        };
+        let r = s.post(&format!("/v1/tasks/{TASK}/announce"), &by_name).await;
+        assert_eq!(r.0, 204, "{}", String::from_utf8_lossy(&r.1));
+    }
+
+    #[tokio::test]
+    async fn schedule_announce_report_round_trip() {
+        // One corrupt report excludes here (the rule for several is the state's test).
+        let policy = Policy {
+            corrupt_reporters: 1,
+            ..Policy::default()
+        };
+        let s = Server::start_with(Some(TOKEN), policy).await;
         let (a, b, c) = (peer(1), peer(2), peer(3));
         let (status, body) = s
             .post(&format!("/v1/tasks/{TASK}/schedule"), &request(a.clone(), 1))
@@ -605,6 +724,7 @@ mod tests {
             bad: a.id.clone(),
             piece: 1,
             reason: ReportReason::Corrupt,
+            digest: None,
         };
         assert_eq!(s.post(&format!("/v1/tasks/{TASK}/report"), &rep).await.0, 204);
         let (_, body) = s

@@ -27,6 +27,9 @@ pub struct SchedulerConfig {
     /// The cluster token every `/v1` request must carry as `Authorization: Bearer <token>`; `None` = open.
     pub token: Option<String>,
     pub policy: Policy,
+    /// Take the addresses peers announce as they are. By default a request naming a peer must come from that
+    /// peer's address; nodes behind NAT or a proxy need this.
+    pub trust_peer_addresses: bool,
     /// How often silent peers and empty swarms are swept (and the gauges refreshed).
     pub sweep_interval: Duration,
 }
@@ -36,6 +39,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             token: None,
             policy: Policy::default(),
+            trust_peer_addresses: false,
             sweep_interval: Duration::from_secs(5),
         }
     }
@@ -46,6 +50,7 @@ impl fmt::Debug for SchedulerConfig {
         f.debug_struct("SchedulerConfig")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("policy", &self.policy)
+            .field("trust_peer_addresses", &self.trust_peer_addresses)
             .field("sweep_interval", &self.sweep_interval)
             .finish()
     }
@@ -151,7 +156,6 @@ pub async fn serve_scheduler(
     metrics: Option<MetricsRender>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), P2pError> {
-    use axum::serve::ListenerExt;
     let url = match listener.local_addr() {
         Ok(a) => format!("http://{a}"),
         Err(_) => "scheduler".to_owned(),
@@ -167,15 +171,14 @@ pub async fn serve_scheduler(
             }
         }
     });
-    // Without TCP_NODELAY, a response whose headers and body leave in two writes waits ~40 ms for a delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let result = axum::serve(listener, router(scheduler, metrics))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // Bounded like every wharf listener: a connection cap, a header-read timeout; requests carry the peer's address.
+    let result = wharf_registry::listen::serve_router(
+        listener,
+        router(scheduler, metrics),
+        wharf_registry::ServeLimits::default(),
+        shutdown,
+    )
+    .await;
     sweeper.abort();
     result.map_err(|e| P2pError::Scheduler {
         url,

@@ -36,9 +36,12 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::piece::{self, PieceSet};
+
+mod trust;
+
 use crate::proto::{
-    self, Announce, Assignment, Peer, PeerInfo, Preheat, PreheatBlob, Report, ReportReason, ScheduleRequest,
-    ScheduleResponse, Source, SwarmInfo, Swarms, TaskShape,
+    self, Announce, Assignment, Peer, PeerInfo, Preheat, PreheatBlob, ScheduleRequest, ScheduleResponse, Source,
+    SwarmInfo, Swarms, TaskShape,
 };
 
 /// Most pieces a task may have (a shape with more is refused: it would only cost memory). Nodes aim at ~1000; pieces
@@ -91,6 +94,14 @@ pub struct Policy {
     pub unreachable_reports: u32,
     /// [`State::sweep`] forgets peers not heard from for this long, and swarms without members idle as long.
     pub forget_after: Duration,
+    /// A peer is excluded (never a source, its announcements ignored) once this many different members reported it
+    /// for a corrupt piece within [`Policy::report_window`], each report backed by a transfer the scheduler
+    /// arranged from it; fewer reports only make it suspect for [`Policy::suspect_for`].
+    pub corrupt_reporters: usize,
+    /// How long a corrupt report counts.
+    pub report_window: Duration,
+    /// How long an exclusion lasts.
+    pub exclude_for: Duration,
     /// Preheat requests are dropped after this long.
     pub preheat_ttl: Duration,
 }
@@ -110,6 +121,9 @@ impl Default for Policy {
             suspect_for: Duration::from_secs(10),
             unreachable_reports: 3,
             forget_after: Duration::from_secs(600),
+            corrupt_reporters: 2,
+            report_window: Duration::from_secs(600),
+            exclude_for: Duration::from_secs(3600),
             preheat_ttl: Duration::from_secs(24 * 3600),
         }
     }
@@ -131,6 +145,9 @@ pub enum StateError {
     BadPeer(String),
     #[error("{0}")]
     Invalid(String),
+    /// Another live peer has this id at another address.
+    #[error("peer id {id:?} belongs to a live peer at {addr}")]
+    IdTaken { id: String, addr: String },
     /// A bound on the scheduler's memory was reached: try again later.
     #[error("the scheduler holds as many {0} as it may; try again later")]
     Full(&'static str),
@@ -139,7 +156,7 @@ pub enum StateError {
 impl StateError {
     /// The request contradicts the state (HTTP 409) rather than being malformed (400).
     pub fn is_conflict(&self) -> bool {
-        matches!(self, StateError::ShapeMismatch { .. })
+        matches!(self, StateError::ShapeMismatch { .. } | StateError::IdTaken { .. })
     }
 
     /// The scheduler is at a bound (HTTP 503) rather than the request being wrong.
@@ -170,8 +187,11 @@ struct PeerEntry {
     /// origin).
     reports: u32,
     last_report: Option<Instant>,
-    /// Reported for a corrupt piece: never a source again.
+    /// Reported for corrupt pieces by [`Policy::corrupt_reporters`] members, or found to have published a false
+    /// digest: not a source, its announcements ignored, while [`State::excluded`] names it.
     excluded: bool,
+    /// Its recent corrupt reports: (reporter id, when), at most one per reporter.
+    corrupt_reports: Vec<(String, Instant)>,
     /// Transfers it serves (assigned, not yet announced by their requester).
     inflight: u32,
     /// Transfers from peers it receives (assigned to it, not yet announced).
@@ -187,8 +207,13 @@ struct Lease {
 #[derive(Debug, Default)]
 struct PieceState {
     holders: Vec<Key>,
+    /// Its SHA-256, as published by `by` (see [`trust`]: a lease holder, or a node done with a blob).
     digest: Option<String>,
+    by: Option<Key>,
     lease: Option<Lease>,
+    /// A member that fetched the piece from the origin found other bytes than `digest` says: the digest was
+    /// withdrawn and the next lease holder's decides who was wrong.
+    dispute: Option<Box<trust::Dispute>>,
 }
 
 #[derive(Debug)]
@@ -331,6 +356,10 @@ impl Swarm {
                 ps.lease = None;
                 self.leases -= 1;
             }
+            if ps.by == Some(key) {
+                // (The digest stays: the key may be reused by another peer.)
+                ps.by = None;
+            }
         }
     }
 }
@@ -349,8 +378,8 @@ pub struct State {
     peers: Vec<Option<PeerEntry>>,
     free: Vec<Key>,
     ids: HashMap<String, Key>,
-    /// Ids reported for corrupt pieces, kept when their entry is swept.
-    excluded: HashSet<String>,
+    /// Excluded ids (see [`PeerEntry::excluded`]) and until when, kept when their entry is swept.
+    excluded: HashMap<String, Instant>,
     swarms: HashMap<String, Swarm>,
     /// Pieces over all swarms (see [`MAX_TOTAL_PIECES`]).
     pieces_allocated: usize,
@@ -433,9 +462,18 @@ impl PeerEntry {
         self.alive(now, ttl) && !self.suspect(now)
     }
 
-    /// Reported unreachable often enough (or refused) to count as gone while the suspicion lasts.
+    /// Reported unreachable often enough (or refused), or reported corrupt, so it counts as gone while the
+    /// suspicion lasts: its pieces are not waited for.
     fn gone(&self, now: Instant, policy: &Policy) -> bool {
-        self.suspect(now) && self.reports >= policy.unreachable_reports
+        self.suspect(now) && (self.reports >= policy.unreachable_reports || !self.corrupt_reports.is_empty())
+    }
+
+    /// `id` reported it corrupt within the report window: it is never `id`'s source meanwhile (one member's word
+    /// binds that member; it takes [`Policy::corrupt_reporters`] to bind everyone).
+    fn reported_by(&self, id: &str, now: Instant, policy: &Policy) -> bool {
+        self.corrupt_reports
+            .iter()
+            .any(|(by, at)| by == id && now.saturating_duration_since(*at) < policy.report_window)
     }
 
     /// Its pieces count as held when deciding whether the origin must serve one (else the piece waits for it).
@@ -492,6 +530,13 @@ struct Round<'a> {
 impl Round<'_> {
     fn usable(&self, k: Key) -> bool {
         usable(self.peers, k, self.now, self.policy.peer_ttl)
+    }
+
+    /// `id` reported `k` corrupt lately.
+    fn reported_by(&self, k: Key, id: &str) -> bool {
+        self.peers[k as usize]
+            .as_ref()
+            .is_some_and(|e| e.reported_by(id, self.now, self.policy))
     }
 
     fn lease_live(&self, l: &Lease) -> bool {
@@ -551,6 +596,10 @@ impl Round<'_> {
     fn candidates(&mut self, want: &[u32], receivers: &HashMap<u32, Vec<Key>>) -> Candidates {
         let me = self.me;
         let relays = self.policy.relay && speaks(self.peers, me);
+        let my_id = self.peers[me as usize]
+            .as_ref()
+            .map(|e| e.peer.id.clone())
+            .unwrap_or_default();
         let mut out = Candidates {
             by_holder: HashMap::new(),
             origin: Vec::new(),
@@ -572,7 +621,7 @@ impl Round<'_> {
                     ps.holders
                         .iter()
                         .copied()
-                        .filter(|&k| k != me && self.usable(k))
+                        .filter(|&k| k != me && self.usable(k) && !self.reported_by(k, &my_id))
                         .map(|k| (k, false)),
                 );
             }
@@ -598,10 +647,12 @@ impl Round<'_> {
                 || (ps.digest.is_some()
                     && ps.holders.iter().any(|&k| {
                         k != me
-                            && self.peers[k as usize]
-                                .as_ref()
-                                .is_some_and(|e| e.holds(self.now, self.policy))
+                            && self.peers[k as usize].as_ref().is_some_and(|e| {
+                                e.holds(self.now, self.policy) && !e.reported_by(&my_id, self.now, self.policy)
+                            })
                     }))
+                // A disputed digest is settled by a third node's fetch from the origin.
+                || ps.dispute.as_ref().is_some_and(|d| d.involves(&my_id))
             {
                 out.waits.push(p);
             } else {
@@ -731,7 +782,7 @@ impl State {
             peers: Vec::new(),
             free: Vec::new(),
             ids: HashMap::new(),
-            excluded: HashSet::new(),
+            excluded: HashMap::new(),
             swarms: HashMap::new(),
             pieces_allocated: 0,
             preheat: Vec::new(),
@@ -750,7 +801,15 @@ impl State {
     /// the scheduler says nothing of whether peers reach it).
     fn touch(&mut self, peer: &Peer, now: Instant) -> Result<Key, StateError> {
         if let Some(&key) = self.ids.get(&peer.id) {
+            let ttl = self.policy.peer_ttl;
             let e = self.peers[key as usize].as_mut().expect("a key names a live slot");
+            if e.peer.addr != peer.addr && now.saturating_duration_since(e.last_seen) < ttl {
+                // An id is its address while it lives: nobody takes over a live peer's traffic by naming it.
+                return Err(StateError::IdTaken {
+                    id: peer.id.clone(),
+                    addr: e.peer.addr.clone(),
+                });
+            }
             if e.peer != *peer {
                 e.peer = peer.clone();
             }
@@ -766,7 +825,8 @@ impl State {
             suspect_until: None,
             reports: 0,
             last_report: None,
-            excluded: self.excluded.contains(&peer.id),
+            excluded: self.excluded.get(&peer.id).is_some_and(|until| now < *until),
+            corrupt_reports: Vec::new(),
             inflight: 0,
             downloads: 0,
         };
@@ -956,19 +1016,8 @@ impl State {
         swarm.last_active = now;
         swarm.member(me);
         // Pieces whose bytes, by its own account, differ from what the swarm accepts: not a source of them.
-        let mut conflicting = HashSet::new();
-        for (p, d) in &a.digests {
-            let ps = &mut swarm.pieces[*p as usize];
-            match &ps.digest {
-                None => ps.digest = Some(d.clone()),
-                Some(known) if known != d => {
-                    tracing::warn!(task, peer = %a.peer.id, piece = p, known, announced = %d,
-                        "piece digest disagrees with the first one announced; ignored");
-                    conflicting.insert(*p);
-                }
-                Some(_) => {}
-            }
-        }
+        let trust::Verdict { conflicting, exclude } =
+            trust::accept_digests(swarm, peers, task, me, a, now, &self.policy);
         let pieces: Box<dyn Iterator<Item = u32>> = if a.done {
             Box::new(0..n)
         } else {
@@ -989,6 +1038,9 @@ impl State {
                 e.done_by.insert(a.peer.id.clone());
             }
         }
+        for (id, why) in exclude {
+            self.exclude(&id, now, task, why);
+        }
         // A holder that was at its upload cap can serve again, in any swarm it holds pieces of.
         let cap = self.policy.max_uploads_per_peer;
         released.retain(|&k| self.peers[k as usize].as_ref().is_some_and(|e| e.inflight + 1 == cap));
@@ -1002,55 +1054,6 @@ impl State {
             .filter(|(name, s)| name.as_str() != task && released.iter().any(|k| s.members.contains_key(k)))
             .map(|(name, _)| name.clone())
             .collect())
-    }
-
-    /// A peer reports another: `corrupt` excludes it everywhere for good; `unreachable` makes it suspect (not
-    /// assigned) for [`Policy::suspect_for`], and after [`Policy::unreachable_reports`] reports, or one `refused`,
-    /// it counts as gone meanwhile: its leases are void and its pieces fetched again (from the origin if nobody
-    /// else holds them).
-    pub fn report(&mut self, task: &str, r: &Report, now: Instant) -> Result<(), StateError> {
-        check_peer(&r.peer)?;
-        if r.bad.is_empty() || r.bad.len() > MAX_ID_LEN {
-            return Err(StateError::BadPeer(format!("id {:?}", r.bad)));
-        }
-        let reporter = self.touch(&r.peer, now)?;
-        if let Some(swarm) = self.swarms.get_mut(task) {
-            swarm.end_transfer(reporter, r.piece, &mut self.peers);
-        }
-        if r.bad == r.peer.id {
-            return Ok(());
-        }
-        let bad = self.ids.get(&r.bad).copied();
-        if r.reason == ReportReason::Corrupt {
-            if self.excluded.len() >= MAX_EXCLUDED {
-                tracing::warn!(peer = %r.bad, "the excluded list is full; excluded while it is known only");
-            } else if self.excluded.insert(r.bad.clone()) {
-                tracing::warn!(task, peer = %r.bad, piece = r.piece, reporter = %r.peer.id,
-                    "peer reported for a corrupt piece: excluded");
-            }
-            if let Some(k) = bad {
-                self.peers[k as usize]
-                    .as_mut()
-                    .expect("a key names a live slot")
-                    .excluded = true;
-            }
-        } else if let Some(k) = bad {
-            let e = self.peers[k as usize].as_mut().expect("a key names a live slot");
-            if e.last_report
-                .is_none_or(|last| now.saturating_duration_since(last) >= self.policy.peer_ttl)
-            {
-                e.reports = 0;
-            }
-            e.reports += 1;
-            if r.reason == ReportReason::Refused {
-                // Nothing listens there: gone, not congested.
-                e.reports = e.reports.max(self.policy.unreachable_reports);
-            }
-            e.last_report = Some(now);
-            e.suspect_until = Some(now + self.policy.suspect_for);
-            tracing::info!(task, peer = %r.bad, reporter = %r.peer.id, reports = e.reports, "peer reported unreachable");
-        }
-        Ok(())
     }
 
     /// Forgets peers not heard from for [`Policy::forget_after`], swarms without members idle as long, transfers
@@ -1087,6 +1090,7 @@ impl State {
             keep
         });
         self.pieces_allocated -= freed;
+        self.lift_exclusions(now);
         self.preheat
             .retain(|e| now.saturating_duration_since(e.added) < policy.preheat_ttl);
     }
@@ -1156,6 +1160,7 @@ impl State {
                 seed: e.peer.seed,
                 seconds_since_seen: now.saturating_duration_since(e.last_seen).as_secs(),
                 excluded: e.excluded,
+                suspect: e.suspect(now),
             })
             .collect();
         peers.sort_by(|a, b| a.id.cmp(&b.id));
@@ -1220,6 +1225,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{Report, ReportReason};
 
     const TASK: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
     const OTHER: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000002";
@@ -1268,6 +1274,7 @@ mod tests {
         format!("{p:064x}")
     }
 
+    /// `p` holds `have`, whose digests are known (as if their lease holders had published them).
     fn have(s: &mut State, p: &Peer, pieces: u64, have: &[u32], now: Instant) {
         let a = Announce {
             peer: p.clone(),
@@ -1278,16 +1285,42 @@ mod tests {
             gone: false,
         };
         s.announce(TASK, &a, now).unwrap();
+        publish(s, TASK, have);
     }
 
+    /// The digests of `pieces` of `task` are known (see `digest`), unless they are already.
+    fn publish(s: &mut State, task: &str, pieces: &[u32]) {
+        if let Some(swarm) = s.swarms.get_mut(task) {
+            for &n in pieces {
+                swarm.pieces[n as usize].digest.get_or_insert_with(|| digest(n));
+            }
+        }
+    }
+
+    /// `by` reports `bad` about piece 0, after a transfer of it from `bad` the scheduler arranged.
     fn report(s: &mut State, by: &Peer, bad: &Peer, reason: ReportReason, now: Instant) {
+        arrange(s, by, bad, 0, now);
         let r = Report {
             peer: by.clone(),
             bad: bad.id.clone(),
             piece: 0,
             reason,
+            digest: None,
         };
         s.report(TASK, &r, now).unwrap();
+    }
+
+    /// Records a transfer of `piece` from `source` to `requester`, as an assignment would.
+    fn arrange(s: &mut State, requester: &Peer, source: &Peer, piece: u32, now: Instant) {
+        let by = s.touch(requester, now).unwrap();
+        let (Some(&from), Some(swarm)) = (s.ids.get(&source.id), s.swarms.get_mut(TASK)) else {
+            return;
+        };
+        if let Some((old, _)) = swarm.inflight.insert((by, piece), (from, now)) {
+            release(&mut s.peers, by, old);
+        }
+        s.peers[from as usize].as_mut().unwrap().inflight += 1;
+        s.peers[by as usize].as_mut().unwrap().downloads += 1;
     }
 
     fn origins(r: &ScheduleResponse) -> Vec<u32> {
@@ -1565,6 +1598,7 @@ mod tests {
             bad: "p99".into(),
             piece: 3,
             reason: ReportReason::Unreachable,
+            digest: None,
         };
         s.report(TASK, &r, t).unwrap();
         assert_eq!(total(&s), 1);
@@ -1711,25 +1745,57 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_report_excludes_everywhere() {
-        let mut s = State::new(Policy::default());
+    fn corrupt_reports_from_two_members_exclude_everywhere_for_a_while() {
+        let mut s = State::new(Policy {
+            // Holders only: relays have their own tests.
+            relay: false,
+            ..Policy::default()
+        });
         let t = Instant::now();
-        let (bad, good, me) = (peer(0), peer(1), peer(2));
+        let (bad, good, me, you) = (peer(0), peer(1), peer(2), peer(3));
         have(&mut s, &bad, 2, &[0, 1], t);
         let other = Announce {
             peer: bad.clone(),
             shape: shape(2),
             have: vec![0],
-            digests: vec![(0, digest(0))],
+            digests: vec![],
             done: false,
             gone: false,
         };
         s.announce(OTHER, &other, t).unwrap();
+        publish(&mut s, OTHER, &[0]);
         have(&mut s, &good, 2, &[1], t);
+        // One report: suspect for a while (not assigned; the piece it alone holds is not waited for), not excluded.
         report(&mut s, &me, &bad, ReportReason::Corrupt, t);
         let r = ask(&mut s, &me, 2, [0, 1], t);
         assert_eq!(source_of(&r, 0), &Source::Origin);
         assert_eq!(peer_ids(&r), vec![good.id.clone()]);
+        assert!(!s.swarms(t).peers.iter().find(|p| p.id == bad.id).unwrap().excluded);
+        // Once the suspicion is over, others may use it again; the reporter never meanwhile.
+        let after = t + s.policy.suspect_for + Duration::from_secs(1);
+        have(&mut s, &bad, 2, &[0, 1], after);
+        have(&mut s, &good, 2, &[1], after);
+        let r = ask(&mut s, &peer(7), 2, [0], after);
+        assert_eq!(peer_ids(&r), vec![bad.id.clone()], "{r:?}");
+        let r = ask(&mut s, &me, 2, [0], after);
+        assert!(peer_ids(&r).is_empty(), "{r:?}");
+        // The same reporter again counts once.
+        report(&mut s, &me, &bad, ReportReason::Corrupt, t);
+        assert!(!s.swarms(t).peers.iter().find(|p| p.id == bad.id).unwrap().excluded);
+        // A report of a transfer the scheduler never arranged counts for nothing.
+        let unbacked = Report {
+            peer: you.clone(),
+            bad: bad.id.clone(),
+            piece: 1,
+            reason: ReportReason::Corrupt,
+            digest: None,
+        };
+        s.report(TASK, &unbacked, t).unwrap();
+        assert!(!s.swarms(t).peers.iter().find(|p| p.id == bad.id).unwrap().excluded);
+        // A second member's: excluded, its pieces fetched from the origin.
+        report(&mut s, &you, &bad, ReportReason::Corrupt, t);
+        let r = ask(&mut s, &me, 2, [0, 1], t);
+        assert_eq!(source_of(&r, 0), &Source::Origin);
         // In another task too, and even after it announces again.
         s.announce(OTHER, &other, t).unwrap();
         let r = s.schedule(OTHER, &request(&me, 2, [0]), t).unwrap();
@@ -1738,14 +1804,26 @@ mod tests {
         assert!(info.peers.iter().find(|p| p.id == bad.id).unwrap().excluded);
         assert!(!info.peers.iter().find(|p| p.id == good.id).unwrap().excluded);
         // Forgotten and back: still excluded.
-        s.sweep(t + Duration::from_secs(3600));
+        let later = t + Duration::from_secs(1800);
+        s.sweep(later);
         assert!(s.ids.is_empty());
-        have(&mut s, &bad, 2, &[0, 1], t + Duration::from_secs(3601));
-        assert!(s.swarms(t).peers.iter().find(|p| p.id == bad.id).unwrap().excluded);
+        have(&mut s, &bad, 2, &[0, 1], later);
+        assert!(s.swarms(later).peers.iter().find(|p| p.id == bad.id).unwrap().excluded);
         // Its lease, if it asks, protects nothing.
-        let then = t + Duration::from_secs(3601);
-        assert_eq!(origins(&ask(&mut s, &bad, 2, [0], then)), vec![0]);
-        assert_eq!(origins(&ask(&mut s, &me, 2, [0], then)), vec![0]);
+        assert_eq!(origins(&ask(&mut s, &bad, 2, [0], later)), vec![0]);
+        assert_eq!(origins(&ask(&mut s, &me, 2, [0], later)), vec![0]);
+        // The exclusion ends.
+        let much_later = t + s.policy.exclude_for + Duration::from_secs(1);
+        have(&mut s, &bad, 2, &[0, 1], much_later);
+        s.sweep(much_later);
+        assert!(
+            !s.swarms(much_later)
+                .peers
+                .iter()
+                .find(|p| p.id == bad.id)
+                .unwrap()
+                .excluded
+        );
     }
 
     #[test]
@@ -1842,7 +1920,8 @@ mod tests {
         s.announce(TASK, &liar, t).unwrap();
         assert_eq!(inflight(&s, "p0"), 0, "b's transfer is over, whatever it got");
         let r = ask(&mut s, &peer(2), 2, [0], t);
-        assert_eq!(r.digests, vec![Some(digest(0)), Some(digest(1))]);
+        // (b holds no lease on piece 1: its digest is not taken either.)
+        assert_eq!(r.digests, vec![Some(digest(0)), None]);
         // b's bytes for piece 0 are not the accepted ones: never its source, however busy a is.
         for i in 3..6 {
             assert_eq!(peer_ids(&ask(&mut s, &peer(i), 2, [0], t)), vec![a.id.clone()]);
@@ -1853,6 +1932,158 @@ mod tests {
             ..liar
         };
         assert!(matches!(s.announce(TASK, &bad, t), Err(StateError::Invalid(_))));
+    }
+
+    fn announce_digests(
+        s: &mut State,
+        task: &str,
+        p: &Peer,
+        pieces: u64,
+        digests: &[(u32, String)],
+        done: bool,
+        now: Instant,
+    ) {
+        let a = Announce {
+            peer: p.clone(),
+            shape: shape(pieces),
+            have: digests.iter().map(|(n, _)| *n).collect(),
+            digests: digests.to_vec(),
+            done,
+            gone: false,
+        };
+        s.announce(task, &a, now).unwrap();
+    }
+
+    #[test]
+    fn only_a_lease_holder_publishes_a_piece_digest() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let (a, b, c) = (peer(0), peer(1), peer(2));
+        // b never held a lease: its digests are ignored, and so its claim to hold the pieces serves nobody.
+        announce_digests(
+            &mut s,
+            TASK,
+            &b,
+            2,
+            &[(0, "f".repeat(64)), (1, "f".repeat(64))],
+            false,
+            t,
+        );
+        assert_eq!(s.piece_digest(TASK, 0), None);
+        let r = ask(&mut s, &a, 2, [0], t);
+        assert_eq!(origins(&r), vec![0], "b's claim is no source: {r:?}");
+        // a holds the lease of piece 0: its digest counts; of piece 1 (not leased) it does not.
+        announce_digests(&mut s, TASK, &a, 2, &[(0, digest(0)), (1, digest(1))], false, t);
+        assert_eq!(s.piece_digest(TASK, 0), Some(digest(0)));
+        assert_eq!(s.piece_digest(TASK, 1), None);
+        // Once known, nobody overwrites it, the lease holder included.
+        assert_eq!(origins(&ask(&mut s, &c, 2, [1], t)), vec![1]);
+        announce_digests(&mut s, TASK, &c, 2, &[(0, "e".repeat(64)), (1, digest(1))], false, t);
+        assert_eq!(s.piece_digest(TASK, 0), Some(digest(0)));
+        assert_eq!(s.piece_digest(TASK, 1), Some(digest(1)));
+        // A node done with a registry blob (it checked the whole against the task id) publishes into a swarm that
+        // knows no digest yet: a restarted node serving its cache to a new scheduler.
+        let whole: Vec<(u32, String)> = (0..2).map(|n| (n, digest(n))).collect();
+        announce_digests(&mut s, OTHER, &b, 2, &whole, true, t);
+        assert_eq!(s.piece_digest(OTHER, 1), Some(digest(1)));
+        // Not a file (no content address behind it), nor into a swarm that knows digests.
+        let url = crate::proto::url_task("http://files.invalid/f");
+        announce_digests(&mut s, &url, &b, 2, &whole, true, t);
+        assert_eq!(s.piece_digest(&url, 0), None);
+        announce_digests(&mut s, &url, &a, 2, &[], false, t);
+        let third = "sha256:0000000000000000000000000000000000000000000000000000000000000003";
+        assert_eq!(origins(&s.schedule(third, &request(&a, 2, [0]), t).unwrap()), vec![0]);
+        announce_digests(&mut s, third, &a, 2, &[(0, digest(0))], false, t);
+        announce_digests(&mut s, third, &b, 2, &[(0, digest(0)), (1, "f".repeat(64))], true, t);
+        assert_eq!(s.piece_digest(third, 1), None);
+    }
+
+    /// `publisher` leases piece 0 and publishes `published`; `reporter` fetched it from the origin (after its whole
+    /// content failed) and reports `origin` instead.
+    fn disputed(s: &mut State, publisher: &Peer, reporter: &Peer, published: &str, origin: &str, t: Instant) {
+        assert_eq!(origins(&ask(s, publisher, 1, [0], t)), vec![0]);
+        announce_digests(s, TASK, publisher, 1, &[(0, published.to_owned())], false, t);
+        announce_digests(s, TASK, reporter, 1, &[(0, origin.to_owned())], false, t);
+        let r = Report {
+            peer: reporter.clone(),
+            bad: String::new(),
+            piece: 0,
+            reason: ReportReason::Forged,
+            digest: Some(origin.to_owned()),
+        };
+        s.report(TASK, &r, t).unwrap();
+    }
+
+    #[test]
+    fn a_forged_digest_is_withdrawn_and_an_independent_lease_holder_decides() {
+        let t = Instant::now();
+        let (liar, honest, third) = (peer(0), peer(1), peer(2));
+        let (forged, real) = ("f".repeat(64), digest(0));
+        let mut s = State::new(Policy::default());
+        disputed(&mut s, &liar, &honest, &forged, &real, t);
+        assert_eq!(s.piece_digest(TASK, 0), None, "withdrawn");
+        assert!(
+            s.swarms[TASK].pieces[0].holders.is_empty(),
+            "its holders withdrawn with it"
+        );
+        // Neither party settles it.
+        assert_eq!(waits(&ask(&mut s, &liar, 1, [0], t)), vec![0]);
+        assert_eq!(waits(&ask(&mut s, &honest, 1, [0], t)), vec![0]);
+        // A third node fetches it from the origin: its digest is the reporter's, so the publisher lied.
+        assert_eq!(origins(&ask(&mut s, &third, 1, [0], t)), vec![0]);
+        announce_digests(&mut s, TASK, &third, 1, &[(0, real.clone())], false, t);
+        assert_eq!(s.piece_digest(TASK, 0), Some(real.clone()));
+        let info = s.swarms(t);
+        assert!(info.peers.iter().find(|p| p.id == liar.id).unwrap().excluded);
+        assert!(!info.peers.iter().find(|p| p.id == honest.id).unwrap().excluded);
+
+        // The other way round: a member that calls a true digest forged is the one excluded.
+        let mut s = State::new(Policy::default());
+        disputed(&mut s, &honest, &liar, &real, &forged, t);
+        assert_eq!(origins(&ask(&mut s, &third, 1, [0], t)), vec![0]);
+        announce_digests(&mut s, TASK, &third, 1, &[(0, real.clone())], false, t);
+        let info = s.swarms(t);
+        assert!(info.peers.iter().find(|p| p.id == liar.id).unwrap().excluded);
+        assert!(!info.peers.iter().find(|p| p.id == honest.id).unwrap().excluded);
+
+        // A report without grounds (the reporter is no member of the swarm, or agrees) withdraws nothing.
+        let mut s = State::new(Policy::default());
+        assert_eq!(origins(&ask(&mut s, &honest, 1, [0], t)), vec![0]);
+        announce_digests(&mut s, TASK, &honest, 1, &[(0, real.clone())], false, t);
+        let r = Report {
+            peer: liar.clone(),
+            bad: String::new(),
+            piece: 0,
+            reason: ReportReason::Forged,
+            digest: Some(forged.clone()),
+        };
+        s.report(TASK, &r, t).unwrap();
+        assert_eq!(s.piece_digest(TASK, 0), Some(real.clone()));
+        let no_digest = Report { digest: None, ..r };
+        assert!(matches!(s.report(TASK, &no_digest, t), Err(StateError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_live_peers_id_is_bound_to_its_address() {
+        let mut s = State::new(Policy::default());
+        let t = Instant::now();
+        let a = peer(0);
+        have(&mut s, &a, 1, &[0], t);
+        let thief = Peer {
+            addr: "http://10.9.9.9:65002".into(),
+            ..a.clone()
+        };
+        let e = s.schedule(TASK, &request(&thief, 1, [0]), t).unwrap_err();
+        assert!(matches!(e, StateError::IdTaken { .. }) && e.is_conflict(), "{e}");
+        // Nodes asking for piece 0 are still sent to a's real address.
+        let r = ask(&mut s, &peer(1), 1, [0], t);
+        assert!(
+            matches!(source_of(&r, 0), Source::Peer { addr, .. } if *addr == a.addr),
+            "{r:?}"
+        );
+        // Once a is dead, its id is free (a node that moved keeps its id).
+        let later = t + s.policy.peer_ttl + Duration::from_secs(1);
+        assert!(s.schedule(TASK, &request(&thief, 1, [0]), later).is_ok());
     }
 
     #[test]
@@ -2352,6 +2583,7 @@ mod tests {
             };
             s.announce(OTHER, &a, t).unwrap();
         }
+        publish(&mut s, OTHER, &(0..8).collect::<Vec<_>>());
         let r2 = s.schedule(OTHER, &other, t).unwrap();
         assert_eq!(peer_ids(&r2).len(), 1, "{r2:?}");
         // One of the first three is announced, and OTHER asks again for everything (ending its own transfer, which
