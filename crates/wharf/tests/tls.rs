@@ -154,3 +154,45 @@ async fn https_with_http2_and_a_certificate_reloaded_on_sighup() {
         "certificate A still served after the reload"
     );
 }
+
+/// The TLS listener is bounded like the plain one: a connection that never starts its handshake is closed after the
+/// header-read timeout, and past `max_connections` a new connection waits for one to close.
+#[tokio::test]
+async fn tls_connections_are_capped_and_a_silent_one_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(tmp.path(), "a");
+    let config = tmp.path().join("wharf.toml");
+    std::fs::write(&config, "[server]\nmax_connections = 1\nheader_read_timeout_secs = 1\n").unwrap();
+    let reg = Wharf::start_with(
+        &tmp.path().join("reg"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        Some(&tmp.path().join("reg.log")),
+    );
+    // It holds the only connection, saying nothing.
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(&reg.addr).await.unwrap();
+    let client = client_trusting(&tmp.path().join("a.ca"));
+    let url = format!("https://{}/v2/", reg.addr);
+    let (served, closed) = tokio::join!(status(&client, &url), async {
+        let mut buf = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+        (r, started.elapsed())
+    });
+    let (read, closed_after) = closed;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the silent connection was not closed: {read:?}");
+    assert!(closed_after < Duration::from_secs(5), "closed after {closed_after:?}");
+    assert_eq!(served.map(|s| s.0), Ok(200));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the request was served while the only connection slot was taken ({:?})",
+        started.elapsed()
+    );
+}
