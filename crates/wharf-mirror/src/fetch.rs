@@ -235,6 +235,12 @@ async fn download(
             match item {
                 Ok(chunk) => {
                     let progress = chunk.len() as u64;
+                    // Bounded by what it announced (hyper enforces Content-Length too; this holds whatever the
+                    // transport): an upstream cannot fill the disk past the size it named.
+                    if sent + progress > size.unwrap_or(0) {
+                        broke = Some(Broke::Overflow);
+                        break;
+                    }
                     hasher.update(&chunk);
                     if tx.send(chunk).await.is_err() {
                         broke = Some(Broke::Writer);
@@ -256,6 +262,7 @@ async fn download(
         match broke {
             // The writer's own error is what the caller gets (below).
             Some(Broke::Writer) => break Err("the spool writer stopped".to_owned()),
+            Some(Broke::Overflow) => break Err(format!("upstream sent more than the {expected} bytes it announced")),
             Some(Broke::Read(reason)) if resumes < MAX_RESUMES && sent < expected => {
                 resumes += 1;
                 tracing::info!(%digest, sent, expected, %reason, "upstream connection dropped; resuming with Range");
@@ -294,6 +301,8 @@ async fn download(
 
 /// Why a download's body stopped before its end.
 enum Broke {
+    /// More bytes than its Content-Length announced.
+    Overflow,
     /// The spool writer is gone (its error says why).
     Writer,
     /// Reading from the upstream failed.

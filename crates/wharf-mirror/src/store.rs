@@ -32,6 +32,21 @@ pub struct MirrorStore {
     lru: Arc<Lru>,
 }
 
+/// Whether upstream repository `repo` has blob `digest` (a HEAD).
+async fn confirm(up: &Upstream, repo: &str, digest: &Digest) -> Result<bool> {
+    let has = up
+        .blob_size(repo, digest)
+        .await
+        .map_err(|e| upstream_err(up, e))?
+        .is_some();
+    if !has {
+        metrics::counter!("wharf_mirror_unconfirmed_total").increment(1);
+        tracing::info!(repository = repo, %digest, upstream = %up.config.name,
+            "a blob cached for another repository is not in this one upstream; not served");
+    }
+    Ok(has)
+}
+
 fn upstream_err(u: &Upstream, e: RemoteError) -> StorageError {
     StorageError::Remote {
         registry: format!("{} ({})", u.config.name, u.url()),
@@ -240,8 +255,17 @@ impl MirrorStore {
             self.lru.touch(digest, b.size);
             return Ok(Some(self.counted(digest, b)));
         }
-        // Content addressed: bytes cached for another mirrored repository are the same bytes.
-        if self.cache.blob_size(digest).await?.is_some() {
+        // Content addressed: bytes cached (or on their way) for another mirrored repository are the same bytes. But a
+        // mirrored name is no capability to read what another repository pulled: served only once this repository's
+        // upstream says it has the blob. The link then records that, so it is asked once per repository and digest.
+        let mut confirmed = false;
+        if self.cache.blob_size(digest).await?.is_some() || self.fetches.size_in_flight(digest).is_some() {
+            if !confirm(&up, &repo, digest).await? {
+                return Ok(None);
+            }
+            confirmed = true;
+        }
+        if confirmed && self.cache.blob_size(digest).await?.is_some() {
             self.cache.link_blob(name, digest).await?;
             if let Some(b) = self.cache.open_blob(name, digest).await? {
                 hit("blob");
@@ -265,8 +289,14 @@ impl MirrorStore {
             })
         });
         let blob_file = self.cache.inner().layout().blob(digest);
-        let Some((fetch, coalesced)) = self.fetches.join(up, repo, digest, || blob_file.exists(), commit) else {
+        let Some((fetch, coalesced)) =
+            self.fetches
+                .join(up.clone(), repo.clone(), digest, || blob_file.exists(), commit)
+        else {
             // Finished between our cache miss and now: link it for this repository and serve it.
+            if !confirmed && !confirm(&up, &repo, digest).await? {
+                return Ok(None);
+            }
             self.cache.link_blob(name, digest).await?;
             return match self.cache.open_blob(name, digest).await? {
                 Some(b) => {
@@ -276,6 +306,10 @@ impl MirrorStore {
                 None => Err(StorageError::BlobUnknown(digest.clone())),
             };
         };
+        // Joined a fetch started (since the check above) for another repository: this one's upstream must say so too.
+        if coalesced && !confirmed && !confirm(&up, &repo, digest).await? {
+            return Ok(None);
+        }
         if coalesced {
             metrics::counter!("wharf_mirror_coalesced_total").increment(1);
         } else {
@@ -420,9 +454,8 @@ impl RegistryStore for MirrorStore {
         if let Some(s) = self.cache.repo_blob_size(repo, digest).await? {
             return Ok(Some(s));
         }
-        if let Some(s) = self.fetches.size_in_flight(digest) {
-            return Ok(Some(s));
-        }
+        // (Not the size of a fetch in flight for another repository: whether this one has the blob is the upstream's
+        // to say.)
         up.blob_size(&remote, digest).await.map_err(|e| upstream_err(&up, e))
     }
 

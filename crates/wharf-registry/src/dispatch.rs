@@ -46,13 +46,13 @@ pub async fn metrics(State(app): State<App>) -> Response {
 }
 
 /// The request path with the repository name replaced when it addresses a mirrored namespace (see
-/// `namespaces.rs`).
+/// `namespaces.rs`), and that final name.
 async fn effective_path(
     app: &App,
     path: &str,
     query: Option<&str>,
     method: &Method,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<(String, String)>, ApiError> {
     let namespaces = &app.config.namespaces;
     if namespaces.is_empty() {
         return Ok(None);
@@ -72,20 +72,22 @@ async fn effective_path(
         return Ok(None);
     };
     // `name` starts right after "/v2/".
-    Ok(Some(format!("/v2/{new_name}{}", &path[4 + name.len()..])))
+    let path = format!("/v2/{new_name}{}", &path[4 + name.len()..]);
+    Ok(Some((path, new_name)))
 }
 
 async fn route(app: App, mut req: Request) -> ApiResult {
-    // Before the namespace rewrite: access is decided on the name the client used (the name its token names).
-    if let Some(auth) = app.auth.clone() {
-        auth.check(&mut req).await?;
-    }
     let original = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let method = req.method().clone();
-    let path = effective_path(&app, &original, query.as_deref(), &method)
-        .await?
-        .unwrap_or(original);
+    let rewritten = effective_path(&app, &original, query.as_deref(), &method).await?;
+    // Access is decided on the repository the request reaches (after the namespace rewrite); a token must also name
+    // the repository the client asked for (see `auth`).
+    if let Some(auth) = app.auth.clone() {
+        auth.check(&mut req, rewritten.as_ref().map(|(_, name)| name.as_str()))
+            .await?;
+    }
+    let path = rewritten.map(|(path, _)| path).unwrap_or(original);
     let route = route::parse(&path)?;
     let m = req.method().clone();
     match (route, m) {

@@ -30,6 +30,7 @@ mod observe;
 mod pagination;
 mod range;
 mod rfc3339;
+mod sessions;
 
 use std::sync::Arc;
 
@@ -40,6 +41,7 @@ use wharf_storage::RegistryStore;
 pub use error::ApiError;
 pub use listen::ServeLimits;
 pub use namespaces::{Namespace, Namespaces};
+pub use sessions::SessionLimits;
 
 /// Settings of the HTTP API itself.
 #[derive(Debug, Clone)]
@@ -48,6 +50,8 @@ pub struct RegistryConfig {
     pub max_manifest_bytes: usize,
     /// Upstreams mirrored by the store, for routing `ns` and default-mirror requests.
     pub namespaces: Namespaces,
+    /// Open upload sessions allowed per repository.
+    pub upload_sessions: SessionLimits,
 }
 
 impl Default for RegistryConfig {
@@ -55,6 +59,7 @@ impl Default for RegistryConfig {
         RegistryConfig {
             max_manifest_bytes: 4 << 20,
             namespaces: Namespaces::default(),
+            upload_sessions: SessionLimits::default(),
         }
     }
 }
@@ -70,12 +75,15 @@ pub struct App {
     pub notifier: Option<Arc<notify::Notifier>>,
     /// Authentication and access rules; `None` = an open registry (see [`auth`]).
     pub auth: Option<Arc<auth::Auth>>,
+    /// Open upload sessions per repository (see [`SessionLimits`]).
+    sessions: Arc<sessions::Sessions>,
 }
 
 impl App {
     pub fn new(store: Arc<dyn RegistryStore>, config: RegistryConfig) -> Self {
         App {
             store,
+            sessions: Arc::new(sessions::Sessions::new(config.upload_sessions)),
             config: Arc::new(config),
             metrics: None,
             notifier: None,

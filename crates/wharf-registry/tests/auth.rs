@@ -60,9 +60,13 @@ struct Server {
 
 impl Server {
     async fn start(auth: Auth) -> Server {
+        Self::start_with(auth, RegistryConfig::default()).await
+    }
+
+    async fn start_with(auth: Auth, config: RegistryConfig) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = CachedStore::new(FsStore::open(dir.path()).unwrap(), CacheConfig::default());
-        let app = App::new(Arc::new(store), RegistryConfig::default()).with_auth(auth);
+        let app = App::new(Arc::new(store), config).with_auth(auth);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
@@ -616,4 +620,101 @@ async fn token_endpoint() {
     .await
     .unwrap();
     assert_eq!(r.status(), 400, "containerd then falls back to GET");
+}
+
+/// A mirror's namespaces (`?ns=`, the default upstream) lead a name to another repository: the rules decide on that
+/// one. Rules: anyone pulls `public/**`, bob and carol (group ci) pull `team/*`, and only carol may pull the
+/// mirrored `hub/**`; admin everything.
+#[tokio::test]
+async fn access_is_decided_on_the_repository_a_namespace_leads_to() {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let rules = Rules::new(
+        vec![
+            Rule::parse(&s(&["anonymous"]), &s(&["public/**"]), &s(&["pull"])).unwrap(),
+            Rule::parse(&s(&["group:ci"]), &s(&["team/*"]), &s(&["pull"])).unwrap(),
+            Rule::parse(&s(&["carol"]), &s(&["hub/**"]), &s(&["pull"])).unwrap(),
+        ],
+        BTreeMap::from([("ci".to_owned(), vec!["bob".to_owned(), "carol".to_owned()])]),
+        vec![],
+    )
+    .unwrap();
+    let config = || RegistryConfig {
+        namespaces: wharf_registry::Namespaces {
+            upstreams: vec![wharf_registry::Namespace {
+                name: "hub".into(),
+                aliases: vec!["hub.example".into()],
+            }],
+            default: Some("hub".into()),
+        },
+        ..RegistryConfig::default()
+    };
+    // htpasswd: the rules on the final name.
+    let srv = Server::start_with(Auth::htpasswd(htpasswd(), rules.clone(), "wharf".into()), config()).await;
+    let get = |path: &str, user: Option<&str>| {
+        let mut r = srv.client.get(srv.url(path));
+        if let Some(u) = user {
+            r = r.basic_auth(u, Some(format!("{u}-pw")));
+        }
+        r.send()
+    };
+    // bob may pull team/app, but not the mirrored hub/team/app that ?ns= (or an alias) makes of it.
+    assert_eq!(
+        get("/v2/team/app/manifests/v1?ns=hub", Some("bob"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        get("/v2/team/app/manifests/v1?ns=hub.example", Some("bob"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    // Anonymous may pull public/**, not hub/public/x, where the default upstream sends a name no local repository has.
+    assert_eq!(get("/v2/public/x/manifests/v1", None).await.unwrap().status(), 401);
+    // carol may: the request gets through to the store (which has no such manifest).
+    assert_eq!(
+        get("/v2/team/app/manifests/v1?ns=hub", Some("carol"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        get("/v2/hub/team/app/manifests/v1", Some("carol"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        get("/v2/public/x/manifests/v1", Some("carol")).await.unwrap().status(),
+        404
+    );
+
+    // Token mode: a token names the client's name; the rules still decide on the final one.
+    let auth = Auth::token_issuer(htpasswd(), issuer(300), rules, "wharf".into(), None);
+    let srv = Server::start_with(auth, config()).await;
+    let scope = "repository:team/app:pull";
+    let with = |token: String, path: &str| srv.client.get(srv.url(path)).bearer_auth(token).send();
+    let bobs = srv.token(Some("bob"), &[scope]).await;
+    // (No local team/app: the default upstream takes the read, so hub/team/app is where it leads even without ns.)
+    assert_eq!(
+        with(bobs.clone(), "/v2/team/app/manifests/v1").await.unwrap().status(),
+        403
+    );
+    assert_eq!(
+        with(bobs, "/v2/team/app/manifests/v1?ns=hub").await.unwrap().status(),
+        403
+    );
+    let carols = srv.token(Some("carol"), &[scope]).await;
+    assert_eq!(
+        with(carols, "/v2/team/app/manifests/v1?ns=hub").await.unwrap().status(),
+        404
+    );
+    // The issuer grants a name whose mirrored form the rules allow: carol's token for public/x (hub/public/x).
+    let carols = srv.token(Some("carol"), &["repository:other/x:pull"]).await;
+    assert_eq!(with(carols, "/v2/other/x/manifests/v1").await.unwrap().status(), 404);
 }

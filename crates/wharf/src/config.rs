@@ -181,6 +181,9 @@ pub struct Server {
     pub max_connections: usize,
     /// Seconds a client has to send a request's headers (slow or silent connections are closed).
     pub header_read_timeout_secs: u64,
+    /// Upload sessions open at once in one repository (untouched ones stop counting after [gc] upload_ttl_secs);
+    /// past it a new one gets 429 TOOMANYREQUESTS.
+    pub max_upload_sessions_per_repository: usize,
     /// PEM certificate chain for HTTPS; empty = plain HTTP. Read again on SIGHUP.
     pub tls_cert: PathBuf,
     /// PEM private key for `tls_cert`.
@@ -324,6 +327,7 @@ impl Default for Server {
             shutdown_grace_secs: 30,
             max_connections: 4096,
             header_read_timeout_secs: 30,
+            max_upload_sessions_per_repository: 1000,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
         }

@@ -149,6 +149,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         RegistryConfig {
             max_manifest_bytes: config.limits.max_manifest_bytes,
             namespaces,
+            upload_sessions: wharf_registry::SessionLimits {
+                per_repository: config.server.max_upload_sessions_per_repository,
+                idle: Duration::from_secs(config.gc.upload_ttl_secs.max(1)),
+            },
         },
     )
     .with_metrics(Arc::new(move || prometheus.render()));

@@ -391,3 +391,56 @@ async fn small_blobs_pulled_cold_in_parallel_never_404() {
         }
     }
 }
+
+/// Bytes cached for one mirrored repository reach another mirrored name only if that repository's upstream says it
+/// has the blob: a name one may pull is no pass to what another repository pulled, nor (by a mount) a way to copy it
+/// into a local repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_cached_for_one_repository_reaches_another_only_if_its_upstream_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let o = origin(dir.path());
+    let img = push_image(&c, &o, "library/app", "v1", 21, &[3000]).await;
+    push_image(&c, &o, "other/thing", "v1", 22, &[4000]).await;
+    // Same seed, same blobs: this repository has them too.
+    push_image(&c, &o, "shared/app", "v1", 21, &[3000]).await;
+    let up = format!("http://{}", o.addr);
+    let m = mirror(dir.path(), &["--upstream", &format!("hub={up}")]);
+    pull(&c, &m, "hub/library/app", "v1", "", &img).await;
+    let (layer, _) = img.blobs.iter().find(|(_, b)| b.len() == 3000).unwrap();
+
+    for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+        for path in [
+            format!("/v2/hub/other/thing/blobs/{layer}"),
+            format!("/v2/other/thing/blobs/{layer}?ns=hub"),
+        ] {
+            let r = c.request(method.clone(), m.url(&path)).send().await.unwrap();
+            assert_eq!(r.status(), 404, "{method} {path}");
+        }
+    }
+    // Nor mounted from there into a local repository: a plain upload starts instead.
+    let r = c
+        .post(m.url(&format!("/v2/mine/z/blobs/uploads/?mount={layer}&from=hub/other/thing")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = c
+        .head(m.url(&format!("/v2/mine/z/blobs/{layer}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A repository that has it upstream gets the cached bytes after a HEAD, without a second download.
+    let r = c
+        .get(m.url(&format!("/v2/hub/shared/app/blobs/{layer}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(Digest::sha256_of(&r.bytes().await.unwrap()).to_string(), *layer);
+    assert_eq!(origin_hits(&o, "HEAD", &format!("/v2/shared/app/blobs/{layer}")), 1);
+    assert_eq!(origin_hits(&o, "GET", &format!("/v2/shared/app/blobs/{layer}")), 0);
+    assert_eq!(origin_hits(&o, "GET", &format!("/v2/library/app/blobs/{layer}")), 1);
+}

@@ -187,7 +187,10 @@ async fn tls_connections_are_capped_and_a_silent_one_is_closed() {
         (r, started.elapsed())
     });
     let (read, closed_after) = closed;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the silent connection was not closed: {read:?}");
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent connection was not closed: {read:?}"
+    );
     assert!(closed_after < Duration::from_secs(5), "closed after {closed_after:?}");
     assert_eq!(served.map(|s| s.0), Ok(200));
     assert!(

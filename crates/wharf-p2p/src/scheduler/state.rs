@@ -1,8 +1,8 @@
 //! The scheduler's state machine: pure, synchronous, no I/O; the caller passes the time in, so tests move the clock.
 //!
 //! What it knows is soft: peers (by id, with when they were last heard from and how many transfers they are
-//! serving), and per task (swarm) which member holds which piece, each piece's SHA-256 (the first one announced
-//! wins), its origin lease, and the transfers in flight. Everything is learnt again from announcements after a
+//! serving), and per task (swarm) which member holds which piece, each piece's SHA-256 (published by its origin-lease
+//! holder: see [`trust`] for who is believed about what), its origin lease, and the transfers in flight. Everything is learnt again from announcements after a
 //! restart or a failover.
 //!
 //! Policy ([`State::schedule`]), for the pieces a node wants (at most [`ScheduleRequest::slots`] transfers started):

@@ -136,7 +136,16 @@ async fn handle(app: App, req: Request) -> Result<Response, ApiError> {
                 Vec::new()
             }
         } else {
-            let allowed = rules.allowed(&who, &asked.name);
+            // A name may reach a mirrored repository (`?ns=`, the default upstream), which the token request does
+            // not say: granted if the rules allow it or one of those; the registry checks the one the request
+            // reaches.
+            let allowed = app
+                .config
+                .namespaces
+                .upstreams
+                .iter()
+                .map(|u| rules.allowed(&who, &format!("{}/{}", u.name, asked.name)))
+                .fold(rules.allowed(&who, &asked.name), Actions::union);
             let set: Actions = token::actions_of(&asked.actions).intersect(allowed);
             set.iter().map(|a| a.as_str().to_owned()).collect()
         };

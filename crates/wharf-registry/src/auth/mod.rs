@@ -156,11 +156,14 @@ impl Auth {
             .map(str::trim)
             .filter(|p| *p == "http" || *p == "https");
         let scheme = proto.unwrap_or(if self.https { "https" } else { "http" });
+        // The name the client reached this server by: it goes back to that client only, and only as a host[:port]
+        // (nothing that could bend the challenge or the URL). Behind a proxy, or to pin it, set [auth] realm.
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .or_else(|| uri.authority().map(|a| a.to_string()))
+            .filter(|h| is_host_port(h))
             .unwrap_or_else(|| "localhost".into());
         format!("{scheme}://{host}/auth/token")
     }
@@ -220,12 +223,24 @@ impl Auth {
         }
     }
 
-    /// What `caller` may do to `repository`.
-    fn allowed(&self, caller: &Caller, repository: &str) -> Actions {
-        let anonymous = self.rules.allowed(&Identity::Anonymous, repository);
+    /// What `caller` may do to `repository`, which the request reaches as `target` (the name after a mirror's
+    /// namespace rewrite; the same name otherwise). The rules decide on `target`; a token must name `repository`
+    /// (what the client asked a token for), and where wharf issues the tokens, the rules must allow `target` too (a
+    /// token for a name is no pass to wherever `?ns=` leads it).
+    fn allowed(&self, caller: &Caller, repository: &str, target: &str) -> Actions {
+        let anonymous = self.rules.allowed(&Identity::Anonymous, target);
         match &caller.token {
-            Some(access) => token::granted(access, repository).union(anonymous),
-            None => self.rules.allowed(&caller.who, repository),
+            Some(access) => {
+                let granted = token::granted(access, repository);
+                let granted = match &self.mode {
+                    Mode::TokenIssuer { .. } if repository != target => {
+                        granted.intersect(self.rules.allowed(&caller.who, target))
+                    }
+                    _ => granted,
+                };
+                granted.union(anonymous)
+            }
+            None => self.rules.allowed(&caller.who, target),
         }
     }
 
@@ -240,9 +255,9 @@ impl Auth {
         }
     }
 
-    /// Checks a `/v2` request before it is routed. May rewrite a cross-repository mount the caller cannot read
-    /// from into a plain upload start.
-    pub(crate) async fn check(&self, req: &mut Request) -> Result<(), ApiError> {
+    /// Checks a `/v2` request before it is routed; `target` is the repository it reaches when a namespace rewrite
+    /// changed its name. May rewrite a cross-repository mount the caller cannot read from into a plain upload start.
+    pub(crate) async fn check(&self, req: &mut Request, target: Option<&str>) -> Result<(), ApiError> {
         let path = req.uri().path().to_owned();
         let Ok(route) = wharf_oci::route::parse(&path) else {
             // Not an API path: the router answers 404/400 without touching any repository.
@@ -272,9 +287,10 @@ impl Auth {
                 }
             }
             Need::Repo { name, action } => {
-                if !self.allowed(&caller, name).contains(*action) {
-                    if self.denied_for_good(&caller, |who| self.rules.allowed(who, name).contains(*action)) {
-                        tracing::info!(user = caller.who.name(), repository = %name, action = %action, "access denied");
+                let target = target.unwrap_or(name);
+                if !self.allowed(&caller, name, target).contains(*action) {
+                    if self.denied_for_good(&caller, |who| self.rules.allowed(who, target).contains(*action)) {
+                        tracing::info!(user = caller.who.name(), repository = %target, action = %action, "access denied");
                         return Err(denied(&need));
                     }
                     return Err(self.unauthorized(req, &need, caller.scope_error(), "authentication required"));
@@ -299,7 +315,7 @@ impl Auth {
         }
         let from = pairs.iter().find(|(k, _)| k == "from").map(|(_, v)| v.as_str());
         if let Some(from) = from
-            && self.allowed(caller, from).contains(Action::Pull)
+            && self.allowed(caller, from, from).contains(Action::Pull)
         {
             return;
         }
@@ -506,8 +522,42 @@ pub fn parse_authorization(value: &[u8]) -> Option<Credentials> {
     None
 }
 
+/// `host`, `host:port`, `[v6]` or `[v6]:port`, with a host of letters, digits, dots and dashes.
+fn is_host_port(s: &str) -> bool {
+    let (host, port) = match s.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, after)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => ("v6", after.strip_prefix(':')),
+            _ => return false,
+        },
+        None => match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_realm_host_is_a_host_and_port_and_nothing_else() {
+        for ok in [
+            "registry",
+            "registry.example:5000",
+            "127.0.0.1:80",
+            "[::1]:5000",
+            "[::1]",
+        ] {
+            assert!(super::is_host_port(ok), "{ok}");
+        }
+        for bad in ["", "evil\",x=\"", "a/b", "a b", "a:port", "[zz]:1", "host:1:2", "a@b"] {
+            assert!(!super::is_host_port(bad), "{bad}");
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -67,7 +67,7 @@ pub async fn post(app: &App, name: &str, req: Request) -> ApiResult {
             app.store.link_blob(name, &digest).await?;
             return Ok(created(name, &digest));
         }
-        let status = app.store.start_upload(name).await?;
+        let status = start(app, name).await?;
         return Ok(in_progress(name, &status, StatusCode::ACCEPTED));
     }
     if let Some(d) = param(query, "digest") {
@@ -75,8 +75,20 @@ pub async fn post(app: &App, name: &str, req: Request) -> ApiResult {
         app.store.put_blob(name, &digest, body_stream(req)).await?;
         return Ok(created(name, &digest));
     }
-    let status = app.store.start_upload(name).await?;
+    let status = start(app, name).await?;
     Ok(in_progress(name, &status, StatusCode::ACCEPTED))
+}
+
+/// A new session, within the repository's bound on open sessions (past it, cancelled and refused).
+async fn start(app: &App, name: &str) -> Result<UploadStatus, ApiError> {
+    let status = app.store.start_upload(name).await?;
+    if let Err(e) = app.sessions.opened(name, &status.id) {
+        if let Err(cancel) = app.store.cancel_upload(name, &status.id).await {
+            tracing::warn!(repository = name, error = %cancel, "cannot cancel a refused upload session");
+        }
+        return Err(e);
+    }
+    Ok(status)
 }
 
 pub async fn status(app: &App, name: &str, id: &str) -> ApiResult {
@@ -108,6 +120,7 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 pub async fn patch(app: &App, name: &str, id: &str, req: Request) -> ApiResult {
     let start = chunk_start(req.headers())?;
     let status = app.store.append_upload(name, id, start, body_stream(req)).await?;
+    app.sessions.touched(name, id);
     Ok(in_progress(name, &status, StatusCode::ACCEPTED))
 }
 
@@ -121,10 +134,12 @@ pub async fn put(app: &App, name: &str, id: &str, req: Request) -> ApiResult {
         app.store.append_upload(name, id, start, body_stream(req)).await?;
     }
     app.store.commit_upload(name, id, &digest).await?;
+    app.sessions.closed(name, id);
     Ok(created(name, &digest))
 }
 
 pub async fn delete(app: &App, name: &str, id: &str) -> ApiResult {
     app.store.cancel_upload(name, id).await?;
+    app.sessions.closed(name, id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
