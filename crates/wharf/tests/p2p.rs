@@ -273,6 +273,80 @@ async fn a_corrupt_peer_is_caught_reported_and_avoided() {
     assert_eq!(flagged[0]["id"].as_str(), Some(bad_id.as_str()), "{swarms}");
 }
 
+/// `GET /v1/swarms` of scheduler `s`.
+async fn swarms(c: &reqwest::Client, s: &Proc) -> serde_json::Value {
+    let body = c
+        .get(format!("{}/v1/swarms", s.url(0)))
+        .bearer_auth("t0k")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Pulls until a pull is whole and right (a first one may be cut short: see the caller), for at most 30 s.
+async fn pull_until_whole(c: &reqwest::Client, node: &Proc, img: &common::Image) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let last = pull_all(c, node, img).await;
+        if last.is_ok() || std::time::Instant::now() > deadline {
+            return last;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_forging_piece_digests_with_its_leases_is_caught_by_the_origin_and_excluded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Wharf::start_with(&tmp.path().join("origin"), &[], Some(&tmp.path().join("origin.log")));
+    let c = common::client();
+    let img = common::push_image(&c, &origin, "p2p/app", "v1", 12, &[3 * MIB, 2 * MIB]).await;
+    let s = scheduler(tmp.path(), "sched");
+    // The forger fetches everything from the origin under its leases, publishes the digests of bytes it flipped,
+    // and serves those bytes: each piece matches its published digest, the whole blob does not.
+    let forger = node(tmp.path(), "forger", &origin, &[&s], &[("WHARF_P2P_FAULT", "forge")]);
+    pull_all(&c, &forger, &img)
+        .await
+        .expect("the forger pulls from the origin");
+    // g0 takes the forged pieces: its whole-blob check fails, the engine's response is cut short (never a whole
+    // wrong blob), g0 fetches the blob again from the origin and reports the false digests.
+    let g0 = node(tmp.path(), "g0", &origin, &[&s], &[]);
+    pull_until_whole(&c, &g0, &img)
+        .await
+        .expect("g0 ends with the right bytes");
+    let forged = metric(&metrics(&c, &g0).await, "wharf_p2p_forged_digests_total", "");
+    assert!(forged >= 1.0, "g0 reported no forged digest");
+    // The digests are withdrawn; g1 (neither the publisher nor the reporter) fetches those pieces from the origin,
+    // and its digests say who lied.
+    let g1 = node(tmp.path(), "g1", &origin, &[&s], &[]);
+    pull_until_whole(&c, &g1, &img).await.expect("g1 pulls");
+    let view = swarms(&c, &s).await;
+    let id_of = |p: &Proc| {
+        p.lines[1]
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .trim_start_matches("http://")
+            .to_owned()
+    };
+    let excluded: Vec<&str> = view["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["excluded"] == true)
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(excluded, vec![id_of(&forger).as_str()], "{view}");
+    assert!(
+        metric(&metrics(&c, &g1).await, "wharf_p2p_forged_digests_total", "") == 0.0,
+        "g1 met a forged digest: it should have had the origin's"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pulls_finish_when_the_scheduler_dies_and_when_the_origin_stops() {
     let tmp = tempfile::tempdir().unwrap();

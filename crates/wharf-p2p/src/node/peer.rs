@@ -98,16 +98,30 @@ fn paced(
 }
 
 /// A fault switch for tests, compiled into debug builds only: `WHARF_P2P_FAULT=corrupt` makes this node serve
-/// pieces with one byte flipped.
+/// pieces with one byte flipped; `forge` also publishes, for the pieces it fetches from the origin, the digests of
+/// those flipped bytes (a member lying with its lease).
 #[cfg(debug_assertions)]
-mod fault {
+pub(crate) mod fault {
+    fn is(name: &str) -> bool {
+        std::env::var("WHARF_P2P_FAULT").as_deref() == Ok(name)
+    }
+
     pub fn apply(mut data: Vec<u8>) -> Vec<u8> {
-        if std::env::var("WHARF_P2P_FAULT").as_deref() == Ok("corrupt")
+        if (is("corrupt") || is("forge"))
             && let Some(b) = data.first_mut()
         {
             *b ^= 0xff;
         }
         data
+    }
+
+    /// The digest a forging node publishes for a piece it fetched.
+    pub fn published_digest(data: &[u8], digest: String) -> String {
+        if is("forge") {
+            wharf_oci::Digest::sha256_of(&apply(data.to_vec())).hex().to_owned()
+        } else {
+            digest
+        }
     }
 }
 
