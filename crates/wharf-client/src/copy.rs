@@ -95,6 +95,20 @@ pub struct CopyReport {
     pub bytes_mounted: u64,
     /// Layers compressed on the way (their digests at the destination differ from the source's).
     pub layers_compressed: usize,
+    /// Each uncompressed layer of the source and what became of it: "skipped" (the destination had it compressed),
+    /// "mounted" (from another repository of the registry), "compressed" (compressed and sent).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerReport>,
+}
+
+/// What became of one uncompressed layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    pub diff_id: String,
+    /// The compressed blob the manifest names.
+    pub digest: String,
+    pub size: u64,
+    pub outcome: &'static str,
 }
 
 pub(crate) enum Outcome {
@@ -155,10 +169,10 @@ pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &Copy
         .try_collect()
         .await?;
 
-    // Source digest → compressed descriptor, for the layers compressed on the way.
+    // Source digest → compressed descriptor, for the layers compressed on the way (or found compressed).
     let replaced: HashMap<_, _> = outcomes
         .iter()
-        .filter(|(o, _, _)| matches!(o, Outcome::Compressed))
+        .filter(|(_, source, stored)| stored.digest != source.digest)
         .map(|(_, source, stored)| (source.digest.clone(), stored.clone()))
         .collect();
     let top = put_manifests(dst, &manifests, &replaced).await?;
@@ -170,7 +184,15 @@ pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &Copy
         bytes_moved: moved.load(Ordering::Relaxed),
         ..CopyReport::default()
     };
-    for (outcome, source, _) in outcomes {
+    for (outcome, source, stored) in outcomes {
+        if convert.contains(&source.digest) {
+            report.layers.push(LayerReport {
+                diff_id: source.digest.to_string(),
+                digest: stored.digest.to_string(),
+                size: stored.size,
+                outcome: outcome.name(),
+            });
+        }
         report.count(outcome, source.size);
     }
     Ok(report)
@@ -357,6 +379,9 @@ async fn copy_blob(
     opts: &CopyOptions,
     moved: Arc<AtomicU64>,
 ) -> Result<(Outcome, Descriptor), Error> {
+    if convert && let Some(found) = existing_layer(dst, desc, opts).await? {
+        return Ok(found);
+    }
     if !convert {
         if dst.has_blob(desc).await? {
             tracing::debug!(digest = %desc.digest, "blob already at the destination");
@@ -408,6 +433,73 @@ async fn copy_blob(
     }
 }
 
+/// A layer about to be compressed (`desc` is its uncompressed form: its digest is the diff_id) that the destination
+/// may hold already, compressed: the forms the local record knows, then the ones the destination's layer index
+/// reports. Each is checked with a HEAD (then skipped) or mounted from a repository of the same registry; only the
+/// compression asked for is taken. `None`: compress and send it.
+async fn existing_layer(
+    dst: &dyn ImageDestination,
+    desc: &Descriptor,
+    opts: &CopyOptions,
+) -> Result<Option<(Outcome, Descriptor)>, Error> {
+    let wanted = opts.compression.layer_media_type(&desc.media_type);
+    let fits = |d: &Descriptor| same_compression(&d.media_type, &wanted) && d.size > 0;
+    let stored = |found: &Descriptor| {
+        let mut stored = desc.clone();
+        stored.digest = found.digest.clone();
+        stored.size = found.size;
+        stored.media_type = found.media_type.clone();
+        stored
+    };
+    let target = dst.mount_target();
+    if let Some(hints) = &opts.hints {
+        for form in hints.layer(&desc.digest).await.into_iter().filter(|d| fits(d)) {
+            if dst.has_blob(&form).await? {
+                tracing::debug!(diff_id = %desc.digest, digest = %form.digest, "layer already there (local record)");
+                return Ok(Some((Outcome::Skipped, stored(&form))));
+            }
+            if let Some(target) = &target
+                && let Some(repository) = hints.lookup(&target.registry, &form.digest).await
+                && mount(dst, &form, target, repository).await?
+            {
+                tracing::debug!(diff_id = %desc.digest, digest = %form.digest, "layer mounted (local record)");
+                return Ok(Some((Outcome::Mounted, stored(&form))));
+            }
+        }
+    }
+    for known in dst.known_layers(&desc.digest).await.into_iter().filter(|k| fits(&k.blob)) {
+        let in_place = target.as_ref().is_some_and(|t| known.repository.as_deref() == Some(t.repository.as_str()));
+        if in_place && dst.has_blob(&known.blob).await? {
+            tracing::debug!(diff_id = %desc.digest, digest = %known.blob.digest, "layer already there (registry index)");
+            return Ok(Some((Outcome::Skipped, stored(&known.blob))));
+        }
+        if let (Some(target), Some(repository)) = (&target, known.repository)
+            && mount(dst, &known.blob, target, repository).await?
+        {
+            tracing::debug!(diff_id = %desc.digest, digest = %known.blob.digest, "layer mounted (registry index)");
+            return Ok(Some((Outcome::Mounted, stored(&known.blob))));
+        }
+    }
+    Ok(None)
+}
+
+/// Mounts `blob` into `target` from `repository` of the same registry.
+async fn mount(dst: &dyn ImageDestination, blob: &Descriptor, target: &MountOrigin, repository: String) -> Result<bool, Error> {
+    if repository == target.repository {
+        return Ok(false);
+    }
+    let origin = MountOrigin {
+        registry: target.registry.clone(),
+        repository,
+    };
+    dst.try_mount(blob, &origin).await
+}
+
+/// Both gzip, or both zstd.
+fn same_compression(a: &str, b: &str) -> bool {
+    ["gzip", "zstd"].iter().any(|c| a.ends_with(c) && b.ends_with(c))
+}
+
 /// Records where the blob now is (and where it came from) for later mounts.
 async fn remember(
     hints: &MountHints,
@@ -421,6 +513,10 @@ async fn remember(
     }
     if let Some(t) = dst.mount_target() {
         hints.record(&t.registry, &t.repository, &stored.digest).await;
+    }
+    // A layer compressed (or found compressed) on the way: its uncompressed digest leads to that blob next time.
+    if stored.digest != desc.digest && is_uncompressed_layer(&desc.media_type) {
+        hints.record_layer(&desc.digest, stored).await;
     }
 }
 

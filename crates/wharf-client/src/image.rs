@@ -23,6 +23,14 @@ pub struct MountOrigin {
     pub repository: String,
 }
 
+/// A compressed blob that holds a layer, as a registry's layer index reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownLayer {
+    pub blob: Descriptor,
+    /// A repository of the same registry the caller may pull it from.
+    pub repository: Option<String>,
+}
+
 #[async_trait]
 pub trait ImageSource: Send + Sync {
     /// A short name for messages (`docker://host/repo:tag`, `oci:/path:tag`).
@@ -56,6 +64,13 @@ pub trait ImageDestination: Send + Sync {
     /// Asks the destination to take the blob from `origin` without its bytes. `Ok(false)`: not possible here.
     async fn try_mount(&self, _desc: &Descriptor, _origin: &MountOrigin) -> Result<bool, Error> {
         Ok(false)
+    }
+
+    /// Compressed blobs the destination knows to hold the layer whose uncompressed digest is `diff_id`, and a
+    /// repository of its registry to mount each from (wharf's layer index, `GET /wharf/v1/layers/<diff_id>`).
+    /// Empty where there is no such index (any other registry, a layout): never an error.
+    async fn known_layers(&self, _diff_id: &Digest) -> Vec<KnownLayer> {
+        Vec::new()
     }
 
     /// Stores a blob from `stream`. The stream yields exactly `desc.size` verified bytes or ends with an error;

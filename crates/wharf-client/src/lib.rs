@@ -32,7 +32,7 @@ mod verify;
 
 pub use copy::{CopyOptions, CopyReport, Progress, copy};
 pub use error::Error;
-pub use image::{BlobStream, ImageDestination, ImageSource, Manifest, MountOrigin};
+pub use image::{BlobStream, ImageDestination, ImageSource, KnownLayer, Manifest, MountOrigin};
 pub use platform::Platform;
 pub use registry::Credentials;
 pub use transport::{ImageName, TransportOptions, parse_image_name, transfer};

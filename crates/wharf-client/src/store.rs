@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use wharf_oci::Digest;
+use wharf_oci::manifest::Descriptor;
 
 use crate::{BlobStream, Error};
 
@@ -195,6 +196,84 @@ impl MountHints {
         let repo = tokio::fs::read_to_string(path).await.ok()?;
         wharf_oci::name::is_valid_repository(&repo).then_some(repo)
     }
+
+    fn layer_path(&self, diff_id: &Digest) -> PathBuf {
+        self.root.with_file_name("layers").join(diff_id.hex())
+    }
+
+    /// The compressed blobs known to hold the layer whose uncompressed digest is `diff_id` (most recent first):
+    /// containers/image's BlobInfoCache, so a push finds what a registry already has before compressing anything.
+    pub async fn layer(&self, diff_id: &Digest) -> Vec<Descriptor> {
+        let Ok(bytes) = tokio::fs::read(self.layer_path(diff_id)).await else {
+            return Vec::new();
+        };
+        serde_json::from_slice::<Vec<Descriptor>>(&bytes)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| d.digest != *diff_id && d.size > 0)
+            .collect()
+    }
+
+    /// Remembers that `stored` (a compressed blob) holds the layer `diff_id`. Best effort, atomic (a reader sees the
+    /// old record or the new one), at most [`LAYER_FORMS`] forms per layer and about [`MAX_LAYER_RECORDS`] layers;
+    /// concurrent processes may each lose the other's update, which only costs a lookup later.
+    pub async fn record_layer(&self, diff_id: &Digest, stored: &Descriptor) {
+        if stored.digest == *diff_id {
+            return;
+        }
+        let path = self.layer_path(diff_id);
+        let mut forms = self.layer(diff_id).await;
+        forms.retain(|d| d.digest != stored.digest);
+        forms.insert(0, stored.clone());
+        forms.truncate(LAYER_FORMS);
+        let result = async {
+            let dir = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+            tokio::fs::create_dir_all(&dir).await?;
+            let tmp = path.with_extension(uuid::Uuid::new_v4().simple().to_string());
+            tokio::fs::write(&tmp, serde_json::to_vec(&forms).map_err(std::io::Error::other)?).await?;
+            tokio::fs::rename(&tmp, &path).await?;
+            // Now and then, keep the record within its bound (the least recently written go).
+            if rand_one_in(256) {
+                prune_oldest(&dir, MAX_LAYER_RECORDS).await?;
+            }
+            Ok::<(), std::io::Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cannot record a layer");
+        }
+    }
+}
+
+/// Compressed forms remembered per layer.
+const LAYER_FORMS: usize = 4;
+/// Layers remembered (each a ~300-byte file).
+const MAX_LAYER_RECORDS: usize = 20_000;
+
+fn rand_one_in(n: u32) -> bool {
+    uuid::Uuid::new_v4().as_u128() % u128::from(n) == 0
+}
+
+/// Removes the oldest files of `dir` (by modification time) until at most `keep` are left.
+async fn prune_oldest(dir: &std::path::Path, keep: usize) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)?
+            .flatten()
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        if files.len() <= keep {
+            return Ok(());
+        }
+        files.sort();
+        let excess = files.len() - keep;
+        for (_, path) in files.into_iter().take(excess) {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 pub(crate) struct VerifiedReader {

@@ -23,6 +23,7 @@ mod dispatch;
 mod error;
 mod handlers;
 mod headers;
+pub mod layers;
 pub mod listen;
 mod namespaces;
 pub mod notify;
@@ -77,6 +78,8 @@ pub struct App {
     pub auth: Option<Arc<auth::Auth>>,
     /// Open upload sessions per repository (see [`SessionLimits`]).
     sessions: Arc<sessions::Sessions>,
+    /// Which compressed blobs hold which layer (see [`layers`]).
+    pub layers: layers::LayerIndex,
 }
 
 impl App {
@@ -84,6 +87,7 @@ impl App {
         App {
             store,
             sessions: Arc::new(sessions::Sessions::new(config.upload_sessions)),
+            layers: layers::LayerIndex::default(),
             config: Arc::new(config),
             metrics: None,
             notifier: None,
@@ -101,6 +105,14 @@ impl App {
         self
     }
 
+    /// Fills the layer index from the store's tagged images, in the background (see [`layers`]); repositories of
+    /// mirrored namespaces are left out.
+    pub fn build_layer_index(&self) -> tokio::task::JoinHandle<()> {
+        let (index, store) = (self.layers.clone(), self.store.clone());
+        let skip = self.config.namespaces.upstreams.iter().map(|u| u.name.clone()).collect();
+        tokio::spawn(async move { index.rebuild(store, skip).await })
+    }
+
     /// Turns on authentication (and `/auth/token` when wharf issues the tokens).
     pub fn with_auth(mut self, auth: auth::Auth) -> Self {
         self.auth = Some(Arc::new(auth));
@@ -116,6 +128,7 @@ pub fn router(app: App) -> Router {
         .route("/v2/{*rest}", any(dispatch::dispatch))
         .route("/metrics", get(dispatch::metrics))
         .route("/auth/token", get(auth::endpoint::token).post(auth::endpoint::token))
+        .route("/wharf/v1/layers/{diff_id}", get(layers::get))
         .route("/healthz", get(observe::healthz))
         .route("/readyz", get(observe::readyz))
         .fallback(dispatch::not_found)

@@ -211,7 +211,28 @@ fn summary(r: &CopyReport, secs: f64) -> String {
         r.blobs_mounted,
         human(r.bytes_mounted as f64),
         secs
-    )
+    ) + &layer_lines(r)
+}
+
+/// One line per uncompressed layer of the source: what the destination got, and how.
+fn layer_lines(r: &CopyReport) -> String {
+    let short = |d: &str| d.get(..19).unwrap_or(d).to_owned();
+    r.layers
+        .iter()
+        .map(|l| {
+            let how = match l.outcome {
+                "skipped" => "already there",
+                "mounted" => "mounted",
+                _ => "compressed and sent",
+            };
+            format!(
+                "\n  layer {} → {} ({}): {how}",
+                short(&l.diff_id),
+                short(&l.digest),
+                human(l.size as f64)
+            )
+        })
+        .collect()
 }
 
 fn plural(n: usize) -> &'static str {

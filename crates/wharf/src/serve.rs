@@ -178,6 +178,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Some(auth) => app.with_auth(auth),
         None => app,
     };
+    // The layer index (`/wharf/v1/layers/<diff_id>`) learns the stored images in the background.
+    let _index = app.build_layer_index();
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -8,6 +8,7 @@
 
 mod daemon_store;
 pub mod engine;
+mod in_place;
 mod read;
 pub mod write;
 
@@ -102,6 +103,19 @@ pub async fn copy_from_archive(
     opts: &CopyOptions,
     store: &ContentStore,
 ) -> Result<CopyReport, Error> {
+    // A file whose layers are plain tars is read in place: each layer is looked for at the destination before it is
+    // compressed, and only what is missing is compressed and sent.
+    if let ArchiveInput::File { path, reference } = input
+        && dst.compresses_layers()
+    {
+        let (p, r) = (path.clone(), reference.clone());
+        let found = tokio::task::spawn_blocking(move || in_place::open(&p, r.as_deref()))
+            .await
+            .map_err(|e| Error::BadOption(format!("archive scan: {e}")))??;
+        if let Some(source) = found {
+            return copy(&source, dst, opts).await;
+        }
+    }
     let what = input.describe();
     let fail = |reason: String| Error::Archive {
         path: what.clone(),

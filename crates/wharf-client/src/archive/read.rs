@@ -310,7 +310,7 @@ pub(crate) fn descriptor(media_type: &str, digest: Digest, size: u64) -> Descrip
 }
 
 /// `./a/b` → `a/b`.
-fn normalize(path: &str) -> String {
+pub(crate) fn normalize(path: &str) -> String {
     path.trim_start_matches("./").trim_start_matches('/').to_owned()
 }
 

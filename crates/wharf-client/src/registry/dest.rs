@@ -19,7 +19,7 @@ use super::client::{Op, RegistryClient};
 const CHUNK: usize = 16 << 20;
 /// Tries for one chunk, resuming from the registry's acknowledged offset each time.
 const RESUME_ATTEMPTS: u32 = 5;
-use crate::{BlobStream, Error, ImageDestination, Manifest, MountOrigin, RemoteError};
+use crate::{BlobStream, Error, ImageDestination, KnownLayer, Manifest, MountOrigin, RemoteError};
 
 pub struct RegistryDestination {
     client: RegistryClient,
@@ -72,6 +72,40 @@ impl RegistryDestination {
         }
         self.location(what, &resp)
     }
+}
+
+/// The entries of a layer index answer (`{"diff_id": ..., "blobs": [{"digest", "size", "mediaType", "repository"}]}`)
+/// that are layer blobs other than the layer's own uncompressed digest.
+fn parse_known_layers(body: &[u8], diff_id: &Digest) -> Vec<KnownLayer> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        blobs: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(flatten)]
+        blob: Descriptor,
+        #[serde(default)]
+        repository: Option<String>,
+    }
+    let Ok(answer) = serde_json::from_slice::<Answer>(body) else {
+        return Vec::new();
+    };
+    answer
+        .blobs
+        .into_iter()
+        .filter(|e| e.blob.digest != *diff_id && is_compressed_layer(&e.blob.media_type))
+        .map(|e| KnownLayer {
+            blob: e.blob,
+            repository: e.repository.filter(|r| wharf_oci::name::is_valid_repository(r)),
+        })
+        .collect()
+}
+
+/// A gzip or zstd layer, OCI or Docker.
+fn is_compressed_layer(media_type: &str) -> bool {
+    (media_type.contains(".layer.") || media_type.contains(".rootfs.diff."))
+        && (media_type.ends_with("gzip") || media_type.ends_with("zstd"))
 }
 
 /// Hashes an upload unless its digest is known already.
@@ -287,6 +321,36 @@ impl ImageDestination for RegistryDestination {
             StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
             _ => Err(self.client.status_error(&what, resp).await),
+        }
+    }
+
+    async fn known_layers(&self, diff_id: &Digest) -> Vec<KnownLayer> {
+        let what = format!("layer index entry {diff_id}");
+        let Ok(url) = self.client.remote().base().join(&format!("wharf/v1/layers/{diff_id}")) else {
+            return Vec::new();
+        };
+        let resp = match self
+            .client
+            .send_once(&self.op(&what), Method::GET, url.as_str(), HeaderMap::new(), Bytes::new())
+            .await
+        {
+            Ok(r) if r.status() == StatusCode::OK => r,
+            // No index (another registry answers 404), or no entry the caller may see.
+            Ok(_) => return Vec::new(),
+            Err(e) => {
+                tracing::debug!(error = %e, "layer index unavailable");
+                return Vec::new();
+            }
+        };
+        // A small JSON answer: at most 1 MiB of it is read.
+        let mut resp = resp;
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) if body.len() + c.len() <= 1 << 20 => body.extend_from_slice(&c),
+                Ok(None) => return parse_known_layers(&body, diff_id),
+                Ok(Some(_)) | Err(_) => return Vec::new(),
+            }
         }
     }
 

@@ -303,6 +303,28 @@ impl Auth {
         Ok(())
     }
 
+    /// The caller of one of wharf's own read APIs (the layer index), which must authenticate: bad credentials, or
+    /// none at all, get the 401 challenge of `/v2/` (token mode: a token without a scope names its user, and what
+    /// it may see is then what [`Auth::may_pull`] says).
+    pub(crate) async fn reader(&self, headers: &HeaderMap, uri: &Uri) -> Result<Caller, ApiError> {
+        let need = Need::Login;
+        match self.caller(headers).await {
+            Ok(c) if c.is_anonymous() && c.token.is_none() => {
+                Err(self.unauthorized_at(headers, uri, &need, None, "authentication required"))
+            }
+            Ok(c) => Ok(c),
+            Err(refusal) => Err(self.unauthorized_at(headers, uri, &need, refusal.error_param(), refusal.message())),
+        }
+    }
+
+    /// Whether `caller` may pull `repository`: what its token grants, or where wharf issues the tokens, what the rules
+    /// allow its user.
+    pub(crate) fn may_pull(&self, caller: &Caller, repository: &str) -> bool {
+        self.allowed(caller, repository, repository).contains(Action::Pull)
+            || (matches!(self.mode, Mode::TokenIssuer { .. })
+                && self.rules.allowed(&caller.who, repository).contains(Action::Pull))
+    }
+
     /// A mount (`?mount=&from=`) needs pull on `from`; without it (or without `from`, which would mount from any
     /// repository), the request becomes a plain upload start, which the spec allows (202).
     fn restrict_mount(&self, caller: &Caller, req: &mut Request) {
@@ -334,8 +356,12 @@ impl Auth {
     }
 
     fn unauthorized(&self, req: &Request, need: &Need, error: Option<&str>, message: &str) -> ApiError {
+        self.unauthorized_at(req.headers(), req.uri(), need, error, message)
+    }
+
+    fn unauthorized_at(&self, headers: &HeaderMap, uri: &Uri, need: &Need, error: Option<&str>, message: &str) -> ApiError {
         let scope = need.scope();
-        let challenge = self.challenge(req.headers(), req.uri(), scope.as_deref(), error);
+        let challenge = self.challenge(headers, uri, scope.as_deref(), error);
         let mut e = ApiError::new(ErrorCode::Unauthorized, message).with_header(header::WWW_AUTHENTICATE, challenge);
         if let Some(d) = need.detail() {
             e = e.with_detail(d);
@@ -442,7 +468,7 @@ pub(crate) fn need<'a>(route: &Route<'a>, method: &Method) -> Need<'a> {
 
 /// The caller of a request: who, and what its token grants (token modes).
 #[derive(Debug, Clone)]
-struct Caller {
+pub(crate) struct Caller {
     who: Identity,
     token: Option<Vec<AccessEntry>>,
 }

@@ -123,6 +123,7 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
     });
     let subject = view.subject.as_ref().map(|s| s.digest.to_string());
     let size = body.len() as u64;
+    let manifest_body = body.clone();
     app.store
         .put_manifest(
             name,
@@ -145,6 +146,13 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
             other => other.into(),
         })?;
 
+    // The layer index learns the image's layers (reading its config) without delaying the answer.
+    if view.config.is_some() && !view.layers.is_empty() {
+        let (index, store, repo, media_type) =
+            (app.layers.clone(), app.store.clone(), name.to_owned(), view.media_type.clone());
+        let body = manifest_body.clone();
+        tokio::spawn(async move { index.learn(store.as_ref(), &repo, &body, &media_type).await });
+    }
     if let Some(n) = &app.notifier {
         let target = |tag: Option<String>| crate::notify::Target {
             media_type: Some(view.media_type.clone()),
