@@ -195,6 +195,15 @@ pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &Copy
         }
         report.count(outcome, source.size);
     }
+    // In the image's order (the transfers ended in any order).
+    let order: HashMap<String, usize> = blobs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.digest.to_string(), i))
+        .collect();
+    report
+        .layers
+        .sort_by_key(|l| order.get(&l.diff_id).copied().unwrap_or(usize::MAX));
     Ok(report)
 }
 
@@ -467,8 +476,15 @@ async fn existing_layer(
             }
         }
     }
-    for known in dst.known_layers(&desc.digest).await.into_iter().filter(|k| fits(&k.blob)) {
-        let in_place = target.as_ref().is_some_and(|t| known.repository.as_deref() == Some(t.repository.as_str()));
+    for known in dst
+        .known_layers(&desc.digest)
+        .await
+        .into_iter()
+        .filter(|k| fits(&k.blob))
+    {
+        let in_place = target
+            .as_ref()
+            .is_some_and(|t| known.repository.as_deref() == Some(t.repository.as_str()));
         if in_place && dst.has_blob(&known.blob).await? {
             tracing::debug!(diff_id = %desc.digest, digest = %known.blob.digest, "layer already there (registry index)");
             return Ok(Some((Outcome::Skipped, stored(&known.blob))));
@@ -484,7 +500,12 @@ async fn existing_layer(
 }
 
 /// Mounts `blob` into `target` from `repository` of the same registry.
-async fn mount(dst: &dyn ImageDestination, blob: &Descriptor, target: &MountOrigin, repository: String) -> Result<bool, Error> {
+async fn mount(
+    dst: &dyn ImageDestination,
+    blob: &Descriptor,
+    target: &MountOrigin,
+    repository: String,
+) -> Result<bool, Error> {
     if repository == target.repository {
         return Ok(false);
     }

@@ -109,7 +109,13 @@ impl App {
     /// mirrored namespaces are left out.
     pub fn build_layer_index(&self) -> tokio::task::JoinHandle<()> {
         let (index, store) = (self.layers.clone(), self.store.clone());
-        let skip = self.config.namespaces.upstreams.iter().map(|u| u.name.clone()).collect();
+        let skip = self
+            .config
+            .namespaces
+            .upstreams
+            .iter()
+            .map(|u| u.name.clone())
+            .collect();
         tokio::spawn(async move { index.rebuild(store, skip).await })
     }
 

@@ -59,7 +59,9 @@ pub(crate) fn open(path: &Path, wanted: Option<&str>) -> Result<Option<InPlace>,
         if kind.is_symlink() {
             if let Ok(Some(target)) = entry.link_name() {
                 let base = path.rsplit_once('/').map_or("", |(d, _)| d);
-                found.links.insert(path.clone(), read::join(base, &target.to_string_lossy()));
+                found
+                    .links
+                    .insert(path.clone(), read::join(base, &target.to_string_lossy()));
             }
             continue;
         }

@@ -331,7 +331,13 @@ impl ImageDestination for RegistryDestination {
         };
         let resp = match self
             .client
-            .send_once(&self.op(&what), Method::GET, url.as_str(), HeaderMap::new(), Bytes::new())
+            .send_once(
+                &self.op(&what),
+                Method::GET,
+                url.as_str(),
+                HeaderMap::new(),
+                Bytes::new(),
+            )
             .await
         {
             Ok(r) if r.status() == StatusCode::OK => r,

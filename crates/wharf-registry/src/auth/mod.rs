@@ -359,7 +359,14 @@ impl Auth {
         self.unauthorized_at(req.headers(), req.uri(), need, error, message)
     }
 
-    fn unauthorized_at(&self, headers: &HeaderMap, uri: &Uri, need: &Need, error: Option<&str>, message: &str) -> ApiError {
+    fn unauthorized_at(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        need: &Need,
+        error: Option<&str>,
+        message: &str,
+    ) -> ApiError {
         let scope = need.scope();
         let challenge = self.challenge(headers, uri, scope.as_deref(), error);
         let mut e = ApiError::new(ErrorCode::Unauthorized, message).with_header(header::WWW_AUTHENTICATE, challenge);

@@ -148,8 +148,12 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
 
     // The layer index learns the image's layers (reading its config) without delaying the answer.
     if view.config.is_some() && !view.layers.is_empty() {
-        let (index, store, repo, media_type) =
-            (app.layers.clone(), app.store.clone(), name.to_owned(), view.media_type.clone());
+        let (index, store, repo, media_type) = (
+            app.layers.clone(),
+            app.store.clone(),
+            name.to_owned(),
+            view.media_type.clone(),
+        );
         let body = manifest_body.clone();
         tokio::spawn(async move { index.learn(store.as_ref(), &repo, &body, &media_type).await });
     }

@@ -1,0 +1,351 @@
+//! Incremental pushes of `docker save` archives (uncompressed layers): a layer the registry already holds, compressed,
+//! is never compressed or sent again, whether this machine pushed it (the content store's layer record) or another
+//! one did (the registry's layer index), and a registry without the index still gets the local record's help.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Wharf, bytes};
+use wharf_oci::Digest;
+
+/// A layer: a tar of one file of `len` seeded bytes.
+fn layer(seed: u64, len: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let data = bytes(seed, len);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append_data(&mut h, format!("file-{seed}"), &data[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// Writes a `docker save` archive (legacy layout, as Docker 20.10 writes it) of an image made of `layers`; returns
+/// the config's digest (the image ID).
+fn save(path: &Path, tag: &str, layers: &[Vec<u8>]) -> String {
+    let diff_ids: Vec<String> = layers.iter().map(|l| Digest::sha256_of(l).to_string()).collect();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let config_digest = Digest::sha256_of(&config);
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut put = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    let mut paths = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        let p = format!("{i:064x}/layer.tar");
+        put(&p, l);
+        paths.push(p);
+    }
+    let config_name = format!("{}.json", config_digest.hex());
+    put(&config_name, &config);
+    let manifest = serde_json::json!([{"Config": config_name, "RepoTags": [tag], "Layers": paths}]);
+    put("manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    b.into_inner().unwrap();
+    config_digest.to_string()
+}
+
+/// `wharf push` with its own content store (one "machine"); returns the JSON report.
+fn push(store: &Path, archive: &Path, dest: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["copy", &format!("docker-archive:{}", archive.display()), dest, "--json"])
+        .env("WHARF_STORE", store)
+        .env("DOCKER_CONFIG", store.join("docker"))
+        .output()
+        .expect("run wharf");
+    assert!(
+        out.status.success(),
+        "push to {dest}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// The outcome of each layer, in the report's order.
+fn outcomes(report: &serde_json::Value) -> Vec<String> {
+    report["layers"]
+        .as_array()
+        .map(|a| a.iter().map(|l| l["outcome"].as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+struct Images {
+    _dir: tempfile::TempDir,
+    v1: PathBuf,
+    v2: PathBuf,
+    base: usize,
+}
+
+/// v1: three 1 MiB base layers; v2: the same plus one new 64 KiB layer.
+fn images() -> Images {
+    let dir = tempfile::tempdir().unwrap();
+    let base: Vec<Vec<u8>> = (0..3).map(|i| layer(100 + i, 1 << 20)).collect();
+    let mut top = base.clone();
+    top.push(layer(200, 64 << 10));
+    let (v1, v2) = (dir.path().join("v1.tar"), dir.path().join("v2.tar"));
+    save(&v1, "app:v1", &base);
+    save(&v2, "app:v2", &top);
+    Images {
+        _dir: dir,
+        v1,
+        v2,
+        base: base.len(),
+    }
+}
+
+#[test]
+fn a_fresh_machine_mounts_the_layers_another_pushed_and_the_same_machine_skips_them() {
+    let img = images();
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Wharf::start(&tmp.path().join("reg"));
+    let (machine_a, machine_b) = (tmp.path().join("a"), tmp.path().join("b"));
+
+    let first = push(&machine_a, &img.v1, &format!("docker://{}/team/app:v1", reg.addr));
+    assert_eq!(outcomes(&first), vec!["compressed"; img.base], "{first}");
+
+    // Machine B never pushed anything: the registry's layer index names the compressed blobs and a repository
+    // to mount them from; only the new layer is compressed and sent.
+    let fresh = push(&machine_b, &img.v2, &format!("docker://{}/other/app:v2", reg.addr));
+    let mut expected = vec!["mounted"; img.base];
+    expected.push("compressed");
+    assert_eq!(outcomes(&fresh), expected, "{fresh}");
+    assert!(
+        fresh["bytes_moved"].as_u64().unwrap() < 200 << 10,
+        "a fresh machine sent {} bytes for a 64 KiB layer: {fresh}",
+        fresh["bytes_moved"]
+    );
+
+    // Machine A again, v2 into the repository it pushed v1 to: its own record says the registry has the base
+    // layers; the new one machine B pushed to other/app, which the index says: mounted, not compressed.
+    let again = push(&machine_a, &img.v2, &format!("docker://{}/team/app:v2", reg.addr));
+    let mut expected = vec!["skipped"; img.base];
+    expected.push("mounted");
+    assert_eq!(outcomes(&again), expected, "{again}");
+
+    // Both machines name the same compressed blobs: the same manifest, the same image ID.
+    assert_eq!(fresh["digest"], again["digest"], "{fresh} {again}");
+    let layers_of = |r: &serde_json::Value| -> Vec<String> {
+        r["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(layers_of(&first)[..], layers_of(&fresh)[..img.base]);
+}
+
+#[tokio::test]
+async fn the_index_reveals_nothing_the_caller_may_not_pull_and_forgets_a_deleted_blob() {
+    let img = images();
+    let tmp = tempfile::tempdir().unwrap();
+    // htpasswd: alice pulls and pushes team/*, bob pulls and pushes bob/* only. (`htpasswd -nbB alice wonderland`,
+    // `htpasswd -nbB bob builder`.)
+    let users = tmp.path().join("users");
+    std::fs::write(
+        &users,
+        "alice:$2y$05$DPkd05OuxG7MQ/pWDC6RMONuiRyQKBSOi1uSMDzTZPxaCsOkYRR0O\n\
+         bob:$2y$05$F7/iHujTuok6c4Xch.01guz/wvmkj4l64nvzUYz/zfWjRxTK3bgyu\n",
+    )
+    .unwrap();
+    let password = |u: &str| if u == "alice" { "wonderland" } else { "builder" }.to_owned();
+    let config = tmp.path().join("wharf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nmode = \"htpasswd\"\nhtpasswd = \"{}\"\n[[auth.rules]]\nsubjects = [\"alice\"]\nrepositories = [\"team/*\"]\nactions = [\"pull\", \"push\", \"delete\"]\n[[auth.rules]]\nsubjects = [\"bob\"]\nrepositories = [\"bob/*\"]\nactions = [\"pull\", \"push\"]\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    let reg = Wharf::start_with(
+        &tmp.path().join("reg"),
+        &["--config", config.to_str().unwrap()],
+        Some(&tmp.path().join("reg.log")),
+    );
+    let creds = |u: &str| format!("{u}:{}", password(u));
+    let push_as = |user: &str, store: &Path, archive: &Path, dest: String| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args([
+                "copy",
+                &format!("docker-archive:{}", archive.display()),
+                &dest,
+                "--json",
+                "--dest-creds",
+                &creds(user),
+            ])
+            .env("WHARF_STORE", store)
+            .env("DOCKER_CONFIG", store.join("docker"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str::<serde_json::Value>(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+    };
+    let first = push_as(
+        "alice",
+        &tmp.path().join("a"),
+        &img.v1,
+        format!("docker://{}/team/app:v1", reg.addr),
+    );
+    let diff_id = first["layers"][0]["diff_id"].as_str().unwrap().to_owned();
+    let blob = first["layers"][0]["digest"].as_str().unwrap().to_owned();
+
+    // Bob cannot pull team/*: the index does not tell him the layer exists, and his push compresses everything.
+    let bobs = push_as(
+        "bob",
+        &tmp.path().join("b"),
+        &img.v2,
+        format!("docker://{}/bob/app:v2", reg.addr),
+    );
+    assert_eq!(outcomes(&bobs), vec!["compressed"; img.base + 1], "{bobs}");
+    let c = common::client();
+    let index = |user: Option<&str>| {
+        let mut r = c.get(reg.url(&format!("/wharf/v1/layers/{diff_id}")));
+        if let Some(u) = user {
+            r = r.basic_auth(u, Some(password(u)));
+        }
+        r.send()
+    };
+    let json = |r: reqwest::Response| async move {
+        serde_json::from_slice::<serde_json::Value>(&r.bytes().await.unwrap()).unwrap()
+    };
+    assert_eq!(index(None).await.unwrap().status(), 401);
+    // (Now bob's own push holds the layer too, in bob/app: that, and only that, he sees.)
+    let seen = json(index(Some("bob")).await.unwrap()).await;
+    let repos: Vec<&str> = seen["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["repository"].as_str().unwrap())
+        .collect();
+    assert!(repos.iter().all(|r| *r == "bob/app"), "{seen}");
+    let alices = json(index(Some("alice")).await.unwrap()).await;
+    assert!(
+        alices["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["digest"] == blob.as_str() && b["repository"] == "team/app"),
+        "{alices}"
+    );
+
+    // The blob deleted from team/app: the index stops naming it there at once.
+    let r = c
+        .delete(reg.url(&format!("/v2/team/app/blobs/{blob}")))
+        .basic_auth("alice", Some("wonderland"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = index(Some("alice")).await.unwrap();
+    assert_eq!(r.status(), 404, "{:?}", r.text().await);
+}
+
+#[tokio::test]
+async fn the_index_is_rebuilt_from_the_stored_images_when_the_server_starts() {
+    let img = images();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    let mut reg = Wharf::start(&root);
+    let first = push(
+        &tmp.path().join("a"),
+        &img.v1,
+        &format!("docker://{}/team/app:v1", reg.addr),
+    );
+    reg.child.kill().unwrap();
+    reg.child.wait().unwrap();
+    // A new process over the same storage: nothing in memory, the index comes back from the manifests.
+    let reg = Wharf::start(&root);
+    let c = common::client();
+    let diff_id = first["layers"][0]["diff_id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = c
+            .get(reg.url(&format!("/wharf/v1/layers/{diff_id}")))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            assert_eq!(v["blobs"][0]["digest"], first["layers"][0]["digest"], "{v}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the index never came back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // And a fresh machine uses it.
+    let fresh = push(
+        &tmp.path().join("b"),
+        &img.v2,
+        &format!("docker://{}/other/app:v2", reg.addr),
+    );
+    assert_eq!(outcomes(&fresh)[..img.base], vec!["mounted"; img.base][..], "{fresh}");
+}
+
+/// CNCF distribution (`docker-registry`), which has no layer index: the same machine's record still skips what it
+/// pushed; a fresh machine compresses everything (it has nothing to go by), and its push works.
+#[test]
+fn a_registry_without_the_index_still_gets_the_local_record() {
+    let Some(registry) = which("docker-registry") else {
+        panic!("docker-registry (CNCF distribution) is needed: apt-get install docker-registry");
+    };
+    let img = images();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = tmp.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            tmp.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(registry)
+        .args(["serve", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "docker-registry did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let machine_a = tmp.path().join("a");
+    push(&machine_a, &img.v1, &format!("docker://{addr}/team/app:v1"));
+    let again = push(&machine_a, &img.v2, &format!("docker://{addr}/team/app:v2"));
+    let mut expected = vec!["skipped"; img.base];
+    expected.push("compressed");
+    assert_eq!(outcomes(&again), expected, "{again}");
+    let fresh = push(&tmp.path().join("b"), &img.v2, &format!("docker://{addr}/other/app:v2"));
+    assert_eq!(outcomes(&fresh), vec!["compressed"; img.base + 1], "{fresh}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
