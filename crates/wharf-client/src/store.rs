@@ -251,7 +251,7 @@ const LAYER_FORMS: usize = 4;
 const MAX_LAYER_RECORDS: usize = 20_000;
 
 fn rand_one_in(n: u32) -> bool {
-    uuid::Uuid::new_v4().as_u128() % u128::from(n) == 0
+    uuid::Uuid::new_v4().as_u128().is_multiple_of(u128::from(n))
 }
 
 /// Removes the oldest files of `dir` (by modification time) until at most `keep` are left.
