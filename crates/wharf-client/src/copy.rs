@@ -176,6 +176,13 @@ pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &Copy
         .map(|(_, source, stored)| (source.digest.clone(), stored.clone()))
         .collect();
     let top = put_manifests(dst, &manifests, &replaced).await?;
+    // Pulled from a registry: remember which compressed blob holds which layer, so a later push of an image built on
+    // them (a `docker build FROM` this one) finds them compressed where they came from.
+    if let (Some(hints), Some(_)) = (&opts.hints, src.mount_origin()) {
+        for m in manifests.iter().filter(|m| !media::is_index(&m.media_type)) {
+            record_pulled_layers(hints, src, m).await;
+        }
+    }
 
     let mut report = CopyReport {
         digest: top.digest.to_string(),
@@ -519,6 +526,43 @@ async fn mount(
 /// Both gzip, or both zstd.
 fn same_compression(a: &str, b: &str) -> bool {
     ["gzip", "zstd"].iter().any(|c| a.ends_with(c) && b.ends_with(c))
+}
+
+/// Records, for the image manifest `m` of a registry source, each compressed layer under its uncompressed digest
+/// (from the config's `rootfs.diff_ids`). Best effort: a config that cannot be read records nothing.
+async fn record_pulled_layers(hints: &MountHints, src: &dyn ImageSource, m: &Manifest) {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        rootfs: RootFs,
+    }
+    #[derive(serde::Deserialize)]
+    struct RootFs {
+        #[serde(default)]
+        diff_ids: Vec<wharf_oci::Digest>,
+    }
+    let Ok(view) = parse(m) else { return };
+    let Some(config) = view.config.as_ref().filter(|c| c.size <= 1 << 20) else {
+        return;
+    };
+    let Ok(stream) = src.get_blob(config).await else { return };
+    let Ok(chunks) = stream.try_collect::<Vec<_>>().await else {
+        return;
+    };
+    let bytes: Vec<u8> = chunks.concat();
+    if wharf_oci::Digest::sha256_of(&bytes) != config.digest {
+        return;
+    }
+    let Ok(parsed) = serde_json::from_slice::<Config>(&bytes) else {
+        return;
+    };
+    if parsed.rootfs.diff_ids.len() != view.layers.len() {
+        return;
+    }
+    for (diff_id, layer) in parsed.rootfs.diff_ids.iter().zip(&view.layers) {
+        if !is_uncompressed_layer(&layer.media_type) {
+            hints.record_layer(diff_id, layer).await;
+        }
+    }
 }
 
 /// Records where the blob now is (and where it came from) for later mounts.

@@ -60,8 +60,13 @@ fn save(path: &Path, tag: &str, layers: &[Vec<u8>]) -> String {
 
 /// `wharf push` with its own content store (one "machine"); returns the JSON report.
 fn push(store: &Path, archive: &Path, dest: &str) -> serde_json::Value {
+    copy(store, &format!("docker-archive:{}", archive.display()), dest)
+}
+
+/// `wharf copy SRC DEST` with its own content store; returns the JSON report.
+fn copy(store: &Path, src: &str, dest: &str) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .args(["copy", &format!("docker-archive:{}", archive.display()), dest, "--json"])
+        .args(["copy", src, dest, "--json"])
         .env("WHARF_STORE", store)
         .env("DOCKER_CONFIG", store.join("docker"))
         .output()
@@ -338,6 +343,18 @@ fn a_registry_without_the_index_still_gets_the_local_record() {
     assert_eq!(outcomes(&again), expected, "{again}");
     let fresh = push(&tmp.path().join("b"), &img.v2, &format!("docker://{addr}/other/app:v2"));
     assert_eq!(outcomes(&fresh), vec!["compressed"; img.base + 1], "{fresh}");
+    // A machine that pulled v1 (the base of what it builds) knows its layers compressed: its push of v2 mounts them
+    // from where it pulled them.
+    let machine_c = tmp.path().join("c");
+    copy(
+        &machine_c,
+        &format!("docker://{addr}/team/app:v1"),
+        &format!("oci:{}:v1", tmp.path().join("layout").display()),
+    );
+    let built = push(&machine_c, &img.v2, &format!("docker://{addr}/third/app:v2"));
+    let mut expected = vec!["mounted"; img.base];
+    expected.push("compressed");
+    assert_eq!(outcomes(&built), expected, "{built}");
     let _ = child.kill();
     let _ = child.wait();
 }
