@@ -10,9 +10,12 @@
 #   WHARF      wharf binary (client and registry)     (default ./target/release/wharf)
 #   SIZE_MIB   v1's raw size, MiB                      (default 1024)
 #   LAYERS     v1's layers                             (default 6)
-#   NEW_MIB    the new layer of v2, MiB (random bytes) (default 4)
+#   NEW_MIB    the new layer of v2, MiB                (default 4)
+#   NEW_KIND   its content: text (Perl and Python sources from /usr, concatenated, as an application's
+#              code would be) or random (incompressible: compression at its slowest) (default text)
 #   BENCH_TMP  parent of the scratch dir (a real disk) (default /var/tmp)
 #   OUT_DIR    results and raw logs                    (default bench/out, gitignored)
+#   WHARF_LOG  RUST_LOG for the timed wharf pushes, to see where their time goes (default: none)
 #
 # v1 is bench/client.sh's image (bench/image.sh: LAYERS layers of real files, SIZE_MIB in all);
 # v2 is `FROM v1` + `COPY new /bench/new`, built in a private dockerd. Each tool pushes v1 to a
@@ -68,20 +71,23 @@ TMPDIR=$(realpath "$BENCH_TMP") e2e_init bench-incremental
 IMG=bench/app:1
 V2=bench/app:2
 
+REG_N=0
 start_registry() {
-    : >"$WORK/reg.out"
-    "$WHARF" serve --listen 127.0.0.1:0 --root "$WORK/reg-root" --log warn >"$WORK/reg.out" 2>"$RAW/reg.log" &
+    REG_N=$((REG_N + 1))
+    local out=$WORK/reg-$REG_N.out
+    : >"$out"
+    "$WHARF" serve --listen 127.0.0.1:0 --root "$WORK/reg-$REG_N" --log warn >"$out" 2>"$RAW/reg-$REG_N.log" &
     E2E_PIDS+=($!)
     local i line
     for ((i = 0; i < 100; i++)); do
-        line=$(head -n 1 "$WORK/reg.out")
+        line=$(head -n 1 "$out")
         if [[ "$line" =~ listening\ on\ http://(127\.0\.0\.1:[0-9]+)$ ]]; then
             REG=${BASH_REMATCH[1]}
             return 0
         fi
         sleep 0.1
     done
-    die "the registry did not start" "$RAW/reg.log"
+    die "the registry did not start" "$RAW/reg-$REG_N.log"
 }
 
 # restart_dockerd_without_history: what a fresh CI runner's engine knows of v2 (its layers, loaded)
@@ -100,6 +106,7 @@ timed_push() {
     shift 2
     sync
     t=$(now)
+    [[ -z ${WHARF_LOG:-} ]] || echo "timed command starts at $(date -u +%H:%M:%S.%N)" >"$logf.start"
     "$@" >"$logf" 2>&1 || die "$name failed" "$logf"
     SECS[$name]=$(since "$t")
     log "$name: ${SECS[$name]} s"
@@ -114,6 +121,7 @@ check_wharf() {
     local repo=$1 logf=$2 digest config
     digest=$(tail -n 1 "$logf" | jq -r .digest)
     config=$(http --fail -H "Accept: $OCI_MANIFEST" "http://$REG/v2/$repo/manifests/$digest" | jq -r .config.digest)
+    # (The log's last line is the --json report.)
     expect_eq "$repo: the pushed image is v2 (its config, hence its ID)" "$config" "$V2_ID"
 }
 
@@ -128,39 +136,55 @@ main() {
     start_dockerd wharf-incremental >/dev/null
     build_bench_image
     mkdir -p "$WORK/ctx2"
-    head -c $((NEW_MIB << 20)) /dev/urandom >"$WORK/ctx2/new"
+    case ${NEW_KIND:-text} in
+    random) head -c $((NEW_MIB << 20)) /dev/urandom >"$WORK/ctx2/new" ;;
+    text)
+        find /usr/share /usr/lib -xdev -type f \( -name '*.pm' -o -name '*.py' \) -size -1000k 2>/dev/null | LC_ALL=C sort |
+            xargs -r cat 2>/dev/null | head -c $((NEW_MIB << 20)) >"$WORK/ctx2/new" || true
+        (($(stat -c %s "$WORK/ctx2/new") == NEW_MIB << 20)) || die "not $NEW_MIB MiB of sources under /usr"
+        ;;
+    *) die "NEW_KIND must be text or random" ;;
+    esac
     printf 'FROM %s\nCOPY new /bench/new\n' "$IMG" >"$WORK/ctx2/Dockerfile"
     DOCKER_BUILDKIT=0 run_quiet "$RAW/build2.log" "$DOCKER_CLI" build -t "$V2" "$WORK/ctx2"
     V2_ID=$(image_id "$V2")
-    start_registry
-    log "registry $REG; v1 $IMG_ID ($(mib "$RAW_BYTES")), v2 $V2_ID (+$NEW_MIB MiB)"
+    log "v1 $IMG_ID ($(mib "$RAW_BYTES")), v2 $V2_ID (+$NEW_MIB MiB)"
 
-    # v1 on the registry, from this machine, by each tool (untimed).
-    "$DOCKER_CLI" tag "$IMG" "$REG/docker/app:1"
-    "$DOCKER_CLI" tag "$V2" "$REG/docker/app:2"
-    run_quiet "$RAW/docker-push-v1.log" "$DOCKER_CLI" push "$REG/docker/app:1"
-    run_quiet "$RAW/wharf-push-v1.log" "$WHARF" push --store "$WORK/store-a" "docker-daemon:$IMG" "$REG/wharf/app:1"
+    # A registry per tool and case, so that neither tool finds the new layer where the other put it. In each, v1
+    # is pushed first (untimed): by the same machine (same engine, same content store), or, for the fresh runner,
+    # by the engine before its push history is wiped and by another wharf content store.
+    start_registry; local r_docker=$REG
+    start_registry; local r_wharf=$REG
+    start_registry; local r_docker_fresh=$REG
+    start_registry; local r_wharf_fresh=$REG
+    local d
+    for d in "$r_docker" "$r_docker_fresh"; do
+        "$DOCKER_CLI" tag "$IMG" "$d/app:1"
+        "$DOCKER_CLI" tag "$V2" "$d/app:2"
+        run_quiet "$RAW/docker-push-v1-$d.log" "$DOCKER_CLI" push "$d/app:1"
+    done
+    run_quiet "$RAW/wharf-push-v1.log" "$WHARF" push --store "$WORK/store-a" "docker-daemon:$IMG" "$r_wharf/app:1"
+    run_quiet "$RAW/wharf-push-v1-fresh.log" "$WHARF" push --store "$WORK/store-other" "docker-daemon:$IMG" "$r_wharf_fresh/app:1"
 
     # Same machine.
-    timed_push docker_same "$RAW/docker-push-v2.log" "$DOCKER_CLI" push "$REG/docker/app:2"
+    timed_push docker_same "$RAW/docker-push-v2.log" "$DOCKER_CLI" push "$r_docker/app:2"
     timed_push wharf_same "$RAW/wharf-push-v2.log" \
-        "$WHARF" push --store "$WORK/store-a" --json "docker-daemon:$V2" "$REG/wharf/app:2"
-    check_wharf wharf/app "$RAW/wharf-push-v2.log"
+        env ${WHARF_LOG:+RUST_LOG=$WHARF_LOG} "$WHARF" push --store "$WORK/store-a" --json "docker-daemon:$V2" "$r_wharf/app:2"
+    REG=$r_wharf check_wharf app "$RAW/wharf-push-v2.log"
 
     # Fresh runner: the engine forgets where its layers went; wharf gets a new content store.
     restart_dockerd_without_history
-    "$DOCKER_CLI" tag "$V2" "$REG/docker-fresh/app:2"
-    timed_push docker_fresh "$RAW/docker-push-fresh.log" "$DOCKER_CLI" push "$REG/docker-fresh/app:2"
+    timed_push docker_fresh "$RAW/docker-push-fresh.log" "$DOCKER_CLI" push "$r_docker_fresh/app:2"
     timed_push wharf_fresh "$RAW/wharf-push-fresh.log" \
-        "$WHARF" push --store "$WORK/store-b" --json "docker-daemon:$V2" "$REG/wharf-fresh/app:2"
-    check_wharf wharf-fresh/app "$RAW/wharf-push-fresh.log"
+        env ${WHARF_LOG:+RUST_LOG=$WHARF_LOG} "$WHARF" push --store "$WORK/store-b" --json "docker-daemon:$V2" "$r_wharf_fresh/app:2"
+    REG=$r_wharf_fresh check_wharf app "$RAW/wharf-push-fresh.log"
 
     local new_bytes=$((NEW_MIB << 20)) sent_same sent_fresh
     sent_same=$(wharf_sent "$RAW/wharf-push-v2.log")
     sent_fresh=$(wharf_sent "$RAW/wharf-push-fresh.log")
     {
         echo "bench/incremental.sh, $(date '+%F %T'), $(nproc) cores; wharf: $WHARF_SOURCE"
-        echo "v1: $LAYERS layers, $(mib "$RAW_BYTES") raw; v2: v1 + one $NEW_MIB MiB layer; $("$DOCKER_CLI" version -f 'docker {{.Server.Version}}')"
+        echo "v1: $LAYERS layers, $(mib "$RAW_BYTES") raw; v2: v1 + one $NEW_MIB MiB layer (${NEW_KIND:-text}); $("$DOCKER_CLI" version -f 'docker {{.Server.Version}}')"
         printf '%-14s %10s %10s %7s %7s  %s\n' case "docker s" "wharf s" ratio target "wharf: layers; bytes sent"
         printf '%-14s %10s %10s %7s %7s  %s\n' "same machine" "${SECS[docker_same]}" "${SECS[wharf_same]}" \
             "$(ratio "${SECS[docker_same]}" "${SECS[wharf_same]}")" ">=3" \

@@ -122,6 +122,7 @@ pub(crate) enum Outcome {
 /// already transferred stay at the destination (they are content-addressed and complete) but no manifest is written
 /// unless every blob it references is in place.
 pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &CopyOptions) -> Result<CopyReport, Error> {
+    tracing::debug!(source = %src.describe(), destination = %dst.describe(), "copy starts");
     let top = resolve_top(src, opts).await?;
     let (manifests, blobs) = collect(src, top).await?;
     for m in manifests.iter().filter(|m| !media::is_index(&m.media_type)) {
@@ -560,7 +561,7 @@ async fn record_pulled_layers(hints: &MountHints, src: &dyn ImageSource, m: &Man
     }
     for (diff_id, layer) in parsed.rootfs.diff_ids.iter().zip(&view.layers) {
         if !is_uncompressed_layer(&layer.media_type) {
-            hints.record_layer(diff_id, layer).await;
+            hints.record_layer(diff_id, layer, None).await;
         }
     }
 }
@@ -581,7 +582,7 @@ async fn remember(
     }
     // A layer compressed (or found compressed) on the way: its uncompressed digest leads to that blob next time.
     if stored.digest != desc.digest && is_uncompressed_layer(&desc.media_type) {
-        hints.record_layer(&desc.digest, stored).await;
+        hints.record_layer(&desc.digest, stored, Some(desc.size)).await;
     }
 }
 
@@ -609,7 +610,7 @@ pub(crate) async fn send_blob(
         return Ok(desc.clone());
     }
     // `Verifying` checks the diff_id; no second hash of the uncompressed bytes.
-    let compressed = compress_only(verified, opts.compression, opts.workers);
+    let compressed = compress_only(verified, opts.compression, opts.workers, Some(desc.size));
     let (digest, size) = dst.put_new_blob(compressed).await?;
     tracing::debug!(diff_id = %desc.digest, %digest, size, "layer compressed");
     let mut stored = desc.clone();

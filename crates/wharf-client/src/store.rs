@@ -204,33 +204,47 @@ impl MountHints {
     /// The compressed blobs known to hold the layer whose uncompressed digest is `diff_id` (most recent first):
     /// containers/image's BlobInfoCache, so a push finds what a registry already has before compressing anything.
     pub async fn layer(&self, diff_id: &Digest) -> Vec<Descriptor> {
-        let Ok(bytes) = tokio::fs::read(self.layer_path(diff_id)).await else {
-            return Vec::new();
-        };
-        serde_json::from_slice::<Vec<Descriptor>>(&bytes)
-            .unwrap_or_default()
+        self.read_layer(diff_id)
+            .await
+            .forms
             .into_iter()
             .filter(|d| d.digest != *diff_id && d.size > 0)
             .collect()
     }
 
+    /// The size of the uncompressed layer `diff_id`, as a verified transfer of it found (a hint: whoever streams the
+    /// layer still checks it).
+    pub async fn layer_size(&self, diff_id: &Digest) -> Option<u64> {
+        self.read_layer(diff_id).await.size
+    }
+
+    async fn read_layer(&self, diff_id: &Digest) -> LayerRecord {
+        let Ok(bytes) = tokio::fs::read(self.layer_path(diff_id)).await else {
+            return LayerRecord::default();
+        };
+        serde_json::from_slice::<LayerRecord>(&bytes).unwrap_or_default()
+    }
+
     /// Remembers that `stored` (a compressed blob) holds the layer `diff_id`. Best effort, atomic (a reader sees the
     /// old record or the new one), at most [`LAYER_FORMS`] forms per layer and about [`MAX_LAYER_RECORDS`] layers;
     /// concurrent processes may each lose the other's update, which only costs a lookup later.
-    pub async fn record_layer(&self, diff_id: &Digest, stored: &Descriptor) {
+    pub async fn record_layer(&self, diff_id: &Digest, stored: &Descriptor, size: Option<u64>) {
         if stored.digest == *diff_id {
             return;
         }
         let path = self.layer_path(diff_id);
-        let mut forms = self.layer(diff_id).await;
-        forms.retain(|d| d.digest != stored.digest);
-        forms.insert(0, stored.clone());
-        forms.truncate(LAYER_FORMS);
+        let mut record = self.read_layer(diff_id).await;
+        record
+            .forms
+            .retain(|d| d.digest != stored.digest && d.digest != *diff_id);
+        record.forms.insert(0, stored.clone());
+        record.forms.truncate(LAYER_FORMS);
+        record.size = size.or(record.size);
         let result = async {
             let dir = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
             tokio::fs::create_dir_all(&dir).await?;
             let tmp = path.with_extension(uuid::Uuid::new_v4().simple().to_string());
-            tokio::fs::write(&tmp, serde_json::to_vec(&forms).map_err(std::io::Error::other)?).await?;
+            tokio::fs::write(&tmp, serde_json::to_vec(&record).map_err(std::io::Error::other)?).await?;
             tokio::fs::rename(&tmp, &path).await?;
             // Now and then, keep the record within its bound (the least recently written go).
             if rand_one_in(256) {
@@ -243,6 +257,17 @@ impl MountHints {
             tracing::debug!(error = %e, "cannot record a layer");
         }
     }
+}
+
+/// What the content store knows of one layer (`layers/<diff_id hex>`).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct LayerRecord {
+    /// The uncompressed tar's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    /// Compressed blobs that hold it, the most recent first.
+    #[serde(default)]
+    forms: Vec<Descriptor>,
 }
 
 /// Compressed forms remembered per layer.

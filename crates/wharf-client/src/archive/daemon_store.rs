@@ -71,8 +71,10 @@ struct Info {
 
 /// The image `name` as a source read from the engine's store, or `None` when that is not possible here (the reason
 /// is logged at debug level).
-pub(crate) async fn open(engine: &Engine, name: &str) -> Option<StoreSource> {
-    match try_open(engine, name).await {
+/// `hints`: the content store's layer record, whose known tar sizes spare parsing those layers' records (a wrong one
+/// fails the layer's verification, should it be streamed at all).
+pub(crate) async fn open(engine: &Engine, name: &str, hints: Option<&crate::store::MountHints>) -> Option<StoreSource> {
+    match try_open(engine, name, hints).await {
         Ok(s) => Some(s),
         Err(reason) => {
             tracing::debug!(%reason, "reading the Docker engine's store directly is not possible; exporting instead");
@@ -81,15 +83,39 @@ pub(crate) async fn open(engine: &Engine, name: &str) -> Option<StoreSource> {
     }
 }
 
-async fn try_open(engine: &Engine, name: &str) -> Result<StoreSource, String> {
-    let info: Info = engine.get_json("/info").await.map_err(|e| e.to_string())?;
+fn overlay2_root(inspect: &super::engine::ImageInspect) -> Option<PathBuf> {
+    let g = inspect.graph_driver.as_ref().filter(|g| g.name == "overlay2")?;
+    let upper = Path::new(g.data.as_ref()?.get("UpperDir")?);
+    let layer = upper
+        .parent()
+        .filter(|_| upper.file_name().is_some_and(|n| n == "diff"))?;
+    let drivers = layer
+        .parent()
+        .filter(|d| d.file_name().is_some_and(|n| n == "overlay2"))?;
+    drivers.parent().filter(|r| r.is_absolute()).map(Path::to_path_buf)
+}
+
+async fn try_open(
+    engine: &Engine,
+    name: &str,
+    hints: Option<&crate::store::MountHints>,
+) -> Result<StoreSource, String> {
+    let inspect = engine.inspect(name).await.map_err(|e| e.to_string())?;
+    // overlay2 names the top layer's directory, `<root>/overlay2/<cache id>/diff`: the root without `GET /info`
+    // (which costs the engine more than everything else here).
+    let info = match overlay2_root(&inspect) {
+        Some(root) => Info {
+            docker_root_dir: root.to_string_lossy().into_owned(),
+            driver: "overlay2".into(),
+        },
+        None => engine.get_json("/info").await.map_err(|e| e.to_string())?,
+    };
     let driver_dir = match info.driver.as_str() {
         "overlay2" => "overlay2",
         "vfs" => "vfs/dir",
         other => return Err(format!("storage driver {other}")),
     };
     let root = PathBuf::from(&info.docker_root_dir);
-    let inspect = engine.inspect(name).await.map_err(|e| e.to_string())?;
     let id: Digest = inspect.id.parse().map_err(|_| format!("image id {:?}", inspect.id))?;
     let diff_ids = inspect.root_f_s.map(|r| r.layers).unwrap_or_default();
     let image_dir = root.join("image").join(&info.driver);
@@ -100,6 +126,7 @@ async fn try_open(engine: &Engine, name: &str) -> Result<StoreSource, String> {
         return Err("the stored config does not hash to the image id".into());
     }
     let mut layers = Vec::new();
+    let mut sizes = Vec::new();
     let mut chain: Option<Digest> = None;
     for diff_id in diff_ids {
         let chain_id = match &chain {
@@ -122,18 +149,30 @@ async fn try_open(engine: &Engine, name: &str) -> Result<StoreSource, String> {
         if !tokio::fs::metadata(&dir).await.map(|m| m.is_dir()).unwrap_or(false) {
             return Err(format!("layer {diff_id}: no directory {}", dir.display()));
         }
+        let known = match hints {
+            Some(h) => h.layer_size(&diff_id).await,
+            None => None,
+        };
+        // Sizes not known are read from the records below, all at once.
         let ts = tar_split.clone();
-        let size = tokio::task::spawn_blocking(move || tar_size(&ts))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("layer {diff_id}: tar-split: {e}"))?;
+        let size = tokio::task::spawn_blocking(move || match known {
+            Some(s) => Ok(s),
+            None => tar_size(&ts),
+        });
+        sizes.push((diff_id.clone(), size));
         layers.push(Layer {
             diff_id: diff_id.clone(),
-            size,
+            size: 0,
             tar_split,
             dir,
         });
         chain = Some(chain_id);
+    }
+    for (layer, (diff_id, size)) in layers.iter_mut().zip(sizes) {
+        layer.size = size
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("layer {diff_id}: tar-split: {e}"))?;
     }
     let config_desc = super::read::descriptor(media::OCI_CONFIG, id.clone(), config.len() as u64);
     let layer_descs: Vec<Descriptor> = layers

@@ -26,6 +26,17 @@ pub struct ImageInspect {
     pub repo_tags: Option<Vec<String>>,
     #[serde(default)]
     pub root_f_s: Option<RootFs>,
+    /// Where the storage driver keeps the image's top layer (overlay2: `UpperDir`).
+    #[serde(default)]
+    pub graph_driver: Option<GraphDriver>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GraphDriver {
+    pub name: String,
+    #[serde(default)]
+    pub data: Option<std::collections::HashMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]

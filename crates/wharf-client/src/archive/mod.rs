@@ -79,7 +79,9 @@ pub async fn copy_from_daemon(
     let direct = std::env::var("WHARF_DOCKER_STORE").map_or(true, |v| v != "0");
     if direct {
         let engine = engine::Engine::from_env()?;
-        if let Some(source) = daemon_store::open(&engine, reference).await {
+        tracing::debug!(reference, "reading the engine's layer store");
+        if let Some(source) = daemon_store::open(&engine, reference, opts.hints.as_ref()).await {
+            tracing::debug!(reference, "the engine's layer store read");
             match copy(&source, dst, opts).await {
                 Err(e @ (Error::DigestMismatch { .. } | Error::SizeMismatch { .. } | Error::Io { .. }))
                     if dst.restartable() =>
