@@ -107,9 +107,14 @@ pub(crate) type DiffIdSlot = crate::verify::HashSlot;
 
 /// Compresses `input` with `c` on `workers` threads. The returned stream yields the compressed bytes in order;
 /// once it has ended, the slot holds the input's sha256 (the `diff_id`) and length.
-pub(crate) fn compress(input: BlobStream, c: Compression, workers: usize) -> (BlobStream, DiffIdSlot) {
+pub(crate) fn compress(
+    input: BlobStream,
+    c: Compression,
+    workers: usize,
+    size: Option<u64>,
+) -> (BlobStream, DiffIdSlot) {
     let (hashed, slot) = crate::verify::hashing(input);
-    (compress_only(hashed, c, workers, None), slot)
+    (compress_only(hashed, c, workers, size), slot)
 }
 
 /// [`compress`] for an input that is verified (hashed) already on its way here: one pass of sha256 less. `size`:
@@ -349,7 +354,7 @@ mod tests {
     async fn roundtrip(c: Compression, n: usize) {
         let data = sample(n);
         let pieces: Vec<Result<Bytes, Error>> = data.chunks(300_001).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-        let (out, slot) = compress(futures_util::stream::iter(pieces).boxed(), c, 2);
+        let (out, slot) = compress(futures_util::stream::iter(pieces).boxed(), c, 2, None);
         let compressed: Vec<u8> = out.map(|r| r.unwrap().to_vec()).collect::<Vec<_>>().await.concat();
         let (diff_id, len) = slot.lock().unwrap().clone().unwrap();
         assert_eq!(diff_id, Digest::sha256_of(&data));
@@ -383,6 +388,7 @@ mod tests {
                     futures_util::stream::iter([Ok(Bytes::from(d))]).boxed(),
                     Compression::default(),
                     2,
+                    None,
                 );
                 out.map(|r| r.unwrap().to_vec()).collect::<Vec<_>>().await.concat()
             }
@@ -399,7 +405,7 @@ mod tests {
     async fn input_errors_reach_the_output() {
         for c in [Compression::default(), Compression::new(Algorithm::Zstd, None).unwrap()] {
             let items = [Ok(Bytes::from_static(b"abc")), Err(Error::BadOption("boom".into()))];
-            let (out, _) = compress(futures_util::stream::iter(items).boxed(), c, 2);
+            let (out, _) = compress(futures_util::stream::iter(items).boxed(), c, 2, None);
             let results: Vec<_> = out.collect().await;
             assert!(results.iter().any(|r| r.is_err()), "{c:?}: error lost");
         }

@@ -173,7 +173,7 @@ pub async fn copy_from_archive(
                 // A small layer was kept in memory: send it now.
                 let compressed = read::sniff(bytes);
                 let stream = futures_util::stream::iter([Ok(bytes.clone())]).boxed();
-                read::send_layer(&sink, stream, compressed).await?
+                read::send_layer(&sink, stream, bytes.len() as u64, compressed).await?
             }
             (None, None) => return Err(fail(format!("layer {path} is missing"))),
         };

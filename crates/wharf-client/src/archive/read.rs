@@ -76,6 +76,7 @@ pub(crate) struct ReadArchive {
 enum Event {
     Layer {
         path: String,
+        size: u64,
         compressed: Option<crate::compress::Algorithm>,
         rx: mpsc::Receiver<Result<Bytes, Error>>,
     },
@@ -109,14 +110,19 @@ pub(crate) async fn read(input: BlobStream, what: &str, sink: &Sink<'_>) -> Resu
                 Some(Event::Small { path, bytes }) => {
                     small.insert(path, bytes);
                 }
-                Some(Event::Layer { path, compressed, rx }) => {
+                Some(Event::Layer {
+                    path,
+                    size,
+                    compressed,
+                    rx,
+                }) => {
                     let stream = futures_util::stream::poll_fn({
                         let mut rx = rx;
                         move |cx| rx.poll_recv(cx)
                     })
                     .boxed();
                     transfers.push(async move {
-                        let layer = send_layer(sink, stream, compressed).await;
+                        let layer = send_layer(sink, stream, size, compressed).await;
                         (path, layer)
                     });
                 }
@@ -174,6 +180,7 @@ fn walk(reader: impl Read, what: &str, events: mpsc::Sender<Event>) -> Result<Ha
             if events
                 .blocking_send(Event::Layer {
                     path: path.clone(),
+                    size,
                     compressed,
                     rx,
                 })
@@ -258,6 +265,7 @@ pub(crate) fn sniff(head: &[u8]) -> Option<crate::compress::Algorithm> {
 pub(crate) async fn send_layer(
     sink: &Sink<'_>,
     stream: BlobStream,
+    size: u64,
     compressed: Option<crate::compress::Algorithm>,
 ) -> Result<ReadLayer, Error> {
     let media_type = match compressed {
@@ -271,7 +279,8 @@ pub(crate) async fn send_layer(
             compression,
             workers,
         } if compressed.is_none() => {
-            let (out, diff_id) = compress(stream, *compression, *workers);
+            // The same gzip blocks as a layer read in place, so both paths give the same digests.
+            let (out, diff_id) = compress(stream, *compression, *workers, Some(size));
             let (digest, size) = dst.put_new_blob(out).await?;
             let diff_id = crate::verify::hashed(&diff_id, "layer")?.0;
             Ok(ReadLayer {
