@@ -490,10 +490,15 @@ one_run() {
         checked docker_push check_docker_push "$RAW/docker-push-r$RUN.log" "$reg" "bench/docker-r$RUN"
     fi
 
+    # wharf's first pushes go to a registry of their own: in $reg, wharf's layer index would hand it the layers
+    # docker just pushed (an incremental push, bench/incremental.sh), not a first push.
+    local preg ppid
+    start_registry "push-r$RUN"
+    preg=$REG_ADDR ppid=$REG_PID
     fresh_store
     if timed wharf_push_gzip "$RAW/wharf-push-gzip-r$RUN.log" "$WHARF" push "${WHARF_OPTS[@]}" --store "$FRESH_STORE" \
-        --compression gzip --compression-level "$GZIP_LEVEL" "docker-daemon:$IMG" "$reg/bench/wharf-gzip-r$RUN:1"; then
-        checked wharf_push_gzip check_push "wharf push gzip" "$reg" "bench/wharf-gzip-r$RUN" 1 gzip
+        --compression gzip --compression-level "$GZIP_LEVEL" "docker-daemon:$IMG" "$preg/bench/wharf-gzip-r$RUN:1"; then
+        checked wharf_push_gzip check_push "wharf push gzip" "$preg" "bench/wharf-gzip-r$RUN" 1 gzip
     fi
     rm -rf "$FRESH_STORE"
 
@@ -501,10 +506,11 @@ one_run() {
     comp_opts=(--compression zstd)
     [[ -z $ZSTD_LEVEL ]] || comp_opts+=(--compression-level "$ZSTD_LEVEL")
     if timed wharf_push_zstd "$RAW/wharf-push-zstd-r$RUN.log" "$WHARF" push "${WHARF_OPTS[@]}" --store "$FRESH_STORE" \
-        "${comp_opts[@]}" "docker-daemon:$IMG" "$reg/bench/wharf-zstd-r$RUN:1"; then
-        checked wharf_push_zstd check_push "wharf push zstd" "$reg" "bench/wharf-zstd-r$RUN" 1 zstd
+        "${comp_opts[@]}" "docker-daemon:$IMG" "$preg/bench/wharf-zstd-r$RUN:1"; then
+        checked wharf_push_zstd check_push "wharf push zstd" "$preg" "bench/wharf-zstd-r$RUN" 1 zstd
     fi
     rm -rf "$FRESH_STORE"
+    stop_registry "$ppid" "push-r$RUN"
 
     # The floor of any push from docker-daemon: the engine's export (GET /images/get, which
     # wharf reads) alone, to /dev/null. Not a comparison; printed under the table.

@@ -532,15 +532,6 @@ fn same_compression(a: &str, b: &str) -> bool {
 /// Records, for the image manifest `m` of a registry source, each compressed layer under its uncompressed digest
 /// (from the config's `rootfs.diff_ids`). Best effort: a config that cannot be read records nothing.
 async fn record_pulled_layers(hints: &MountHints, src: &dyn ImageSource, m: &Manifest) {
-    #[derive(serde::Deserialize)]
-    struct Config {
-        rootfs: RootFs,
-    }
-    #[derive(serde::Deserialize)]
-    struct RootFs {
-        #[serde(default)]
-        diff_ids: Vec<wharf_oci::Digest>,
-    }
     let Ok(view) = parse(m) else { return };
     let Some(config) = view.config.as_ref().filter(|c| c.size <= 1 << 20) else {
         return;
@@ -553,13 +544,13 @@ async fn record_pulled_layers(hints: &MountHints, src: &dyn ImageSource, m: &Man
     if wharf_oci::Digest::sha256_of(&bytes) != config.digest {
         return;
     }
-    let Ok(parsed) = serde_json::from_slice::<Config>(&bytes) else {
+    let Ok(diff_ids) = wharf_oci::manifest::config_diff_ids(&bytes) else {
         return;
     };
-    if parsed.rootfs.diff_ids.len() != view.layers.len() {
+    if diff_ids.len() != view.layers.len() {
         return;
     }
-    for (diff_id, layer) in parsed.rootfs.diff_ids.iter().zip(&view.layers) {
+    for (diff_id, layer) in diff_ids.iter().zip(&view.layers) {
         if !is_uncompressed_layer(&layer.media_type) {
             hints.record_layer(diff_id, layer, None).await;
         }

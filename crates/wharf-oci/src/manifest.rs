@@ -160,6 +160,22 @@ pub fn is_manifest_type(media_type: &str) -> bool {
     )
 }
 
+/// The `rootfs.diff_ids` of an image config: each layer's uncompressed digest, in the order of the manifest's
+/// layers.
+pub fn config_diff_ids(config: &[u8]) -> Result<Vec<Digest>, ManifestError> {
+    #[derive(Deserialize)]
+    struct Config {
+        rootfs: RootFs,
+    }
+    #[derive(Deserialize)]
+    struct RootFs {
+        #[serde(default)]
+        diff_ids: Vec<Digest>,
+    }
+    let c: Config = serde_json::from_slice(config).map_err(|e| ManifestError::Json(e.to_string()))?;
+    Ok(c.rootfs.diff_ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -186,17 +186,6 @@ impl LayerIndex {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Config {
-    rootfs: RootFs,
-}
-
-#[derive(serde::Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<Digest>,
-}
-
 async fn read_diff_ids(store: &dyn RegistryStore, repo: &str, config: &Descriptor) -> Option<Vec<Digest>> {
     let blob = store.open_blob(repo, &config.digest).await.ok()??;
     if blob.size > MAX_CONFIG {
@@ -210,7 +199,7 @@ async fn read_diff_ids(store: &dyn RegistryStore, repo: &str, config: &Descripto
             return None;
         }
     }
-    Some(serde_json::from_slice::<Config>(&bytes).ok()?.rootfs.diff_ids)
+    wharf_oci::manifest::config_diff_ids(&bytes).ok()
 }
 
 /// `GET /wharf/v1/layers/<diff_id>`: the compressed blobs holding the layer, each with a repository the caller may

@@ -245,17 +245,7 @@ async fn a_corrupt_peer_is_caught_reported_and_avoided() {
         bad_pieces += metric(&metrics(&c, n).await, "wharf_p2p_bad_pieces_total", "");
     }
     assert!(bad_pieces >= 1.0, "no node ever met the corrupt peer");
-    let swarms: serde_json::Value = serde_json::from_slice(
-        &c.get(format!("{}/v1/swarms", s.url(0)))
-            .bearer_auth("t0k")
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let swarms = swarms(&c, &s).await;
     let bad_id = bad.lines[1]
         .split_whitespace()
         .nth(3)

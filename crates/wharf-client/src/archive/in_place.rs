@@ -86,10 +86,7 @@ pub(crate) fn open(path: &Path, wanted: Option<&str>) -> Result<Option<InPlace>,
     }) else {
         return Ok(None);
     };
-    let diff_ids = match serde_json::from_slice::<super::Config>(&config) {
-        Ok(c) => c.rootfs.diff_ids,
-        Err(e) => return Err(fail(format!("bad image config: {e}"))),
-    };
+    let diff_ids = wharf_oci::manifest::config_diff_ids(&config).map_err(|e| fail(format!("bad image config: {e}")))?;
     if diff_ids.len() != image.layers.len() {
         return Ok(None);
     }
@@ -134,18 +131,12 @@ impl ImageSource for InPlace {
     }
 
     async fn get_manifest(&self, child: Option<&Descriptor>) -> Result<Manifest, Error> {
-        match child {
-            None => Ok(self.manifest.clone()),
-            Some(d) => Err(Error::Manifest {
-                what: d.digest.to_string(),
-                reason: "not in this archive".into(),
-            }),
-        }
+        super::only_manifest(&self.manifest, child)
     }
 
     async fn get_blob(&self, desc: &Descriptor) -> Result<BlobStream, Error> {
-        if desc.digest == self.config_digest {
-            return Ok(futures_util::stream::iter([Ok(self.config.clone())]).boxed());
+        if let Some(config) = super::config_blob(desc, &self.config_digest, &self.config) {
+            return Ok(config);
         }
         let Some(&(offset, size)) = self.layers.get(&desc.digest) else {
             return Err(Error::Archive {

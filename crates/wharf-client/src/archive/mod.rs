@@ -57,17 +57,6 @@ impl ArchiveInput {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Config {
-    rootfs: RootFs,
-}
-
-#[derive(serde::Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<Digest>,
-}
-
 /// Copies an image of the local Docker engine to `dst`: from the engine's layer store when it can be read here
 /// ([`daemon_store`]), else from its `docker save` export. `WHARF_DOCKER_STORE=0` forces the export.
 pub async fn copy_from_daemon(
@@ -155,17 +144,17 @@ pub async fn copy_from_archive(
         .get(&config_path)
         .cloned()
         .ok_or_else(|| fail(format!("config {} is missing or too large", image.config)))?;
-    let parsed: Config = serde_json::from_slice(&config).map_err(|e| fail(format!("bad image config: {e}")))?;
-    if parsed.rootfs.diff_ids.len() != image.layers.len() {
+    let diff_ids = wharf_oci::manifest::config_diff_ids(&config).map_err(|e| fail(format!("bad image config: {e}")))?;
+    if diff_ids.len() != image.layers.len() {
         return Err(fail(format!(
             "the config lists {} layers, manifest.json {}",
-            parsed.rootfs.diff_ids.len(),
+            diff_ids.len(),
             image.layers.len()
         )));
     }
 
     let mut layers: Vec<ReadLayer> = Vec::new();
-    for (path, diff_id) in image.layers.iter().zip(&parsed.rootfs.diff_ids) {
+    for (path, diff_id) in image.layers.iter().zip(&diff_ids) {
         let p = archive.resolve(path);
         let layer = match (archive.layers.get(&p), archive.small.get(&p)) {
             (Some(l), _) => l.clone(),
@@ -260,19 +249,29 @@ impl ImageSource for Staged {
     }
 
     async fn get_manifest(&self, child: Option<&Descriptor>) -> Result<Manifest, Error> {
-        match child {
-            None => Ok(self.manifest.clone()),
-            Some(d) => Err(Error::Manifest {
-                what: d.digest.to_string(),
-                reason: "not in this archive".into(),
-            }),
-        }
+        only_manifest(&self.manifest, child)
     }
 
     async fn get_blob(&self, desc: &Descriptor) -> Result<BlobStream, Error> {
-        if desc.digest == self.config_digest {
-            return Ok(futures_util::stream::iter([Ok(self.config.clone())]).boxed());
+        if let Some(config) = config_blob(desc, &self.config_digest, &self.config) {
+            return Ok(config);
         }
         self.store.open(&desc.digest).await
     }
+}
+
+/// An archive's one image manifest (`child`: none of an archive's manifests has children).
+pub(crate) fn only_manifest(manifest: &Manifest, child: Option<&Descriptor>) -> Result<Manifest, Error> {
+    match child {
+        None => Ok(manifest.clone()),
+        Some(d) => Err(Error::Manifest {
+            what: d.digest.to_string(),
+            reason: "not in this archive".into(),
+        }),
+    }
+}
+
+/// The config's bytes, when `desc` names it.
+pub(crate) fn config_blob(desc: &Descriptor, digest: &Digest, config: &Bytes) -> Option<BlobStream> {
+    (desc.digest == *digest).then(|| futures_util::stream::iter([Ok(config.clone())]).boxed())
 }
