@@ -2026,6 +2026,36 @@ mod tests {
             s.swarms[TASK].pieces[0].holders.is_empty(),
             "its holders withdrawn with it"
         );
+        // One open dispute per reporter: its next report waits for the first verdict.
+        let mut s2 = State::new(Policy {
+            lease_spread: 1,
+            ..Policy::default()
+        });
+        let mut leased = origins(&ask(&mut s2, &liar, 2, [0, 1], t));
+        leased.sort_unstable();
+        assert_eq!(leased, vec![0, 1]);
+        announce_digests(
+            &mut s2,
+            TASK,
+            &liar,
+            2,
+            &[(0, forged.clone()), (1, forged.clone())],
+            false,
+            t,
+        );
+        announce_digests(&mut s2, TASK, &honest, 2, &[(0, digest(0)), (1, digest(1))], false, t);
+        for piece in [0, 1] {
+            let r = Report {
+                peer: honest.clone(),
+                bad: String::new(),
+                piece,
+                reason: ReportReason::Forged,
+                digest: Some(digest(piece)),
+            };
+            s2.report(TASK, &r, t).unwrap();
+        }
+        assert_eq!(s2.piece_digest(TASK, 0), None, "the first report opens a dispute");
+        assert_eq!(s2.piece_digest(TASK, 1), Some(forged.clone()), "the second waits");
         // Neither party settles it.
         assert_eq!(waits(&ask(&mut s, &liar, 1, [0], t)), vec![0]);
         assert_eq!(waits(&ask(&mut s, &honest, 1, [0], t)), vec![0]);

@@ -226,6 +226,17 @@ impl State {
             tracing::debug!(task, reporter = %r.peer.id, piece = r.piece, "forged report without grounds; ignored");
             return Ok(());
         }
+        // One open dispute per reporter and swarm: a member cannot withdraw every digest at once (each costs an
+        // origin fetch) before the first verdict on its word.
+        if swarm
+            .pieces
+            .iter()
+            .any(|p| p.dispute.as_ref().is_some_and(|d| d.reporter == r.peer.id))
+        {
+            tracing::debug!(task, reporter = %r.peer.id, piece = r.piece, "a dispute of this reporter is open; report ignored");
+            return Ok(());
+        }
+        let ps = &mut swarm.pieces[r.piece as usize];
         let publisher = ps
             .by
             .and_then(|k| self.peers[k as usize].as_ref())
