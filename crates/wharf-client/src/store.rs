@@ -176,16 +176,7 @@ impl MountHints {
         let Some(path) = self.path(registry, digest) else {
             return;
         };
-        let result = async {
-            if let Some(dir) = path.parent() {
-                tokio::fs::create_dir_all(dir).await?;
-            }
-            let tmp = path.with_extension(uuid::Uuid::new_v4().simple().to_string());
-            tokio::fs::write(&tmp, repository.as_bytes()).await?;
-            tokio::fs::rename(&tmp, &path).await
-        }
-        .await;
-        if let Err(e) = result {
+        if let Err(e) = write_atomically(&path, repository.as_bytes()).await {
             tracing::debug!(error = %e, "cannot record a mount hint");
         }
     }
@@ -241,22 +232,29 @@ impl MountHints {
         record.forms.truncate(LAYER_FORMS);
         record.size = size.or(record.size);
         let result = async {
-            let dir = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-            tokio::fs::create_dir_all(&dir).await?;
-            let tmp = path.with_extension(uuid::Uuid::new_v4().simple().to_string());
-            tokio::fs::write(&tmp, serde_json::to_vec(&record).map_err(std::io::Error::other)?).await?;
-            tokio::fs::rename(&tmp, &path).await?;
+            write_atomically(&path, &serde_json::to_vec(&record).map_err(std::io::Error::other)?).await?;
             // Now and then, keep the record within its bound (the least recently written go).
-            if rand_one_in(256) {
-                prune_oldest(&dir, MAX_LAYER_RECORDS).await?;
+            match path.parent() {
+                Some(dir) if rand_one_in(256) => prune_oldest(dir, MAX_LAYER_RECORDS).await,
+                _ => Ok(()),
             }
-            Ok::<(), std::io::Error>(())
         }
         .await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "cannot record a layer");
         }
     }
+}
+
+/// Writes `bytes` to `path` so that a reader sees the old file or the whole new one (a temporary file beside it,
+/// renamed over it), creating its directory.
+async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let tmp = path.with_extension(uuid::Uuid::new_v4().simple().to_string());
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, path).await
 }
 
 /// What the content store knows of one layer (`layers/<diff_id hex>`).

@@ -32,6 +32,21 @@ pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// A peer address's host (an IPv6 one without its brackets) and port, if the address is `http(s)://host:port` and
+/// nothing more: every node sends requests, with the cluster token, to the addresses peers announce, so an address
+/// with a path, a query, credentials or no port (a URL of the attacker's choosing) is refused.
+pub fn peer_host_port(addr: &str) -> Option<(&str, u16)> {
+    let rest = addr.strip_prefix("http://").or_else(|| addr.strip_prefix("https://"))?;
+    let (host, port) = rest.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok().then_some(v6)?,
+        None => (!host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+            .then_some(host)?,
+    };
+    Some((host, port))
+}
+
 /// The task id of a file URL.
 pub fn url_task(url: &str) -> String {
     format!("url:{}", wharf_oci::Digest::sha256_of(url.as_bytes()).hex())

@@ -57,12 +57,7 @@ pub(crate) fn open(path: &Path, wanted: Option<&str>) -> Result<Option<InPlace>,
         let path = read::normalize(&entry.path().map_err(|e| fail(e.to_string()))?.to_string_lossy());
         let kind = entry.header().entry_type();
         if kind.is_symlink() {
-            if let Ok(Some(target)) = entry.link_name() {
-                let base = path.rsplit_once('/').map_or("", |(d, _)| d);
-                found
-                    .links
-                    .insert(path.clone(), read::join(base, &target.to_string_lossy()));
-            }
+            found.links.extend(read::link_target(&path, &entry));
             continue;
         }
         if !kind.is_file() {

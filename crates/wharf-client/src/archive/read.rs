@@ -160,10 +160,7 @@ fn walk(reader: impl Read, what: &str, events: mpsc::Sender<Event>) -> Result<Ha
         let path = normalize(&entry.path().map_err(|e| fail(e.to_string()))?.to_string_lossy());
         let kind = entry.header().entry_type();
         if kind.is_symlink() {
-            if let Ok(Some(target)) = entry.link_name() {
-                let base = path.rsplit_once('/').map_or("", |(d, _)| d);
-                links.insert(path.clone(), join(base, &target.to_string_lossy()));
-            }
+            links.extend(link_target(&path, &entry));
             continue;
         }
         if !kind.is_file() {
@@ -316,6 +313,13 @@ pub(crate) fn descriptor(media_type: &str, digest: Digest, size: u64) -> Descrip
         urls: None,
         platform: None,
     }
+}
+
+/// A symbolic link entry at `path`, as (`path`, its target resolved inside the archive).
+pub(crate) fn link_target<R: Read>(path: &str, entry: &tar::Entry<R>) -> Option<(String, String)> {
+    let target = entry.link_name().ok()??;
+    let base = path.rsplit_once('/').map_or("", |(d, _)| d);
+    Some((path.to_owned(), join(base, &target.to_string_lossy())))
 }
 
 /// `./a/b` → `a/b`.

@@ -147,18 +147,13 @@ async fn check_source(ctx: &Ctx, ext: &Extensions, peer: &Peer) -> Result<(), Ap
         return forbidden("cannot tell where the request comes from".into());
     };
     let source = remote.ip().to_canonical();
-    let hostport = peer
-        .addr
-        .strip_prefix("http://")
-        .or_else(|| peer.addr.strip_prefix("https://"))
-        .unwrap_or_default();
-    let Some((host, port)) = hostport.rsplit_once(':') else {
-        return forbidden(format!("peer address {:?} is not http(s)://host:port", peer.addr));
+    let Some((host, port)) = proto::peer_host_port(&peer.addr) else {
+        // Not a peer address at all: the state refuses it (400) with its reason.
+        return Ok(());
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     let matches = match host.parse::<IpAddr>() {
         Ok(ip) => ip.to_canonical() == source,
-        Err(_) => match tokio::net::lookup_host((host, port.parse::<u16>().unwrap_or(0))).await {
+        Err(_) => match tokio::net::lookup_host((host, port)).await {
             Ok(mut addrs) => addrs.any(|a| a.ip().to_canonical() == source),
             Err(_) => false,
         },

@@ -420,21 +420,9 @@ fn check_peer(peer: &Peer) -> Result<(), StateError> {
     Ok(())
 }
 
-/// `http(s)://host:port` and nothing more: every node sends requests, with the cluster token, to the addresses
-/// peers announce, so an address with a path, a query, credentials or no port (a URL of the attacker's choosing)
-/// is refused.
+/// See [`proto::peer_host_port`].
 fn is_peer_address(addr: &str) -> bool {
-    let Some(rest) = addr.strip_prefix("http://").or_else(|| addr.strip_prefix("https://")) else {
-        return false;
-    };
-    let Some((host, port)) = rest.rsplit_once(':') else {
-        return false;
-    };
-    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
-        None => !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'),
-    };
-    host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
+    proto::peer_host_port(addr).is_some()
 }
 
 fn splitmix(mut x: u64) -> u64 {

@@ -154,8 +154,7 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
             name.to_owned(),
             view.media_type.clone(),
         );
-        let body = manifest_body.clone();
-        tokio::spawn(async move { index.learn(store.as_ref(), &repo, &body, &media_type).await });
+        tokio::spawn(async move { index.learn(store.as_ref(), &repo, &manifest_body, &media_type).await });
     }
     if let Some(n) = &app.notifier {
         let target = |tag: Option<String>| crate::notify::Target {
