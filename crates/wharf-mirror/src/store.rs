@@ -11,8 +11,8 @@ use futures_util::StreamExt;
 use wharf_oci::Digest;
 use wharf_oci::manifest::Descriptor;
 use wharf_storage::{
-    BlobSource, ByteStream, CacheConfig, CachedStore, FsStore, NewManifest, OpenBlob, Reference, RegistryStore, Result,
-    StorageError, StoredManifest, UploadStatus, Uploads,
+    BlobSource, ByteStream, CacheConfig, CachedStore, FsStore, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune,
+    Reference, RegistryStore, Result, StorageError, StoredManifest, UploadStatus, Uploads,
 };
 
 use crate::config::MirrorConfig;
@@ -557,6 +557,31 @@ impl RegistryStore for MirrorStore {
             Some(_) => self.cache.referrers(repo, subject).await,
             None => self.local.referrers(repo, subject).await,
         }
+    }
+
+    // The layer index is the local registry's: mirrored repositories are not indexed (their manifests live upstream).
+    async fn layer_forms(&self, diff_id: &Digest) -> Result<Vec<LayerForm>> {
+        self.local.layer_forms(diff_id).await
+    }
+
+    async fn record_layers(&self, entries: &[LayerEntry]) -> Result<()> {
+        self.local.record_layers(entries).await
+    }
+
+    async fn forget_layer(&self, entry: &LayerEntry) -> Result<bool> {
+        self.local.forget_layer(entry).await
+    }
+
+    async fn prune_layer_index(&self, prune: Prune<'_>) -> Result<usize> {
+        self.local.prune_layer_index(prune).await
+    }
+
+    async fn layer_index_complete(&self) -> Result<Option<bool>> {
+        self.local.layer_index_complete().await
+    }
+
+    async fn set_layer_index_complete(&self, complete: bool) -> Result<()> {
+        self.local.set_layer_index_complete(complete).await
     }
 }
 

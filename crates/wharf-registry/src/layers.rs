@@ -2,18 +2,19 @@
 //! repositories that link them, so a client about to compress a layer from a Docker engine can ask whether the
 //! registry has it already (`GET /wharf/v1/layers/<diff_id>`) and skip or mount it instead.
 //!
-//! Learnt from every image manifest pushed (its config's `rootfs.diff_ids` beside its `layers`) and, when the server
-//! starts, from every tagged image manifest in the store (a background pass; a store of mirrored repositories is not
-//! walked upstream). The manifests are the durable record: the index is derived from them, held in memory, bounded
-//! ([`MAX_LAYERS`] layers, [`MAX_FORMS`] compressed forms each, [`MAX_REPOS`] repositories per form), and never
-//! trusted: every answer is checked against the store (the repository still links the blob) at the moment it is
-//! given, so a blob collected since, or a manifest write that died half-way, never makes a client skip a blob that is
-//! not there. Entries found stale are dropped then.
+//! Kept in the storage backend (`wharf_storage::layer_index`: files, or objects in the bucket), cached like other
+//! metadata (memory, or the replicas' Redis). Written on every image manifest PUT, from its config's
+//! `rootfs.diff_ids` beside its `layers`, *before* the manifest is stored: a 201 means the index has the image, and a
+//! process killed in between leaves entries whose repository links the blob anyway (the PUT checked it), never a
+//! manifest the index missed. Built from every stored manifest when the store has no complete index (the first start
+//! on an older store; `wharf index rebuild`), in the background. Garbage collection prunes the blobs it deletes.
 //!
-//! The answer never names a repository the caller may not pull; a layer held only in such repositories is answered
-//! as unknown (404).
+//! Never trusted: every answer is checked against the store (the repository still links the blob) at the moment it
+//! is given, so a blob collected since, or an entry a crash left, never makes a client skip a blob that is not
+//! there; entries found stale are dropped then. The answer never names a repository the caller may not pull; a layer
+//! held only in such repositories is answered as unknown (404).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
@@ -22,40 +23,14 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use wharf_oci::manifest::{Descriptor, ManifestView};
 use wharf_oci::{Digest, ErrorCode, media};
-use wharf_storage::{Reference, RegistryStore};
+use wharf_storage::{LayerBlob, LayerEntry, Prune, Reference, RegistryStore, StorageError};
 
 use crate::{ApiError, App};
 
-/// Layers remembered.
-pub const MAX_LAYERS: u64 = 1_000_000;
-/// Compressed forms remembered per layer.
-const MAX_FORMS: usize = 4;
-/// Repositories remembered per form (the most recent first).
-const MAX_REPOS: usize = 8;
 /// Largest image config read to learn its diff_ids.
 const MAX_CONFIG: u64 = 1 << 20;
-/// Manifests read at once by the startup pass.
+/// Manifests read at once by a rebuild.
 const REBUILD_CONCURRENCY: usize = 8;
-
-#[derive(Debug, Clone)]
-struct Form {
-    blob: Descriptor,
-    repos: Vec<String>,
-}
-
-/// The index (cheap to clone: shared).
-#[derive(Clone)]
-pub struct LayerIndex {
-    layers: moka::sync::Cache<Digest, Arc<Mutex<Vec<Form>>>>,
-}
-
-impl Default for LayerIndex {
-    fn default() -> Self {
-        LayerIndex {
-            layers: moka::sync::Cache::builder().max_capacity(MAX_LAYERS).build(),
-        }
-    }
-}
 
 /// `GET /wharf/v1/layers/<diff_id>`.
 #[derive(Debug, Serialize)]
@@ -74,115 +49,161 @@ pub struct KnownBlob {
     pub repository: String,
 }
 
-impl LayerIndex {
-    /// Records that `repo` links `blob`, which holds layer `diff_id`.
-    pub fn add(&self, diff_id: &Digest, blob: &Descriptor, repo: &str) {
-        let forms = self.layers.get_with(diff_id.clone(), Default::default);
-        let mut forms = forms.lock().unwrap_or_else(PoisonError::into_inner);
-        let at = match forms.iter().position(|f| f.blob.digest == blob.digest) {
-            Some(i) => i,
-            None => {
-                if forms.len() >= MAX_FORMS {
-                    forms.pop();
-                }
-                forms.insert(
-                    0,
-                    Form {
-                        blob: blob.clone(),
-                        repos: Vec::new(),
-                    },
-                );
-                0
-            }
-        };
-        let repos = &mut forms[at].repos;
-        repos.retain(|r| r != repo);
-        repos.insert(0, repo.to_owned());
-        repos.truncate(MAX_REPOS);
-    }
+/// What a rebuild did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Rebuilt {
+    pub repositories: usize,
+    /// Image manifests read (tagged, and the children of tagged indexes).
+    pub images: usize,
+    /// Entries recorded that the index did not have.
+    pub recorded: usize,
+    /// Stale entries removed first (a full rebuild only).
+    pub pruned: usize,
+}
 
-    fn forms(&self, diff_id: &Digest) -> Vec<Form> {
-        self.layers
-            .get(diff_id)
-            .map(|f| f.lock().unwrap_or_else(PoisonError::into_inner).clone())
-            .unwrap_or_default()
+/// The index entries of an image manifest stored in `repo`: one per layer, from its config's `rootfs.diff_ids`.
+/// Empty for anything else (an index, an artifact, a config too large or not an image config).
+async fn image_entries(store: &dyn RegistryStore, repo: &str, view: &ManifestView) -> Vec<LayerEntry> {
+    let Some(config) = view.config.as_ref().filter(|c| c.size <= MAX_CONFIG) else {
+        return Vec::new();
+    };
+    if media::is_index(&view.media_type) || view.layers.is_empty() {
+        return Vec::new();
     }
-
-    fn forget(&self, diff_id: &Digest, blob: &Digest, repo: &str) {
-        if let Some(forms) = self.layers.get(diff_id) {
-            let mut forms = forms.lock().unwrap_or_else(PoisonError::into_inner);
-            for f in forms.iter_mut().filter(|f| f.blob.digest == *blob) {
-                f.repos.retain(|r| r != repo);
-            }
-            forms.retain(|f| !f.repos.is_empty());
-        }
+    let Some(diff_ids) = read_diff_ids(store, repo, config).await else {
+        return Vec::new();
+    };
+    if diff_ids.len() != view.layers.len() {
+        return Vec::new();
     }
+    diff_ids
+        .into_iter()
+        .zip(&view.layers)
+        .map(|(diff_id, layer)| LayerEntry {
+            diff_id,
+            blob: LayerBlob {
+                media_type: layer.media_type.clone(),
+                digest: layer.digest.clone(),
+                size: layer.size,
+            },
+            repository: repo.to_owned(),
+        })
+        .collect()
+}
 
-    /// Learns the layers of image manifest `body` just stored in `repo` (anything else is ignored): the config's
-    /// `rootfs.diff_ids`, one per layer, in order.
-    pub async fn learn(&self, store: &dyn RegistryStore, repo: &str, body: &[u8], media_type: &str) {
-        let Ok(view) = ManifestView::parse(body, Some(media_type)) else {
-            return;
-        };
-        let Some(config) = view.config.as_ref().filter(|c| c.size <= MAX_CONFIG) else {
-            return;
-        };
-        if media::is_index(&view.media_type) || view.layers.is_empty() {
-            return;
-        }
-        let Some(diff_ids) = read_diff_ids(store, repo, config).await else {
-            return;
-        };
-        if diff_ids.len() != view.layers.len() {
-            return;
-        }
-        for (diff_id, layer) in diff_ids.iter().zip(&view.layers) {
-            self.add(diff_id, layer, repo);
+/// Records the layers of image manifest `view`, about to be stored in `repo`; returns how many entries were new.
+/// Entries the index (through its cache) already has are not written again.
+pub async fn learn(store: &dyn RegistryStore, repo: &str, view: &ManifestView) -> Result<usize, StorageError> {
+    let mut new = Vec::new();
+    for e in image_entries(store, repo, view).await {
+        let known = store
+            .layer_forms(&e.diff_id)
+            .await?
+            .iter()
+            .any(|f| f.blob.digest == e.blob.digest && f.repositories.contains(&e.repository));
+        if !known && !new.contains(&e) {
+            new.push(e);
         }
     }
+    if !new.is_empty() {
+        store.record_layers(&new).await?;
+    }
+    Ok(new.len())
+}
 
-    /// Learns every tagged image manifest of `store`'s repositories, except those under `skip` (mirrored
-    /// namespaces: their tags live upstream).
-    pub async fn rebuild(&self, store: Arc<dyn RegistryStore>, skip: Vec<String>) {
-        let started = std::time::Instant::now();
-        let repos = match store.repositories().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "layer index: cannot list repositories");
-                return;
-            }
-        };
-        let repos: Vec<String> = repos
-            .into_iter()
-            .filter(|r| !skip.iter().any(|s| r.split('/').next() == Some(s.as_str())))
-            .collect();
-        let mut images = Vec::new();
-        for repo in &repos {
-            if let Ok(Some(tags)) = store.tags(repo).await {
-                images.extend(tags.into_iter().map(|t| (repo.clone(), t)));
-            }
+/// Builds the index from every tagged image manifest of `store`'s repositories (and the children of tagged
+/// indexes), except those under `skip` (mirrored namespaces: their tags live upstream). With `prune`, entries whose
+/// repository no longer links the blob are removed first. The index is marked incomplete while this runs, complete
+/// once it is done, so a build cut short is done again at the next start.
+pub async fn rebuild(store: Arc<dyn RegistryStore>, skip: &[String], prune: bool) -> Result<Rebuilt, StorageError> {
+    store.set_layer_index_complete(false).await?;
+    let mut done = Rebuilt::default();
+    if prune {
+        done.pruned = store.prune_layer_index(Prune::Unlinked).await?;
+    }
+    let repos: Vec<String> = store
+        .repositories()
+        .await?
+        .into_iter()
+        .filter(|r| !skip.iter().any(|s| r.split('/').next() == Some(s.as_str())))
+        .collect();
+    done.repositories = repos.len();
+    let mut images = Vec::new();
+    for repo in &repos {
+        if let Some(tags) = store.tags(repo).await? {
+            images.extend(tags.into_iter().map(|t| (repo.clone(), Reference::Tag(t))));
         }
-        let learnt = futures_util::stream::iter(images)
-            .map(|(repo, tag)| {
-                let store = store.clone();
-                async move {
-                    let Ok(Some(m)) = store.get_manifest(&repo, &Reference::Tag(tag)).await else {
-                        return;
-                    };
-                    self.learn(store.as_ref(), &repo, &m.body, &m.media_type).await;
-                }
-            })
-            .buffer_unordered(REBUILD_CONCURRENCY)
-            .count()
-            .await;
-        self.layers.run_pending_tasks();
-        tracing::info!(
-            repositories = repos.len(),
-            images = learnt,
-            layers = self.layers.entry_count(),
+    }
+    let counts: Vec<Result<(usize, usize), StorageError>> = futures_util::stream::iter(images)
+        .map(|(repo, reference)| {
+            let store = store.clone();
+            async move { learn_reference(store.as_ref(), &repo, &reference).await }
+        })
+        .buffer_unordered(REBUILD_CONCURRENCY)
+        .collect()
+        .await;
+    for c in counts {
+        let (images, recorded) = c?;
+        done.images += images;
+        done.recorded += recorded;
+    }
+    store.set_layer_index_complete(true).await?;
+    Ok(done)
+}
+
+/// Learns the manifest `reference` names and, for an index, its children: (image manifests read, entries recorded).
+async fn learn_reference(
+    store: &dyn RegistryStore,
+    repo: &str,
+    reference: &Reference,
+) -> Result<(usize, usize), StorageError> {
+    let Some(m) = store.get_manifest(repo, reference).await? else {
+        return Ok((0, 0));
+    };
+    let Ok(view) = ManifestView::parse(&m.body, Some(&m.media_type)) else {
+        return Ok((0, 0));
+    };
+    if !media::is_index(&view.media_type) {
+        return Ok((1, learn(store, repo, &view).await?));
+    }
+    let mut counts = (0, 0);
+    for child in &view.manifests {
+        let Some(c) = store
+            .get_manifest(repo, &Reference::Digest(child.digest.clone()))
+            .await?
+        else {
+            continue;
+        };
+        if let Ok(v) = ManifestView::parse(&c.body, Some(&c.media_type))
+            && !media::is_index(&v.media_type)
+        {
+            counts.0 += 1;
+            counts.1 += learn(store, repo, &v).await?;
+        }
+    }
+    Ok(counts)
+}
+
+/// At startup: builds the index in the background if the store has none complete (see [`rebuild`]).
+pub async fn build_if_missing(store: Arc<dyn RegistryStore>, skip: Vec<String>) {
+    match store.layer_index_complete().await {
+        Ok(Some(false)) => {}
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "layer index: cannot tell whether it is built");
+            return;
+        }
+    }
+    let started = std::time::Instant::now();
+    match rebuild(store, &skip, false).await {
+        Ok(r) => tracing::info!(
+            repositories = r.repositories,
+            images = r.images,
+            recorded = r.recorded,
             took_ms = started.elapsed().as_millis() as u64,
             "layer index built"
-        );
+        ),
+        Err(e) => tracing::warn!(error = %e, "layer index: the build failed; it runs again at the next start"),
     }
 }
 
@@ -225,8 +246,9 @@ async fn answer(app: &App, diff_id: &str, headers: &HeaderMap, uri: &Uri) -> Res
         None => None,
     };
     let mut blobs = Vec::new();
-    for form in app.layers.forms(&diff_id) {
-        for repo in &form.repos {
+    let forms = app.store.layer_forms(&diff_id).await.map_err(ApiError::from)?;
+    for form in forms {
+        for repo in &form.repositories {
             let visible = match (&app.auth, &caller) {
                 (Some(auth), Some(caller)) => auth.may_pull(caller, repo),
                 _ => true,
@@ -245,7 +267,16 @@ async fn answer(app: &App, diff_id: &str, headers: &HeaderMap, uri: &Uri) -> Res
                     break;
                 }
                 // Unlinked or collected since: the index forgets it.
-                Ok(None) => app.layers.forget(&diff_id, &form.blob.digest, repo),
+                Ok(None) => {
+                    let stale = LayerEntry {
+                        diff_id: diff_id.clone(),
+                        blob: form.blob.clone(),
+                        repository: repo.clone(),
+                    };
+                    if let Err(e) = app.store.forget_layer(&stale).await {
+                        tracing::debug!(error = %e, "layer index: cannot drop a stale entry");
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, "layer index: cannot check a blob"),
             }
         }

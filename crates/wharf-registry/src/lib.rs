@@ -78,8 +78,6 @@ pub struct App {
     pub auth: Option<Arc<auth::Auth>>,
     /// Open upload sessions per repository (see [`SessionLimits`]).
     sessions: Arc<sessions::Sessions>,
-    /// Which compressed blobs hold which layer (see [`layers`]).
-    pub layers: layers::LayerIndex,
 }
 
 impl App {
@@ -87,7 +85,6 @@ impl App {
         App {
             store,
             sessions: Arc::new(sessions::Sessions::new(config.upload_sessions)),
-            layers: layers::LayerIndex::default(),
             config: Arc::new(config),
             metrics: None,
             notifier: None,
@@ -105,10 +102,10 @@ impl App {
         self
     }
 
-    /// Fills the layer index from the store's tagged images, in the background (see [`layers`]); repositories of
-    /// mirrored namespaces are left out.
+    /// Builds the layer index from the store's tagged images in the background if the store has no complete one
+    /// (see [`layers`]); repositories of mirrored namespaces are left out.
     pub fn build_layer_index(&self) -> tokio::task::JoinHandle<()> {
-        let (index, store) = (self.layers.clone(), self.store.clone());
+        let store = self.store.clone();
         let skip = self
             .config
             .namespaces
@@ -116,7 +113,7 @@ impl App {
             .iter()
             .map(|u| u.name.clone())
             .collect();
-        tokio::spawn(async move { index.rebuild(store, skip).await })
+        tokio::spawn(layers::build_if_missing(store, skip))
     }
 
     /// Turns on authentication (and `/auth/token` when wharf issues the tokens).

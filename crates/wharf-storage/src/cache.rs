@@ -18,7 +18,8 @@ use wharf_oci::Digest;
 use wharf_oci::manifest::Descriptor;
 
 use crate::{
-    ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StoredManifest, UploadStatus, Uploads,
+    ByteStream, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune, Reference, RegistryStore, Result, StoredManifest,
+    UploadStatus, Uploads,
 };
 
 /// Sizes of the caches.
@@ -45,6 +46,8 @@ pub struct CachedStore<S> {
     repo_blobs: Cache<(String, Digest), u64>,
     manifests: Cache<(String, Digest), Arc<StoredManifest>>,
     tags: Cache<(String, String), Digest>,
+    /// The layer index's answers (only those with forms: a layer unknown now may be pushed any moment).
+    layers: Cache<Digest, Arc<Vec<LayerForm>>>,
     /// Bumped before and after every write that invalidates entries.
     epoch: AtomicU64,
 }
@@ -64,6 +67,10 @@ impl<S: RegistryStore> CachedStore<S> {
                 .support_invalidation_closures()
                 .build(),
             tags: Cache::builder()
+                .max_capacity(config.blob_descriptors)
+                .support_invalidation_closures()
+                .build(),
+            layers: Cache::builder()
                 .max_capacity(config.blob_descriptors)
                 .support_invalidation_closures()
                 .build(),
@@ -113,7 +120,11 @@ impl<S: RegistryStore> CachedStore<S> {
         let s = set.clone();
         // Only fails if closures were not enabled at build time, which `new` does.
         let _ = self.repo_blobs.invalidate_entries_if(move |k, _| s.contains(&k.1));
-        let _ = self.manifests.invalidate_entries_if(move |k, _| set.contains(&k.1));
+        let s = set.clone();
+        let _ = self.manifests.invalidate_entries_if(move |k, _| s.contains(&k.1));
+        let _ = self
+            .layers
+            .invalidate_entries_if(move |_, forms| forms.iter().any(|f| set.contains(&f.blob.digest)));
         self.bump();
     }
 
@@ -308,6 +319,52 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
 
     async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>> {
         self.inner.referrers(repo, subject).await
+    }
+
+    async fn layer_forms(&self, diff_id: &Digest) -> Result<Vec<LayerForm>> {
+        if let Some(forms) = self.layers.get(diff_id) {
+            return Ok((*forms).clone());
+        }
+        let epoch = self.epoch();
+        let forms = self.inner.layer_forms(diff_id).await?;
+        if !forms.is_empty() {
+            self.fill(&self.layers, diff_id.clone(), Arc::new(forms.clone()), epoch);
+        }
+        Ok(forms)
+    }
+
+    async fn record_layers(&self, entries: &[LayerEntry]) -> Result<()> {
+        self.bump();
+        let result = self.inner.record_layers(entries).await;
+        for e in entries {
+            self.layers.invalidate(&e.diff_id);
+        }
+        self.bump();
+        result
+    }
+
+    async fn forget_layer(&self, entry: &LayerEntry) -> Result<bool> {
+        self.bump();
+        let result = self.inner.forget_layer(entry).await;
+        self.layers.invalidate(&entry.diff_id);
+        self.bump();
+        result
+    }
+
+    async fn prune_layer_index(&self, prune: Prune<'_>) -> Result<usize> {
+        self.bump();
+        let result = self.inner.prune_layer_index(prune).await;
+        self.layers.invalidate_all();
+        self.bump();
+        result
+    }
+
+    async fn layer_index_complete(&self) -> Result<Option<bool>> {
+        self.inner.layer_index_complete().await
+    }
+
+    async fn set_layer_index_complete(&self, complete: bool) -> Result<()> {
+        self.inner.set_layer_index_complete(complete).await
     }
 }
 

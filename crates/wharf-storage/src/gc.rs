@@ -75,6 +75,8 @@ pub struct GcReport {
     pub uploads: Vec<RemovedUpload>,
     /// `_layers` links to deleted blobs removed.
     pub links: usize,
+    /// Layer index entries of deleted blobs removed.
+    pub index_entries: usize,
     /// Leftover temporary files removed.
     pub tmp_files: usize,
     /// Bytes freed: deleted blobs and upload sessions.

@@ -21,6 +21,7 @@ mod cache;
 mod error;
 mod fs;
 pub mod gc;
+pub mod layer_index;
 pub mod object;
 pub mod paths;
 pub mod redis_meta;
@@ -38,6 +39,7 @@ use wharf_oci::manifest::Descriptor;
 pub use cache::{CacheConfig, CachedStore};
 pub use error::StorageError;
 pub use fs::FsStore;
+pub use layer_index::{LayerBlob, LayerEntry, LayerForm, Prune};
 pub use redis_meta::{RedisCache, RedisCacheConfig, RedisMeta, RedisOptions, RedisSessions};
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -146,4 +148,31 @@ pub trait RegistryStore: Uploads + Send + Sync + 'static {
     async fn repositories(&self) -> Result<Vec<String>>;
     /// Descriptors of the manifests in `repo` whose subject is `subject`.
     async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>>;
+
+    /// The layer index ([`layer_index`]): the compressed forms recorded for the layer `diff_id`, at most
+    /// [`layer_index::MAX_FORMS`] with at most [`layer_index::MAX_REPOS`] repositories each. A hint: the caller
+    /// checks a repository still links a blob before it relies on it. Stores without an index answer none.
+    async fn layer_forms(&self, _diff_id: &Digest) -> Result<Vec<LayerForm>> {
+        Ok(Vec::new())
+    }
+    /// Records facts in the layer index (idempotent). Stores without an index ignore them.
+    async fn record_layers(&self, _entries: &[LayerEntry]) -> Result<()> {
+        Ok(())
+    }
+    /// Removes one fact from the layer index (found stale). False if it was not there.
+    async fn forget_layer(&self, _entry: &LayerEntry) -> Result<bool> {
+        Ok(false)
+    }
+    /// Removes the layer index's entries `prune` selects; returns how many went.
+    async fn prune_layer_index(&self, _prune: Prune<'_>) -> Result<usize> {
+        Ok(0)
+    }
+    /// Whether the layer index was built from every stored manifest once; `None` for a store that keeps none.
+    async fn layer_index_complete(&self) -> Result<Option<bool>> {
+        Ok(None)
+    }
+    /// Marks the layer index built from every manifest (or not: a rebuild under way).
+    async fn set_layer_index_complete(&self, _complete: bool) -> Result<()> {
+        Ok(())
+    }
 }

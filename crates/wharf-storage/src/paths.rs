@@ -10,6 +10,8 @@
 //!     _referrers/<subject alg>/<subject hex>/<alg>-<hex>.json  descriptor of a manifest whose subject it is
 //!   uploads/<uuid>/data                                bytes received so far
 //!   uploads/<uuid>/state.json                          repository, offset and hasher state (see fs/upload.rs)
+//!   layer-index/<alg>/<hex>/<alg>-<hex>/...               the layer index: diff_id → blobs → repositories
+//!                                                      (see layer_index.rs)
 //!   tmp/                                               staging for atomic writes of small files
 //!   tmp/gc-clock                                       touched as a garbage collection starts (see gc.rs)
 //!   gc.lock                                            flock: shared by each `wharf serve`, exclusive by `wharf gc`
@@ -92,6 +94,11 @@ impl Layout {
 
     pub fn upload_dir(&self, id: &str) -> PathBuf {
         self.uploads().join(id)
+    }
+
+    /// The layer index's root (its layout is in `layer_index.rs`).
+    pub fn layer_index(&self) -> PathBuf {
+        self.root.join("layer-index")
     }
 
     pub fn tmp(&self) -> PathBuf {

@@ -23,6 +23,8 @@ pub enum Command {
     /// Delete blobs that no manifest references (after a grace period; with --delete-untagged, no tagged image) and
     /// stale uploads from a registry's storage. `wharf serve` does the same online on a schedule ([gc] in its config).
     Gc(crate::gc::GcArgs),
+    /// Maintain the registry's layer index (which compressed blobs hold which layer): `wharf index rebuild`.
+    Index(crate::index::IndexArgs),
     /// Lint Dockerfiles: cache order, layers, package mirrors, .dockerignore, common mistakes.
     Lint(LintArgs),
     /// Apply the safe fixes of `wharf lint` to a Dockerfile (and its .dockerignore).

@@ -6,6 +6,7 @@ mod config;
 mod copy;
 mod fix;
 mod gc;
+mod index;
 mod lint;
 mod login;
 mod p2p;
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Serve(args) => serve::run(args),
         cli::Command::Gc(args) => gc::run(args),
+        cli::Command::Index(args) => index::run(args),
         cli::Command::Lint(args) => lint::run(args),
         cli::Command::Fix(args) => fix::run(args),
         cli::Command::Copy(args) => copy::run_copy(args),

@@ -260,38 +260,78 @@ async fn the_index_reveals_nothing_the_caller_may_not_pull_and_forgets_a_deleted
     assert_eq!(r.status(), 404, "{:?}", r.text().await);
 }
 
+/// `GET /wharf/v1/layers/<diff_id>`: the status, and the body as JSON (null when it is not JSON).
+async fn lookup(reg: &Wharf, diff_id: &str) -> (u16, serde_json::Value) {
+    let r = common::client()
+        .get(reg.url(&format!("/wharf/v1/layers/{diff_id}")))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or_default(),
+    )
+}
+
+fn stop(mut reg: Wharf) {
+    reg.child.kill().unwrap();
+    reg.child.wait().unwrap();
+}
+
+/// `wharf ARGS...`: (success, stdout, stderr).
+fn wharf(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test]
-async fn the_index_is_rebuilt_from_the_stored_images_when_the_server_starts() {
+async fn the_index_is_durable_and_rebuilt_from_the_stored_images_when_lost() {
     let img = images();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("reg");
-    let mut reg = Wharf::start(&root);
+    let reg = Wharf::start(&root);
     let first = push(
         &tmp.path().join("a"),
         &img.v1,
         &format!("docker://{}/team/app:v1", reg.addr),
     );
-    reg.child.kill().unwrap();
-    reg.child.wait().unwrap();
-    // A new process over the same storage: nothing in memory, the index comes back from the manifests.
+    let diff_id = first["layers"][0]["diff_id"].as_str().unwrap().to_owned();
+    let blob = first["layers"][0]["digest"].clone();
+    // The push's 201 came after the index had the image.
+    assert_eq!(lookup(&reg, &diff_id).await.0, 200);
+    stop(reg);
+
+    // A new process over the same storage answers at once: the index is in the storage, not in memory.
     let reg = Wharf::start(&root);
-    let c = common::client();
-    let diff_id = first["layers"][0]["diff_id"].as_str().unwrap();
+    let (status, answer) = lookup(&reg, &diff_id).await;
+    assert_eq!((status, &answer["blobs"][0]["digest"]), (200, &blob), "{answer}");
+    stop(reg);
+
+    // Lost (an older store, a deleted directory): the server builds it again from the manifests at start.
+    std::fs::remove_dir_all(root.join("layer-index")).unwrap();
+    let reg = Wharf::start(&root);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let r = c
-            .get(reg.url(&format!("/wharf/v1/layers/{diff_id}")))
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 200 {
-            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-            assert_eq!(v["blobs"][0]["digest"], first["layers"][0]["digest"], "{v}");
-            break;
-        }
+    while lookup(&reg, &diff_id).await.0 != 200 {
         assert!(std::time::Instant::now() < deadline, "the index never came back");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    stop(reg);
+
+    // Lost again, with no server: `wharf index rebuild` rebuilds it and says what it did.
+    std::fs::remove_dir_all(root.join("layer-index")).unwrap();
+    let (ok, out, err) = wharf(&["index", "rebuild", "--root", root.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("1 repositories, 1 images, 3 entries recorded, 0 stale entries removed"),
+        "{out}"
+    );
+    let reg = Wharf::start(&root);
+    assert_eq!(lookup(&reg, &diff_id).await.0, 200);
     // And a fresh machine uses it.
     let fresh = push(
         &tmp.path().join("b"),
@@ -299,6 +339,98 @@ async fn the_index_is_rebuilt_from_the_stored_images_when_the_server_starts() {
         &format!("docker://{}/other/app:v2", reg.addr),
     );
     assert_eq!(outcomes(&fresh)[..img.base], vec!["mounted"; img.base][..], "{fresh}");
+}
+
+/// A server killed (`abort`, as `kill -9`) between the index write and the manifest write: the index names blobs the
+/// repository links, so a push that goes by it is complete; garbage collection then deletes those blobs (no manifest
+/// keeps them) and the index with them, so a later push compresses and sends them again instead of skipping them.
+#[tokio::test]
+async fn a_manifest_put_killed_after_the_index_write_never_makes_a_push_skip_a_missing_blob() {
+    let img = images();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    let crashing = Wharf::start_env(&root, &[], &[("WHARF_FAULT", "after-layer-index")], None);
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args([
+            "copy",
+            &format!("docker-archive:{}", img.v1.display()),
+            &format!("docker://{}/team/app:v1", crashing.addr),
+        ])
+        .env("WHARF_STORE", tmp.path().join("a"))
+        .env("DOCKER_CONFIG", tmp.path().join("a/docker"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the push must fail: the server died");
+    drop(crashing);
+
+    let reg = Wharf::start(&root);
+    let c = common::client();
+    let tag = c.get(reg.url("/v2/team/app/manifests/v1")).send().await.unwrap();
+    assert_eq!(tag.status(), 404, "the manifest was never stored");
+    let diff_ids: Vec<String> = (0..img.base)
+        .map(|i| Digest::sha256_of(&layer(100 + i as u64, 1 << 20)).to_string())
+        .collect();
+    let (status, answer) = lookup(&reg, &diff_ids[0]).await;
+    assert_eq!(status, 200, "the index was written first: {answer}");
+
+    // A fresh machine goes by the index: it sends no layer, and the image it pushed pulls back whole.
+    let fresh = push(
+        &tmp.path().join("b"),
+        &img.v1,
+        &format!("docker://{}/team/app:v1", reg.addr),
+    );
+    assert!(
+        outcomes(&fresh).iter().all(|o| o == "skipped" || o == "mounted"),
+        "{fresh}"
+    );
+    let pulled = tmp.path().join("pulled");
+    copy(
+        &tmp.path().join("c"),
+        &format!("docker://{}/team/app:v1", reg.addr),
+        &format!("oci:{}:v1", pulled.display()),
+    );
+    stop(reg);
+
+    // Killed again, pushing a new layer to another repository; nothing keeps that blob, so a collection deletes it.
+    let crashing = Wharf::start_env(&root, &[], &[("WHARF_FAULT", "after-layer-index")], None);
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args([
+            "copy",
+            &format!("docker-archive:{}", img.v2.display()),
+            &format!("docker://{}/team/new:v2", crashing.addr),
+        ])
+        .env("WHARF_STORE", tmp.path().join("d"))
+        .env("DOCKER_CONFIG", tmp.path().join("d/docker"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    drop(crashing);
+    let new_layer = Digest::sha256_of(&layer(200, 64 << 10)).to_string();
+    let (ok, report, err) = wharf(&["gc", "--root", root.to_str().unwrap(), "--grace-period", "0", "--json"]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert!(report["index_entries"].as_u64().unwrap() >= 1, "{report}");
+
+    let reg = Wharf::start(&root);
+    assert_eq!(
+        lookup(&reg, &new_layer).await.0,
+        404,
+        "the collected blob left the index"
+    );
+    // The base layers are kept by team/app:v1 and still known.
+    assert_eq!(lookup(&reg, &diff_ids[0]).await.0, 200);
+    // The machine that crashed has no record of a finished push: it compresses the new layer and sends it.
+    let again = push(
+        &tmp.path().join("d"),
+        &img.v2,
+        &format!("docker://{}/team/new:v2", reg.addr),
+    );
+    assert_eq!(outcomes(&again)[img.base], "compressed", "{again}");
+    copy(
+        &tmp.path().join("e"),
+        &format!("docker://{}/team/new:v2", reg.addr),
+        &format!("oci:{}:v2", pulled.display()),
+    );
 }
 
 /// CNCF distribution (`docker-registry`), which has no layer index: the same machine's record still skips what it

@@ -123,7 +123,12 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
     });
     let subject = view.subject.as_ref().map(|s| s.digest.to_string());
     let size = body.len() as u64;
-    let manifest_body = body.clone();
+    // The layer index learns the image's layers before the manifest is stored: a 201 means the index has them (see
+    // `layers`). The index is a hint: failing to write it does not fail the push.
+    if let Err(e) = crate::layers::learn(app.store.as_ref(), name, &view).await {
+        tracing::warn!(repository = name, error = %e, "layer index: cannot record the image's layers");
+    }
+    fault_point("after-layer-index");
     app.store
         .put_manifest(
             name,
@@ -146,16 +151,6 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
             other => other.into(),
         })?;
 
-    // The layer index learns the image's layers (reading its config) without delaying the answer.
-    if view.config.is_some() && !view.layers.is_empty() {
-        let (index, store, repo, media_type) = (
-            app.layers.clone(),
-            app.store.clone(),
-            name.to_owned(),
-            view.media_type.clone(),
-        );
-        tokio::spawn(async move { index.learn(store.as_ref(), &repo, &manifest_body, &media_type).await });
-    }
     if let Some(n) = &app.notifier {
         let target = |tag: Option<String>| crate::notify::Target {
             media_type: Some(view.media_type.clone()),
@@ -188,6 +183,15 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
         }
     }
     Ok(resp)
+}
+
+/// Debug builds only: `WHARF_FAULT=<point>` kills the process at that point, as `kill -9` would, so tests can crash a
+/// request between two writes.
+fn fault_point(point: &str) {
+    if cfg!(debug_assertions) && std::env::var("WHARF_FAULT").is_ok_and(|f| f == point) {
+        tracing::error!(point, "WHARF_FAULT: aborting");
+        std::process::abort();
+    }
 }
 
 fn invalid(e: ManifestError) -> ApiError {

@@ -191,6 +191,11 @@ fn run(fs: &FsStore, opts: &GcOptions, forget: &dyn Forget, hook: &dyn Fn(Stage)
         },
     };
     let finished = gc.steps(hook)?;
+    // The layer index forgets the deleted blobs (a cache in front heard of them through `Forget::blobs`).
+    if !opts.dry_run && !gc.report.blobs.is_empty() {
+        let gone: HashSet<Digest> = gc.report.blobs.iter().map(|b| b.digest.clone()).collect();
+        gc.report.index_entries = super::layer_index::prune(layout, crate::Prune::Blobs(&gone))?;
+    }
     gc.report.interrupted = !finished;
     gc.report.marked_blobs = gc.marked.len();
     gc.report.blobs.sort_by(|a, b| a.digest.cmp(&b.digest));

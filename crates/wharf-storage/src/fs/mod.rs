@@ -2,6 +2,7 @@
 //! in `gc.rs`.
 
 pub(crate) mod gc;
+mod layer_index;
 mod upload;
 
 use std::collections::HashMap;
@@ -19,7 +20,8 @@ use wharf_oci::manifest::{Descriptor, ManifestView};
 use crate::atomic::{blocking, list_dir, read_optional, remove_optional, touch, write_atomic};
 use crate::paths::Layout;
 use crate::{
-    BlobSource, ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StorageError, StoredManifest,
+    BlobSource, ByteStream, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune, Reference, RegistryStore, Result,
+    StorageError, StoredManifest,
 };
 use upload::SessionSlot;
 
@@ -471,5 +473,43 @@ impl RegistryStore for FsStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn layer_forms(&self, diff_id: &Digest) -> Result<Vec<LayerForm>> {
+        let (layout, diff_id) = (self.layout.clone(), diff_id.clone());
+        blocking(move || layer_index::forms(&layout, &diff_id)).await
+    }
+
+    async fn record_layers(&self, entries: &[LayerEntry]) -> Result<()> {
+        let (layout, entries) = (self.layout.clone(), entries.to_vec());
+        blocking(move || layer_index::record(&layout, &entries)).await
+    }
+
+    async fn forget_layer(&self, entry: &LayerEntry) -> Result<bool> {
+        let (layout, entry) = (self.layout.clone(), entry.clone());
+        blocking(move || layer_index::forget(&layout, &entry)).await
+    }
+
+    async fn prune_layer_index(&self, prune: Prune<'_>) -> Result<usize> {
+        let layout = self.layout.clone();
+        let blobs = match prune {
+            Prune::Blobs(set) => Some(set.clone()),
+            Prune::Unlinked => None,
+        };
+        blocking(move || match &blobs {
+            Some(set) => layer_index::prune(&layout, Prune::Blobs(set)),
+            None => layer_index::prune(&layout, Prune::Unlinked),
+        })
+        .await
+    }
+
+    async fn layer_index_complete(&self) -> Result<Option<bool>> {
+        let layout = self.layout.clone();
+        blocking(move || Ok(Some(layer_index::complete(&layout)))).await
+    }
+
+    async fn set_layer_index_complete(&self, complete: bool) -> Result<()> {
+        let layout = self.layout.clone();
+        blocking(move || layer_index::set_complete(&layout, complete)).await
     }
 }

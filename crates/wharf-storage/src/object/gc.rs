@@ -252,6 +252,11 @@ async fn sweep(stack: &dyn Collectable, opts: &GcOptions, start: SystemTime, rep
         drop(hold);
     }
 
+    // The layer index forgets the deleted blobs (the caches heard of them through `forget_blobs`).
+    if !opts.dry_run && !report.blobs.is_empty() {
+        let gone: HashSet<Digest> = report.blobs.iter().map(|b| b.digest.clone()).collect();
+        report.index_entries = store.prune_layer_index(crate::Prune::Blobs(&gone)).await?;
+    }
     stale_uploads(store, opts, report).await
 }
 

@@ -10,6 +10,7 @@
 pub mod gc;
 pub mod gc_lock;
 mod keys;
+mod layer_index;
 pub mod session;
 mod sessions_bucket;
 mod upload;
@@ -29,7 +30,8 @@ use wharf_oci::manifest::{Descriptor, ManifestView};
 use wharf_oci::{Digest, DigestHasher};
 
 use crate::{
-    BlobSource, ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StorageError, StoredManifest,
+    BlobSource, ByteStream, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune, Reference, RegistryStore, Result,
+    StorageError, StoredManifest,
 };
 pub use gc_lock::{GcLock, LocalGcLock};
 pub use session::{MemorySessions, SessionState, SessionStore};
@@ -518,5 +520,29 @@ impl RegistryStore for ObjectStore {
             out.push(d);
         }
         Ok(out)
+    }
+
+    async fn layer_forms(&self, diff_id: &Digest) -> Result<Vec<LayerForm>> {
+        self.index_forms(diff_id).await
+    }
+
+    async fn record_layers(&self, entries: &[LayerEntry]) -> Result<()> {
+        self.index_record(entries).await
+    }
+
+    async fn forget_layer(&self, entry: &LayerEntry) -> Result<bool> {
+        self.index_forget(entry).await
+    }
+
+    async fn prune_layer_index(&self, prune: Prune<'_>) -> Result<usize> {
+        self.index_prune(prune).await
+    }
+
+    async fn layer_index_complete(&self) -> Result<Option<bool>> {
+        self.index_complete().await.map(Some)
+    }
+
+    async fn set_layer_index_complete(&self, complete: bool) -> Result<()> {
+        self.index_set_complete(complete).await
     }
 }

@@ -13,7 +13,8 @@ use wharf_oci::manifest::Descriptor;
 
 use super::{RedisMeta, fresh_token};
 use crate::{
-    ByteStream, NewManifest, OpenBlob, Reference, RegistryStore, Result, StoredManifest, UploadStatus, Uploads,
+    ByteStream, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune, Reference, RegistryStore, Result, StoredManifest,
+    UploadStatus, Uploads,
 };
 
 /// How long cache entries live in Redis, and which manifests are cached.
@@ -186,7 +187,12 @@ impl<S: RegistryStore> RedisCache<S> {
     /// manifests with those digests, for every replica.
     pub async fn forget_blobs(&self, digests: &[Digest]) {
         if !digests.is_empty() {
-            let scopes: Vec<String> = digests.iter().map(|d| self.blob_epoch(d)).collect();
+            // The layer index's answers may name them too.
+            let scopes: Vec<String> = digests
+                .iter()
+                .map(|d| self.blob_epoch(d))
+                .chain([self.layers_epoch()])
+                .collect();
             self.invalidated(&scopes).await;
         }
     }
@@ -254,6 +260,23 @@ impl<S: RegistryStore> RedisCache<S> {
             key: self.meta.key(&["manifest", repo, &d]),
             ttl: self.ttl(self.config.immutable_ttl),
         }
+    }
+
+    /// The layer index's answer for a layer: invalidated by its own writes, and all at once by a prune.
+    fn layer_entry(&self, diff_id: &Digest) -> Entry {
+        Entry {
+            scopes: vec![self.gen_key(), self.layers_epoch(), self.layer_epoch(diff_id)],
+            key: self.meta.key(&["layer", &diff_id.to_string()]),
+            ttl: self.ttl(self.config.mutable_ttl),
+        }
+    }
+
+    fn layers_epoch(&self) -> String {
+        self.meta.key(&["ep", "layers"])
+    }
+
+    fn layer_epoch(&self, diff_id: &Digest) -> String {
+        self.meta.key(&["ep", "layer", &diff_id.to_string()])
     }
 
     fn tag_entry(&self, repo: &str, tag: &str) -> Entry {
@@ -569,6 +592,46 @@ impl<S: RegistryStore> RegistryStore for RedisCache<S> {
 
     async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>> {
         self.inner.referrers(repo, subject).await
+    }
+
+    async fn layer_forms(&self, diff_id: &Digest) -> Result<Vec<LayerForm>> {
+        let entry = self.layer_entry(diff_id);
+        let token = match self.lookup(&entry).await {
+            Lookup::Hit(p) => match serde_json::from_slice::<Vec<LayerForm>>(&p) {
+                Ok(forms) => return Ok(forms),
+                Err(_) => None,
+            },
+            Lookup::Miss(token) => Some(token),
+            Lookup::Off => None,
+        };
+        let forms = self.inner.layer_forms(diff_id).await?;
+        if let (false, Some(token), Ok(payload)) = (forms.is_empty(), token, serde_json::to_vec(&forms)) {
+            self.fill(&entry, &token, &payload).await;
+        }
+        Ok(forms)
+    }
+
+    async fn record_layers(&self, entries: &[LayerEntry]) -> Result<()> {
+        let scopes: Vec<String> = entries.iter().map(|e| self.layer_epoch(&e.diff_id)).collect();
+        self.invalidating(&scopes, self.inner.record_layers(entries)).await
+    }
+
+    async fn forget_layer(&self, entry: &LayerEntry) -> Result<bool> {
+        self.invalidating(&[self.layer_epoch(&entry.diff_id)], self.inner.forget_layer(entry))
+            .await
+    }
+
+    async fn prune_layer_index(&self, prune: Prune<'_>) -> Result<usize> {
+        self.invalidating(&[self.layers_epoch()], self.inner.prune_layer_index(prune))
+            .await
+    }
+
+    async fn layer_index_complete(&self) -> Result<Option<bool>> {
+        self.inner.layer_index_complete().await
+    }
+
+    async fn set_layer_index_complete(&self, complete: bool) -> Result<()> {
+        self.inner.set_layer_index_complete(complete).await
     }
 }
 

@@ -28,6 +28,11 @@ impl Wharf {
 
     /// Starts `wharf serve --root ROOT ARGS...`, its log in `log` if given.
     pub fn start_with(root: &Path, args: &[&str], log: Option<&Path>) -> Wharf {
+        Self::start_env(root, args, &[], log)
+    }
+
+    /// [`Wharf::start_with`] with environment variables set for the server.
+    pub fn start_env(root: &Path, args: &[&str], env: &[(&str, &str)], log: Option<&Path>) -> Wharf {
         let stderr = match log {
             Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
             None => Stdio::inherit(),
@@ -36,6 +41,7 @@ impl Wharf {
             .args(["serve", "--listen", "127.0.0.1:0", "--root"])
             .arg(root)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
