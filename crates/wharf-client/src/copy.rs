@@ -1,8 +1,9 @@
 //! `copy(src, dst)`: one image (or a whole index) from any source to any destination.
 //!
 //! Order of work: resolve the manifest (pick one platform of an index unless `all`), collect every manifest and
-//! blob it references, move the blobs `jobs` at a time, then write manifests children first and the named one
-//! last. For each blob: `has_blob` (skip), else `try_mount` from the source's repository, else stream it from the
+//! blob it references, find which blobs the destination has already (checks many at once), move the others `jobs` at
+//! a time, the largest first, then write manifests children first and the named one last. For each blob: `has_blob`
+//! (skip), else `try_mount` from the source's repository (or one the local record names), else stream it from the
 //! source to the destination through [`Verifying`], which hashes on the fly and withholds the last chunk of a
 //! blob whose digest or size is wrong. Manifests are copied byte-exact, so every digest is preserved — except one
 //! case: uncompressed layers from a source that is not a registry (the Docker engine, a docker archive, an OCI
@@ -111,6 +112,9 @@ pub struct LayerReport {
     pub outcome: &'static str,
 }
 
+/// Existence checks (HEADs, lookups, mounts) in flight at once, before any transfer starts.
+const CHECKS_IN_FLIGHT: usize = 16;
+
 pub(crate) enum Outcome {
     Skipped,
     Mounted,
@@ -147,28 +151,49 @@ pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &Copy
     };
 
     let moved = Arc::new(AtomicU64::new(0));
-    // (what happened, the source's descriptor, the blob as stored at the destination)
-    let outcomes: Vec<(Outcome, &Descriptor, Descriptor)> = futures_util::stream::iter(blobs.iter())
+    // First what the destination has already: cheap requests (a HEAD, a lookup, a mount), many at once, so a blob
+    // that must be compressed and sent never waits behind the checks of others.
+    let checked: Vec<(&Descriptor, Option<(Outcome, Descriptor)>)> = futures_util::stream::iter(blobs.iter())
         .map(|desc| {
-            let moved = moved.clone();
             let convert = convert.contains(&desc.digest);
             async move {
                 if let Some(p) = &opts.progress {
                     p.start(&desc.digest, desc.size);
                 }
-                let result = copy_blob(src, dst, desc, convert, opts, moved).await;
-                if let (Some(p), Ok((o, _))) = (&opts.progress, &result) {
-                    p.finish(&desc.digest, o.name());
+                let found = find_existing(src, dst, desc, convert, opts).await?;
+                if let Some((outcome, stored)) = &found {
+                    finished(src, dst, desc, outcome, stored, opts).await;
                 }
-                if let (Some(h), Ok((_, stored))) = (&opts.hints, &result) {
-                    remember(h, src, dst, desc, stored).await;
-                }
-                result.map(|(o, stored)| (o, desc, stored))
+                Ok::<_, Error>((desc, found))
+            }
+        })
+        .buffer_unordered(CHECKS_IN_FLIGHT.max(opts.jobs))
+        .try_collect()
+        .await?;
+    let (mut found, mut missing): (Vec<_>, Vec<_>) = checked.into_iter().partition(|(_, f)| f.is_some());
+    // Then the transfers, `jobs` at a time, the largest first (the copy ends when the longest one does).
+    missing.sort_by_key(|(desc, _)| std::cmp::Reverse(desc.size));
+    let sent: Vec<(Outcome, &Descriptor, Descriptor)> = futures_util::stream::iter(missing)
+        .map(|(desc, _)| {
+            let moved = moved.clone();
+            let convert = convert.contains(&desc.digest);
+            async move {
+                let (outcome, stored) = transfer(src, dst, desc, convert, opts, moved).await?;
+                finished(src, dst, desc, &outcome, &stored, opts).await;
+                Ok::<_, Error>((outcome, desc, stored))
             }
         })
         .buffer_unordered(opts.jobs.max(1))
         .try_collect()
         .await?;
+    // (what happened, the source's descriptor, the blob as stored at the destination)
+    let mut outcomes: Vec<(Outcome, &Descriptor, Descriptor)> = Vec::with_capacity(blobs.len());
+    outcomes.extend(
+        found
+            .drain(..)
+            .filter_map(|(desc, f)| f.map(|(o, stored)| (o, desc, stored))),
+    );
+    outcomes.extend(sent);
 
     // Source digest → compressed descriptor, for the layers compressed on the way (or found compressed).
     let replaced: HashMap<_, _> = outcomes
@@ -388,31 +413,27 @@ fn parse(m: &Manifest) -> Result<ManifestView, Error> {
     })
 }
 
-async fn copy_blob(
+async fn find_existing(
     src: &dyn ImageSource,
     dst: &dyn ImageDestination,
     desc: &Descriptor,
     convert: bool,
     opts: &CopyOptions,
-    moved: Arc<AtomicU64>,
-) -> Result<(Outcome, Descriptor), Error> {
-    if convert && let Some(found) = existing_layer(dst, desc, opts).await? {
-        return Ok(found);
+) -> Result<Option<(Outcome, Descriptor)>, Error> {
+    if convert {
+        return existing_layer(dst, desc, opts).await;
     }
-    if !convert {
-        if dst.has_blob(desc).await? {
-            tracing::debug!(digest = %desc.digest, "blob already at the destination");
-            return Ok((Outcome::Skipped, desc.clone()));
-        }
-        if let Some(origin) = src.mount_origin()
-            && dst.try_mount(desc, &origin).await?
-        {
-            tracing::debug!(digest = %desc.digest, from = %origin.repository, "blob mounted");
-            return Ok((Outcome::Mounted, desc.clone()));
-        }
+    if dst.has_blob(desc).await? {
+        tracing::debug!(digest = %desc.digest, "blob already at the destination");
+        return Ok(Some((Outcome::Skipped, desc.clone())));
     }
-    if !convert
-        && let (Some(hints), Some(target)) = (&opts.hints, dst.mount_target())
+    if let Some(origin) = src.mount_origin()
+        && dst.try_mount(desc, &origin).await?
+    {
+        tracing::debug!(digest = %desc.digest, from = %origin.repository, "blob mounted");
+        return Ok(Some((Outcome::Mounted, desc.clone())));
+    }
+    if let (Some(hints), Some(target)) = (&opts.hints, dst.mount_target())
         && let Some(repository) = hints.lookup(&target.registry, &desc.digest).await
         && repository != target.repository
     {
@@ -422,9 +443,22 @@ async fn copy_blob(
         };
         if dst.try_mount(desc, &origin).await? {
             tracing::debug!(digest = %desc.digest, from = %origin.repository, "blob mounted (local record)");
-            return Ok((Outcome::Mounted, desc.clone()));
+            return Ok(Some((Outcome::Mounted, desc.clone())));
         }
     }
+    Ok(None)
+}
+
+/// Sends one blob the destination does not have, compressing it on the way when `convert`; a failure that may pass
+/// starts it again ([`BLOB_ATTEMPTS`] in all).
+async fn transfer(
+    src: &dyn ImageSource,
+    dst: &dyn ImageDestination,
+    desc: &Descriptor,
+    convert: bool,
+    opts: &CopyOptions,
+    moved: Arc<AtomicU64>,
+) -> Result<(Outcome, Descriptor), Error> {
     let mut attempt = 1;
     loop {
         let result = async {
@@ -554,6 +588,23 @@ async fn record_pulled_layers(hints: &MountHints, src: &dyn ImageSource, m: &Man
         if !is_uncompressed_layer(&layer.media_type) {
             hints.record_layer(diff_id, layer, None).await;
         }
+    }
+}
+
+/// A blob is in place at the destination: its progress line ends, and the content store records where it is.
+async fn finished(
+    src: &dyn ImageSource,
+    dst: &dyn ImageDestination,
+    desc: &Descriptor,
+    outcome: &Outcome,
+    stored: &Descriptor,
+    opts: &CopyOptions,
+) {
+    if let Some(p) = &opts.progress {
+        p.finish(&desc.digest, outcome.name());
+    }
+    if let Some(h) = &opts.hints {
+        remember(h, src, dst, desc, stored).await;
     }
 }
 

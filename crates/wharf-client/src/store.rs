@@ -176,6 +176,10 @@ impl MountHints {
         let Some(path) = self.path(registry, digest) else {
             return;
         };
+        // Known already: nothing to write (a push of an unchanged image rewrites nothing).
+        if tokio::fs::read(&path).await.is_ok_and(|r| r == repository.as_bytes()) {
+            return;
+        }
         if let Err(e) = write_atomically(&path, repository.as_bytes()).await {
             tracing::debug!(error = %e, "cannot record a mount hint");
         }
@@ -209,6 +213,12 @@ impl MountHints {
         self.read_layer(diff_id).await.size
     }
 
+    /// [`MountHints::layer_size`] for a caller already on a blocking thread.
+    pub fn layer_size_blocking(&self, diff_id: &Digest) -> Option<u64> {
+        let bytes = std::fs::read(self.layer_path(diff_id)).ok()?;
+        serde_json::from_slice::<LayerRecord>(&bytes).ok()?.size
+    }
+
     async fn read_layer(&self, diff_id: &Digest) -> LayerRecord {
         let Ok(bytes) = tokio::fs::read(self.layer_path(diff_id)).await else {
             return LayerRecord::default();
@@ -225,6 +235,10 @@ impl MountHints {
         }
         let path = self.layer_path(diff_id);
         let mut record = self.read_layer(diff_id).await;
+        let unchanged = record.forms.first() == Some(stored) && (size.is_none() || record.size == size);
+        if unchanged {
+            return;
+        }
         record
             .forms
             .retain(|d| d.digest != stored.digest && d.digest != *diff_id);

@@ -125,55 +125,11 @@ async fn try_open(
     if Digest::sha256_of(&config) != id {
         return Err("the stored config does not hash to the image id".into());
     }
-    let mut layers = Vec::new();
-    let mut sizes = Vec::new();
-    let mut chain: Option<Digest> = None;
-    for diff_id in diff_ids {
-        let chain_id = match &chain {
-            None => diff_id.clone(),
-            Some(parent) => Digest::sha256_of(format!("{parent} {diff_id}").as_bytes()),
-        };
-        let layer_dir = image_dir.join("layerdb/sha256").join(chain_id.hex());
-        let cache_id = tokio::fs::read_to_string(layer_dir.join("cache-id"))
-            .await
-            .map_err(|e| format!("layer {diff_id}: cache-id: {e}"))?;
-        let cache_id = cache_id.trim();
-        if cache_id.is_empty() || cache_id.contains('/') || cache_id.starts_with('.') {
-            return Err(format!("layer {diff_id}: bad cache-id"));
-        }
-        let dir = match driver_dir {
-            "overlay2" => root.join("overlay2").join(cache_id).join("diff"),
-            _ => root.join(driver_dir).join(cache_id),
-        };
-        let tar_split = layer_dir.join("tar-split.json.gz");
-        if !tokio::fs::metadata(&dir).await.map(|m| m.is_dir()).unwrap_or(false) {
-            return Err(format!("layer {diff_id}: no directory {}", dir.display()));
-        }
-        let known = match hints {
-            Some(h) => h.layer_size(&diff_id).await,
-            None => None,
-        };
-        // Sizes not known are read from the records below, all at once.
-        let ts = tar_split.clone();
-        let size = tokio::task::spawn_blocking(move || match known {
-            Some(s) => Ok(s),
-            None => tar_size(&ts),
-        });
-        sizes.push((diff_id.clone(), size));
-        layers.push(Layer {
-            diff_id: diff_id.clone(),
-            size: 0,
-            tar_split,
-            dir,
-        });
-        chain = Some(chain_id);
-    }
-    for (layer, (diff_id, size)) in layers.iter_mut().zip(sizes) {
-        layer.size = size
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("layer {diff_id}: tar-split: {e}"))?;
-    }
+    // Everything below is small file reads: one trip to the blocking pool for all of them, not three per layer.
+    let hints = hints.cloned();
+    let layers = tokio::task::spawn_blocking(move || locate_layers(&root, driver_dir, &image_dir, diff_ids, hints))
+        .await
+        .map_err(|e| e.to_string())??;
     let config_desc = super::read::descriptor(media::OCI_CONFIG, id.clone(), config.len() as u64);
     let layer_descs: Vec<Descriptor> = layers
         .iter()
@@ -187,6 +143,74 @@ async fn try_open(
         config: config.into(),
         layers,
     })
+}
+
+/// Finds each layer's directory and record (through the chain IDs of the layer database) and its tar's size: from
+/// `hints` when the content store knows it, else replayed from its record.
+fn locate_layers(
+    root: &Path,
+    driver_dir: &str,
+    image_dir: &Path,
+    diff_ids: Vec<Digest>,
+    hints: Option<crate::store::MountHints>,
+) -> Result<Vec<Layer>, String> {
+    let mut layers = Vec::new();
+    let mut chain: Option<Digest> = None;
+    for diff_id in diff_ids {
+        let chain_id = match &chain {
+            None => diff_id.clone(),
+            Some(parent) => Digest::sha256_of(format!("{parent} {diff_id}").as_bytes()),
+        };
+        let layer_dir = image_dir.join("layerdb/sha256").join(chain_id.hex());
+        let cache_id = std::fs::read_to_string(layer_dir.join("cache-id"))
+            .map_err(|e| format!("layer {diff_id}: cache-id: {e}"))?;
+        let cache_id = cache_id.trim();
+        if cache_id.is_empty() || cache_id.contains('/') || cache_id.starts_with('.') {
+            return Err(format!("layer {diff_id}: bad cache-id"));
+        }
+        let dir = match driver_dir {
+            "overlay2" => root.join("overlay2").join(cache_id).join("diff"),
+            _ => root.join(driver_dir).join(cache_id),
+        };
+        let tar_split = layer_dir.join("tar-split.json.gz");
+        if !std::fs::metadata(&dir).map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(format!("layer {diff_id}: no directory {}", dir.display()));
+        }
+        let known = hints.as_ref().and_then(|h| h.layer_size_blocking(&diff_id));
+        layers.push((
+            Layer {
+                diff_id,
+                size: 0,
+                tar_split,
+                dir,
+            },
+            known,
+        ));
+        chain = Some(chain_id);
+    }
+    // Sizes not known are replayed from the records, all at once.
+    std::thread::scope(|scope| {
+        let replays: Vec<_> = layers
+            .iter()
+            .map(|(l, known)| {
+                let record = l.tar_split.clone();
+                known.is_none().then(|| scope.spawn(move || tar_size(&record)))
+            })
+            .collect();
+        for ((layer, known), replay) in layers.iter_mut().zip(replays) {
+            let what = |e: String| format!("layer {}: tar-split: {e}", layer.diff_id);
+            layer.size = match (*known, replay) {
+                (Some(size), _) => size,
+                (None, Some(r)) => r
+                    .join()
+                    .map_err(|_| what("the reader panicked".into()))?
+                    .map_err(|e| what(e.to_string()))?,
+                (None, None) => return Err(what("no size".into())),
+            };
+        }
+        Ok::<(), String>(())
+    })?;
+    Ok(layers.into_iter().map(|(l, _)| l).collect())
 }
 
 fn entries(tar_split: &Path) -> std::io::Result<impl Iterator<Item = std::io::Result<Entry>>> {
