@@ -14,6 +14,7 @@
 #   GZIP_LEVEL     wharf's --compression-level for gzip        (default 6, as docker)
 #   ZSTD_LEVEL     wharf's --compression-level for zstd        (default: wharf's own, 3)
 #   JOBS           wharf's --jobs                              (default: wharf's own)
+#   STEPS          all, or push (the push pair alone: ~1 min)  (default all)
 #   VERIFY_LAYERS  1: decompress every pushed layer and check it against the config's diff_ids
 #                  (untimed, ~10 s per push)                   (default 1)
 #   BENCH_TMP      parent of the scratch dir; a real disk, not tmpfs (default /var/tmp)
@@ -518,6 +519,10 @@ one_run() {
     if ((RUN == 1)); then
         # For the docker load floor below, and to restore the image for later runs.
         run_quiet "$RAW/save.log" "$DOCKER_CLI" save -o "$WORK/img.tar" "$IMG"
+    fi
+    if [[ ${STEPS:-all} == push ]]; then
+        stop_registry "$reg_pid" "reg-r$RUN"
+        return 0
     fi
 
     # ---- pull into the engine: docker pull vs wharf pull docker-daemon:, from an empty daemon
