@@ -208,6 +208,14 @@ pub async fn build_if_missing(store: Arc<dyn RegistryStore>, skip: Vec<String>) 
 }
 
 async fn read_diff_ids(store: &dyn RegistryStore, repo: &str, config: &Descriptor) -> Option<Vec<Digest>> {
+    wharf_oci::manifest::config_diff_ids(&read_config(store, repo, config).await?).ok()
+}
+
+/// The bytes of an image config `repo` links, if it is at most [`MAX_CONFIG`] bytes and hashes to its digest.
+pub(crate) async fn read_config(store: &dyn RegistryStore, repo: &str, config: &Descriptor) -> Option<Vec<u8>> {
+    if config.size > MAX_CONFIG {
+        return None;
+    }
     let blob = store.open_blob(repo, &config.digest).await.ok()??;
     if blob.size > MAX_CONFIG {
         return None;
@@ -220,7 +228,7 @@ async fn read_diff_ids(store: &dyn RegistryStore, repo: &str, config: &Descripto
             return None;
         }
     }
-    wharf_oci::manifest::config_diff_ids(&bytes).ok()
+    (Digest::of(config.digest.algorithm(), &bytes) == config.digest).then_some(bytes)
 }
 
 /// `GET /wharf/v1/layers/<diff_id>`: the compressed blobs holding the layer, each with a repository the caller may

@@ -19,6 +19,7 @@ axum::serve(listener, app).await
 */
 
 pub mod auth;
+pub mod build_cache;
 mod dispatch;
 mod error;
 mod handlers;
@@ -36,7 +37,7 @@ mod sessions;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use wharf_storage::RegistryStore;
 
 pub use error::ApiError;
@@ -78,6 +79,8 @@ pub struct App {
     pub auth: Option<Arc<auth::Auth>>,
     /// Open upload sessions per repository (see [`SessionLimits`]).
     sessions: Arc<sessions::Sessions>,
+    /// Which stored image serves a build as cache furthest (see [`build_cache`]).
+    pub build_cache: build_cache::BuildCache,
 }
 
 impl App {
@@ -85,6 +88,7 @@ impl App {
         App {
             store,
             sessions: Arc::new(sessions::Sessions::new(config.upload_sessions)),
+            build_cache: build_cache::BuildCache::default(),
             config: Arc::new(config),
             metrics: None,
             notifier: None,
@@ -102,18 +106,22 @@ impl App {
         self
     }
 
-    /// Builds the layer index from the store's tagged images in the background if the store has no complete one
-    /// (see [`layers`]); repositories of mirrored namespaces are left out.
+    /// In the background: builds the layer index from the store's tagged images if the store has no complete one
+    /// (see [`layers`]), and the build cache's trie (see [`build_cache`]); repositories of mirrored namespaces are
+    /// left out.
     pub fn build_layer_index(&self) -> tokio::task::JoinHandle<()> {
-        let store = self.store.clone();
-        let skip = self
+        let (store, trie) = (self.store.clone(), self.build_cache.clone());
+        let skip: Vec<String> = self
             .config
             .namespaces
             .upstreams
             .iter()
             .map(|u| u.name.clone())
             .collect();
-        tokio::spawn(layers::build_if_missing(store, skip))
+        tokio::spawn(async move {
+            layers::build_if_missing(store.clone(), skip.clone()).await;
+            trie.rebuild(store, &skip).await;
+        })
     }
 
     /// Turns on authentication (and `/auth/token` when wharf issues the tokens).
@@ -132,6 +140,7 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(dispatch::metrics))
         .route("/auth/token", get(auth::endpoint::token).post(auth::endpoint::token))
         .route("/wharf/v1/layers/{diff_id}", get(layers::get))
+        .route("/wharf/v1/cache/candidates", post(build_cache::candidates))
         .route("/healthz", get(observe::healthz))
         .route("/readyz", get(observe::readyz))
         .fallback(dispatch::not_found)

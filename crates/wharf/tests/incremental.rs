@@ -26,14 +26,25 @@ fn layer(seed: u64, len: usize) -> Vec<u8> {
 /// Writes a `docker save` archive (legacy layout, as Docker 20.10 writes it) of an image made of `layers`; returns
 /// the config's digest (the image ID).
 fn save(path: &Path, tag: &str, layers: &[Vec<u8>]) -> String {
+    save_built(path, tag, layers, None)
+}
+
+/// [`save`] with the config's `history`: one entry per layer, its `created_by` (as a builder records the step).
+fn save_built(path: &Path, tag: &str, layers: &[Vec<u8>], steps: Option<&[&str]>) -> String {
     let diff_ids: Vec<String> = layers.iter().map(|l| Digest::sha256_of(l).to_string()).collect();
-    let config = serde_json::to_vec(&serde_json::json!({
+    let mut config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "config": {},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .unwrap();
+    });
+    if let Some(steps) = steps {
+        config["history"] = steps
+            .iter()
+            .map(|s| serde_json::json!({"created": "2026-12-01T00:00:00Z", "created_by": s}))
+            .collect();
+    }
+    let config = serde_json::to_vec(&config).unwrap();
     let config_digest = Digest::sha256_of(&config);
     let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
     let mut put = |name: &str, data: &[u8]| {
@@ -497,4 +508,196 @@ fn which(name: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
+}
+
+/// The build cache's candidates (`POST /wharf/v1/cache/candidates`): the image that serves a Dockerfile furthest on
+/// the same base, never one the caller may not pull, never one deleted since; learnt again when the server restarts.
+#[tokio::test]
+async fn build_cache_candidates_rank_by_steps_matched_and_respect_pull_rights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let users = tmp.path().join("users");
+    std::fs::write(
+        &users,
+        "alice:$2y$05$DPkd05OuxG7MQ/pWDC6RMONuiRyQKBSOi1uSMDzTZPxaCsOkYRR0O\n\
+         bob:$2y$05$F7/iHujTuok6c4Xch.01guz/wvmkj4l64nvzUYz/zfWjRxTK3bgyu\n",
+    )
+    .unwrap();
+    let config = tmp.path().join("wharf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nmode = \"htpasswd\"\nhtpasswd = \"{}\"\n[[auth.rules]]\nsubjects = [\"alice\"]\nrepositories = [\"team/*\"]\nactions = [\"pull\", \"push\", \"delete\"]\n[[auth.rules]]\nsubjects = [\"bob\"]\nrepositories = [\"bob/*\"]\nactions = [\"pull\", \"push\"]\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    let root = tmp.path().join("reg");
+    let args = ["--config", config.to_str().unwrap()];
+    let reg = Wharf::start_with(&root, &args, None);
+    let password = |u: &str| if u == "alice" { "wonderland" } else { "builder" };
+
+    // Three images on one base: team/a and bob/c differ from team/b in their last COPY only.
+    let (base, deps) = (layer(1, 4096), layer(2, 4096));
+    let steps = |copy: &str| {
+        [
+            "/bin/sh -c #(nop) ADD file:base in /",
+            "/bin/sh -c apt-get install -y gcc",
+            copy,
+        ]
+        .map(str::to_owned)
+    };
+    let copy_a = "/bin/sh -c #(nop) COPY file:aaaa in /src";
+    let copy_b = "/bin/sh -c #(nop) COPY file:bbbb in /src";
+    let push_as = |user: &str, repo: &str, copy: &str, top: u64| {
+        let archive = tmp.path().join(format!("{}.tar", repo.replace('/', "-")));
+        let s = steps(copy);
+        let s: Vec<&str> = s.iter().map(String::as_str).collect();
+        save_built(
+            &archive,
+            "x:1",
+            &[base.clone(), deps.clone(), layer(top, 4096)],
+            Some(&s),
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["copy", &format!("docker-archive:{}", archive.display())])
+            .arg(format!("docker://{}/{repo}:1", reg.addr))
+            .args(["--json", "--dest-creds", &format!("{user}:{}", password(user))])
+            .env("WHARF_STORE", tmp.path().join(user))
+            .env("DOCKER_CONFIG", tmp.path().join(user).join("docker"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str::<serde_json::Value>(String::from_utf8_lossy(&out.stdout).trim()).unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let a = push_as("alice", "team/a", copy_a, 10);
+    let b = push_as("alice", "team/b", copy_b, 11);
+    let c = push_as("bob", "bob/c", copy_b, 12);
+
+    let query = serde_json::json!({
+        "base": [{
+            "created_by": "/bin/sh -c #(nop) ADD file:base in /",
+            "created": "2026-12-01T00:00:00Z",
+            "diff_id": Digest::sha256_of(&base).to_string(),
+        }],
+        "steps": ["/bin/sh -c apt-get install -y gcc", copy_b],
+    });
+    let ask = |user: Option<&'static str>| {
+        let mut r = common::client()
+            .post(reg.url("/wharf/v1/cache/candidates"))
+            .header("content-type", "application/json")
+            .body(query.to_string());
+        if let Some(u) = user {
+            r = r.basic_auth(u, Some(password(u)));
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&r.bytes().await.unwrap()).unwrap_or_default(),
+            )
+        }
+    };
+    // (The trie learns a PUT in the background: wait for the third image.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let ranked = |v: &serde_json::Value| -> Vec<(String, u64)> {
+        v["candidates"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| {
+                        (
+                            c["repository"].as_str().unwrap().to_owned(),
+                            c["steps_matched"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    loop {
+        let (_, v) = ask(Some("bob")).await;
+        if !ranked(&v).is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the trie never learnt bob/c");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(ask(None).await.0, 401);
+    // Bounded: a query body past 1 MiB, or naming more steps than a build has, is refused.
+    let huge = serde_json::json!({"steps": vec!["x".repeat(1000); 1100]});
+    let many = serde_json::json!({"steps": vec!["RUN x"; 1001]});
+    for (body, want) in [(huge, 413), (many, 400)] {
+        let r = common::client()
+            .post(reg.url("/wharf/v1/cache/candidates"))
+            .basic_auth("alice", Some("wonderland"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want);
+    }
+    let (status, alices) = ask(Some("alice")).await;
+    assert_eq!(status, 200, "{alices}");
+    assert_eq!(
+        ranked(&alices),
+        vec![("team/b".into(), 2), ("team/a".into(), 1)],
+        "{alices}"
+    );
+    assert_eq!(alices["candidates"][0]["digest"], b.as_str());
+    assert_eq!(
+        alices["candidates"][0]["layers"].as_array().unwrap().len(),
+        3,
+        "{alices}"
+    );
+    assert_eq!(
+        alices["candidates"][1]["layers"].as_array().unwrap().len(),
+        2,
+        "{alices}"
+    );
+    let beyond = alices["candidates"][0]["bytes_beyond_base"].as_u64().unwrap();
+    assert!(
+        beyond > 0 && beyond < alices["candidates"][0]["bytes"].as_u64().unwrap(),
+        "{alices}"
+    );
+    // Bob sees his own image only, though team/b matches as far.
+    let (_, bobs) = ask(Some("bob")).await;
+    assert_eq!(ranked(&bobs), vec![("bob/c".into(), 2)], "{bobs}");
+    assert_eq!(bobs["candidates"][0]["digest"], c.as_str());
+
+    // team/b deleted: the next answer no longer names it.
+    let r = common::client()
+        .delete(reg.url(&format!("/v2/team/b/manifests/{b}")))
+        .basic_auth("alice", Some("wonderland"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(ranked(&ask(Some("alice")).await.1), vec![("team/a".into(), 1)]);
+
+    // A new process learns the stored images again.
+    stop(reg);
+    let reg = Wharf::start_with(&root, &args, None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = common::client()
+            .post(reg.url("/wharf/v1/cache/candidates"))
+            .basic_auth("alice", Some("wonderland"))
+            .header("content-type", "application/json")
+            .body(query.to_string())
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        if ranked(&v) == vec![("team/a".to_owned(), 1)] {
+            assert_eq!(v["candidates"][0]["digest"], a.as_str());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the trie was not rebuilt: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

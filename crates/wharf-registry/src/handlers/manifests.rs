@@ -151,6 +151,17 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
             other => other.into(),
         })?;
 
+    // The build cache's trie learns the image's steps (in memory, derived from the manifest: no need to wait).
+    if view.config.is_some() && !view.layers.is_empty() {
+        let (trie, store, repo, digest, view) = (
+            app.build_cache.clone(),
+            app.store.clone(),
+            name.to_owned(),
+            digest.clone(),
+            view.clone(),
+        );
+        tokio::spawn(async move { trie.learn(store.as_ref(), &repo, &digest, &view).await });
+    }
     if let Some(n) = &app.notifier {
         let target = |tag: Option<String>| crate::notify::Target {
             media_type: Some(view.media_type.clone()),
