@@ -76,8 +76,14 @@ fn push(store: &Path, archive: &Path, dest: &str) -> serde_json::Value {
 
 /// `wharf copy SRC DEST` with its own content store; returns the JSON report.
 fn copy(store: &Path, src: &str, dest: &str) -> serde_json::Value {
+    copy_with(store, src, dest, &[])
+}
+
+/// [`copy`] with more arguments (credentials).
+fn copy_with(store: &Path, src: &str, dest: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
         .args(["copy", src, dest, "--json"])
+        .args(args)
         .env("WHARF_STORE", store)
         .env("DOCKER_CONFIG", store.join("docker"))
         .output()
@@ -97,6 +103,46 @@ fn outcomes(report: &serde_json::Value) -> Vec<String> {
         .as_array()
         .map(|a| a.iter().map(|l| l["outcome"].as_str().unwrap().to_owned()).collect())
         .unwrap_or_default()
+}
+
+/// htpasswd users and rules: alice pulls, pushes and deletes team/*, bob pulls and pushes bob/* only
+/// (`htpasswd -nbB alice wonderland`, `htpasswd -nbB bob builder`). Returns the config file.
+fn alice_and_bob(dir: &Path) -> PathBuf {
+    let users = dir.join("users");
+    std::fs::write(
+        &users,
+        "alice:$2y$05$DPkd05OuxG7MQ/pWDC6RMONuiRyQKBSOi1uSMDzTZPxaCsOkYRR0O\n\
+         bob:$2y$05$F7/iHujTuok6c4Xch.01guz/wvmkj4l64nvzUYz/zfWjRxTK3bgyu\n",
+    )
+    .unwrap();
+    let config = dir.join("wharf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nmode = \"htpasswd\"\nhtpasswd = \"{}\"\n[[auth.rules]]\nsubjects = [\"alice\"]\nrepositories = [\"team/*\"]\nactions = [\"pull\", \"push\", \"delete\"]\n[[auth.rules]]\nsubjects = [\"bob\"]\nrepositories = [\"bob/*\"]\nactions = [\"pull\", \"push\"]\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn password(user: &str) -> String {
+    if user == "alice" { "wonderland" } else { "builder" }.to_owned()
+}
+
+/// Pushes `archive` to `dest` of a server over `root` that dies (debug builds' `WHARF_FAULT`) right after writing the
+/// layer index, before the manifest; the push fails.
+fn crashed_push(root: &Path, archive: &Path, repo: &str, store: &Path) {
+    let crashing = Wharf::start_env(root, &[], &[("WHARF_FAULT", "after-layer-index")], None);
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["copy", &format!("docker-archive:{}", archive.display())])
+        .arg(format!("docker://{}/{repo}", crashing.addr))
+        .env("WHARF_STORE", store)
+        .env("DOCKER_CONFIG", store.join("docker"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the push must fail: the server died");
 }
 
 struct Images {
@@ -171,45 +217,20 @@ async fn the_index_reveals_nothing_the_caller_may_not_pull_and_forgets_a_deleted
     let tmp = tempfile::tempdir().unwrap();
     // htpasswd: alice pulls and pushes team/*, bob pulls and pushes bob/* only. (`htpasswd -nbB alice wonderland`,
     // `htpasswd -nbB bob builder`.)
-    let users = tmp.path().join("users");
-    std::fs::write(
-        &users,
-        "alice:$2y$05$DPkd05OuxG7MQ/pWDC6RMONuiRyQKBSOi1uSMDzTZPxaCsOkYRR0O\n\
-         bob:$2y$05$F7/iHujTuok6c4Xch.01guz/wvmkj4l64nvzUYz/zfWjRxTK3bgyu\n",
-    )
-    .unwrap();
-    let password = |u: &str| if u == "alice" { "wonderland" } else { "builder" }.to_owned();
-    let config = tmp.path().join("wharf.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[auth]\nmode = \"htpasswd\"\nhtpasswd = \"{}\"\n[[auth.rules]]\nsubjects = [\"alice\"]\nrepositories = [\"team/*\"]\nactions = [\"pull\", \"push\", \"delete\"]\n[[auth.rules]]\nsubjects = [\"bob\"]\nrepositories = [\"bob/*\"]\nactions = [\"pull\", \"push\"]\n",
-            users.display()
-        ),
-    )
-    .unwrap();
+    let config = alice_and_bob(tmp.path());
     let reg = Wharf::start_with(
         &tmp.path().join("reg"),
         &["--config", config.to_str().unwrap()],
         Some(&tmp.path().join("reg.log")),
     );
-    let creds = |u: &str| format!("{u}:{}", password(u));
     let push_as = |user: &str, store: &Path, archive: &Path, dest: String| {
-        let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args([
-                "copy",
-                &format!("docker-archive:{}", archive.display()),
-                &dest,
-                "--json",
-                "--dest-creds",
-                &creds(user),
-            ])
-            .env("WHARF_STORE", store)
-            .env("DOCKER_CONFIG", store.join("docker"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_str::<serde_json::Value>(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+        let creds = format!("{user}:{}", password(user));
+        copy_with(
+            store,
+            &format!("docker-archive:{}", archive.display()),
+            &dest,
+            &["--dest-creds", &creds],
+        )
     };
     let first = push_as(
         "alice",
@@ -360,19 +381,7 @@ async fn a_manifest_put_killed_after_the_index_write_never_makes_a_push_skip_a_m
     let img = images();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("reg");
-    let crashing = Wharf::start_env(&root, &[], &[("WHARF_FAULT", "after-layer-index")], None);
-    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .args([
-            "copy",
-            &format!("docker-archive:{}", img.v1.display()),
-            &format!("docker://{}/team/app:v1", crashing.addr),
-        ])
-        .env("WHARF_STORE", tmp.path().join("a"))
-        .env("DOCKER_CONFIG", tmp.path().join("a/docker"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "the push must fail: the server died");
-    drop(crashing);
+    crashed_push(&root, &img.v1, "team/app:v1", &tmp.path().join("a"));
 
     let reg = Wharf::start(&root);
     let c = common::client();
@@ -403,19 +412,7 @@ async fn a_manifest_put_killed_after_the_index_write_never_makes_a_push_skip_a_m
     stop(reg);
 
     // Killed again, pushing a new layer to another repository; nothing keeps that blob, so a collection deletes it.
-    let crashing = Wharf::start_env(&root, &[], &[("WHARF_FAULT", "after-layer-index")], None);
-    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .args([
-            "copy",
-            &format!("docker-archive:{}", img.v2.display()),
-            &format!("docker://{}/team/new:v2", crashing.addr),
-        ])
-        .env("WHARF_STORE", tmp.path().join("d"))
-        .env("DOCKER_CONFIG", tmp.path().join("d/docker"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    drop(crashing);
+    crashed_push(&root, &img.v2, "team/new:v2", &tmp.path().join("d"));
     let new_layer = Digest::sha256_of(&layer(200, 64 << 10)).to_string();
     let (ok, report, err) = wharf(&["gc", "--root", root.to_str().unwrap(), "--grace-period", "0", "--json"]);
     assert!(ok, "{err}");
@@ -515,26 +512,10 @@ fn which(name: &str) -> Option<PathBuf> {
 #[tokio::test]
 async fn build_cache_candidates_rank_by_steps_matched_and_respect_pull_rights() {
     let tmp = tempfile::tempdir().unwrap();
-    let users = tmp.path().join("users");
-    std::fs::write(
-        &users,
-        "alice:$2y$05$DPkd05OuxG7MQ/pWDC6RMONuiRyQKBSOi1uSMDzTZPxaCsOkYRR0O\n\
-         bob:$2y$05$F7/iHujTuok6c4Xch.01guz/wvmkj4l64nvzUYz/zfWjRxTK3bgyu\n",
-    )
-    .unwrap();
-    let config = tmp.path().join("wharf.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[auth]\nmode = \"htpasswd\"\nhtpasswd = \"{}\"\n[[auth.rules]]\nsubjects = [\"alice\"]\nrepositories = [\"team/*\"]\nactions = [\"pull\", \"push\", \"delete\"]\n[[auth.rules]]\nsubjects = [\"bob\"]\nrepositories = [\"bob/*\"]\nactions = [\"pull\", \"push\"]\n",
-            users.display()
-        ),
-    )
-    .unwrap();
+    let config = alice_and_bob(tmp.path());
     let root = tmp.path().join("reg");
     let args = ["--config", config.to_str().unwrap()];
     let reg = Wharf::start_with(&root, &args, None);
-    let password = |u: &str| if u == "alice" { "wonderland" } else { "builder" };
 
     // Three images on one base: team/a and bob/c differ from team/b in their last COPY only.
     let (base, deps) = (layer(1, 4096), layer(2, 4096));
@@ -558,19 +539,14 @@ async fn build_cache_candidates_rank_by_steps_matched_and_respect_pull_rights() 
             &[base.clone(), deps.clone(), layer(top, 4096)],
             Some(&s),
         );
-        let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args(["copy", &format!("docker-archive:{}", archive.display())])
-            .arg(format!("docker://{}/{repo}:1", reg.addr))
-            .args(["--json", "--dest-creds", &format!("{user}:{}", password(user))])
-            .env("WHARF_STORE", tmp.path().join(user))
-            .env("DOCKER_CONFIG", tmp.path().join(user).join("docker"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_str::<serde_json::Value>(String::from_utf8_lossy(&out.stdout).trim()).unwrap()["digest"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        let creds = format!("{user}:{}", password(user));
+        let report = copy_with(
+            &tmp.path().join(user),
+            &format!("docker-archive:{}", archive.display()),
+            &format!("docker://{}/{repo}:1", reg.addr),
+            &["--dest-creds", &creds],
+        );
+        report["digest"].as_str().unwrap().to_owned()
     };
     let a = push_as("alice", "team/a", copy_a, 10);
     let b = push_as("alice", "team/b", copy_b, 11);
