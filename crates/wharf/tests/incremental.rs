@@ -215,8 +215,6 @@ fn a_fresh_machine_mounts_the_layers_another_pushed_and_the_same_machine_skips_t
 async fn the_index_reveals_nothing_the_caller_may_not_pull_and_forgets_a_deleted_blob() {
     let img = images();
     let tmp = tempfile::tempdir().unwrap();
-    // htpasswd: alice pulls and pushes team/*, bob pulls and pushes bob/* only. (`htpasswd -nbB alice wonderland`,
-    // `htpasswd -nbB bob builder`.)
     let config = alice_and_bob(tmp.path());
     let reg = Wharf::start_with(
         &tmp.path().join("reg"),
