@@ -237,6 +237,8 @@ impl MountHints {
         let mut record = self.read_layer(diff_id).await;
         let unchanged = record.forms.first() == Some(stored) && (size.is_none() || record.size == size);
         if unchanged {
+            // Nothing to write, but in use again: the bound keeps the most recently used records.
+            touch(&path).await;
             return;
         }
         record
@@ -258,6 +260,18 @@ impl MountHints {
             tracing::debug!(error = %e, "cannot record a layer");
         }
     }
+}
+
+/// Sets a file's modification time to now (best effort): records are pruned oldest first.
+async fn touch(path: &Path) {
+    let path = path.to_owned();
+    let _ = tokio::task::spawn_blocking(move || {
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+    })
+    .await;
 }
 
 /// Writes `bytes` to `path` so that a reader sees the old file or the whole new one (a temporary file beside it,

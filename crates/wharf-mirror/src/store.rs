@@ -11,8 +11,8 @@ use futures_util::StreamExt;
 use wharf_oci::Digest;
 use wharf_oci::manifest::Descriptor;
 use wharf_storage::{
-    BlobSource, ByteStream, CacheConfig, CachedStore, FsStore, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune,
-    Reference, RegistryStore, Result, StorageError, StoredManifest, UploadStatus, Uploads,
+    BlobSource, ByteStream, CacheConfig, CachedStore, FsStore, LayerBlob, LayerEntry, LayerForm, NewManifest, OpenBlob,
+    Prune, Reference, RegistryStore, Result, StorageError, StoredManifest, UploadStatus, Uploads,
 };
 
 use crate::config::MirrorConfig;
@@ -566,6 +566,18 @@ impl RegistryStore for MirrorStore {
 
     async fn record_layers(&self, entries: &[LayerEntry]) -> Result<()> {
         self.local.record_layers(entries).await
+    }
+
+    async fn confirm_layer(&self, diff_id: &Digest, blob: &LayerBlob) -> Result<()> {
+        self.local.confirm_layer(diff_id, blob).await
+    }
+
+    async fn refuse_layer_claim(&self, diff_id: &Digest, blob: &Digest) -> Result<()> {
+        self.local.refuse_layer_claim(diff_id, blob).await
+    }
+
+    async fn layer_claims(&self, limit: usize) -> Result<Vec<LayerEntry>> {
+        self.local.layer_claims(limit).await
     }
 
     async fn forget_layer(&self, entry: &LayerEntry) -> Result<bool> {

@@ -43,6 +43,8 @@ const MAX_QUERY_BYTES: usize = 1 << 20;
 const MAX_QUERY_STEPS: usize = 1_000;
 /// Trie nodes one query may visit.
 const MAX_VISITS: usize = 100_000;
+/// Candidates one query may check against the store (each a manifest read).
+const MAX_CHECKS: usize = 64;
 /// Manifests read at once by the startup pass.
 const REBUILD_CONCURRENCY: usize = 8;
 
@@ -300,6 +302,10 @@ impl BuildCache {
             return;
         };
         let Some(steps) = chain(&bytes) else { return };
+        // One layer per layer-making step, or the image is not learnt (`zip` below would hide a mismatch).
+        if steps.iter().filter(|s| s.diff_id.is_some()).count() != view.layers.len() {
+            return;
+        }
         let diff_ids = steps.iter().filter_map(|s| s.diff_id.clone());
         let layers = view
             .layers
@@ -410,7 +416,8 @@ async fn answer(app: &App, query: &Query, headers: &HeaderMap, uri: &Uri) -> Res
     };
     let base_layers = query.base.iter().filter(|s| s.diff_id.is_some()).count();
     let mut out: Vec<Candidate> = Vec::new();
-    for (node, matched) in app.build_cache.reach(query) {
+    let mut checks = 0;
+    'nodes: for (node, matched) in app.build_cache.reach(query) {
         if out.len() >= MAX_CANDIDATES && out.last().is_some_and(|c| c.steps_matched > matched) {
             break;
         }
@@ -427,6 +434,10 @@ async fn answer(app: &App, query: &Query, headers: &HeaderMap, uri: &Uri) -> Res
             };
             if !visible {
                 continue;
+            }
+            checks += 1;
+            if checks > MAX_CHECKS {
+                break 'nodes;
             }
             let stored = app
                 .store

@@ -9,7 +9,10 @@
 //! manifest the index missed. Built from every stored manifest when the store has no complete index (the first start
 //! on an older store; `wharf index rebuild`), in the background. Garbage collection prunes the blobs it deletes.
 //!
-//! Never trusted: every answer is checked against the store (the repository still links the blob) at the moment it
+//! A manifest's pairing of a blob with a layer is a claim, answered only once checked (the blob decompresses to that
+//! layer: [`crate::layer_claims`]), so nobody can have other users mount a blob of their choosing as a layer of theirs.
+//!
+//! Never trusted beyond that: every answer is checked against the store (the repository still links the blob) at the moment it
 //! is given, so a blob collected since, or an entry a crash left, never makes a client skip a blob that is not
 //! there; entries found stale are dropped then. The answer never names a repository the caller may not pull; a layer
 //! held only in such repositories is answered as unknown (404).
@@ -55,7 +58,7 @@ pub struct Rebuilt {
     pub repositories: usize,
     /// Image manifests read (tagged, and the children of tagged indexes).
     pub images: usize,
-    /// Entries recorded that the index did not have.
+    /// Claims recorded that the index had not checked (the checker decides them next).
     pub recorded: usize,
     /// Stale entries removed first (a full rebuild only).
     pub pruned: usize,
@@ -91,24 +94,32 @@ async fn image_entries(store: &dyn RegistryStore, repo: &str, view: &ManifestVie
         .collect()
 }
 
-/// Records the layers of image manifest `view`, about to be stored in `repo`; returns how many entries were new.
-/// Entries the index (through its cache) already has are not written again.
-pub async fn learn(store: &dyn RegistryStore, repo: &str, view: &ManifestView) -> Result<usize, StorageError> {
+/// Records the layers of image manifest `view`, about to be stored in `repo`; returns the claims made: entries whose
+/// blob the index has not checked yet (see [`crate::layer_claims`]), for the checker.
+pub async fn learn(
+    store: &dyn RegistryStore,
+    repo: &str,
+    view: &ManifestView,
+) -> Result<Vec<LayerEntry>, StorageError> {
     let mut new = Vec::new();
+    let mut claims = Vec::new();
     for e in image_entries(store, repo, view).await {
-        let known = store
-            .layer_forms(&e.diff_id)
-            .await?
-            .iter()
-            .any(|f| f.blob.digest == e.blob.digest && f.repositories.contains(&e.repository));
-        if !known && !new.contains(&e) {
+        let forms = store.layer_forms(&e.diff_id).await?;
+        match forms.iter().find(|f| f.blob.digest == e.blob.digest) {
+            // Checked, and this repository known: nothing to write.
+            Some(f) if f.repositories.contains(&e.repository) => continue,
+            // Checked: this repository's fact only.
+            Some(_) => {}
+            None => claims.push(e.clone()),
+        }
+        if !new.contains(&e) {
             new.push(e);
         }
     }
     if !new.is_empty() {
         store.record_layers(&new).await?;
     }
-    Ok(new.len())
+    Ok(claims)
 }
 
 /// Builds the index from every tagged image manifest of `store`'s repositories (and the children of tagged
@@ -142,10 +153,15 @@ pub async fn rebuild(store: Arc<dyn RegistryStore>, skip: &[String], prune: bool
         .buffer_unordered(REBUILD_CONCURRENCY)
         .collect()
         .await;
+    // One image that cannot be read is skipped (and said), not the whole build.
     for c in counts {
-        let (images, recorded) = c?;
-        done.images += images;
-        done.recorded += recorded;
+        match c {
+            Ok((images, recorded)) => {
+                done.images += images;
+                done.recorded += recorded;
+            }
+            Err(e) => tracing::warn!(error = %e, "layer index: an image could not be learnt"),
+        }
     }
     store.set_layer_index_complete(true).await?;
     Ok(done)
@@ -164,7 +180,7 @@ async fn learn_reference(
         return Ok((0, 0));
     };
     if !media::is_index(&view.media_type) {
-        return Ok((1, learn(store, repo, &view).await?));
+        return Ok((1, learn(store, repo, &view).await?.len()));
     }
     let mut counts = (0, 0);
     for child in &view.manifests {
@@ -178,14 +194,20 @@ async fn learn_reference(
             && !media::is_index(&v.media_type)
         {
             counts.0 += 1;
-            counts.1 += learn(store, repo, &v).await?;
+            counts.1 += learn(store, repo, &v).await?.len();
         }
     }
     Ok(counts)
 }
 
-/// At startup: builds the index in the background if the store has none complete (see [`rebuild`]).
+/// At startup, in the background: builds the index if the store has none complete (see [`rebuild`]), then checks
+/// the claims left unchecked (see [`crate::layer_claims`]).
 pub async fn build_if_missing(store: Arc<dyn RegistryStore>, skip: Vec<String>) {
+    build_unless_complete(store.clone(), skip).await;
+    let _ = crate::layer_claims::ClaimChecker::check_pending(store.as_ref()).await;
+}
+
+async fn build_unless_complete(store: Arc<dyn RegistryStore>, skip: Vec<String>) {
     match store.layer_index_complete().await {
         Ok(Some(false)) => {}
         Ok(_) => return,
@@ -265,7 +287,8 @@ async fn answer(app: &App, diff_id: &str, headers: &HeaderMap, uri: &Uri) -> Res
                 continue;
             }
             match app.store.repo_blob_size(repo, &form.blob.digest).await {
-                Ok(Some(_)) => {
+                // (A size other than the checked one cannot be this blob: skip it.)
+                Ok(Some(size)) if size == form.blob.size => {
                     blobs.push(KnownBlob {
                         media_type: form.blob.media_type.clone(),
                         digest: form.blob.digest.to_string(),
@@ -285,6 +308,7 @@ async fn answer(app: &App, diff_id: &str, headers: &HeaderMap, uri: &Uri) -> Res
                         tracing::debug!(error = %e, "layer index: cannot drop a stale entry");
                     }
                 }
+                Ok(Some(_)) => {}
                 Err(e) => tracing::debug!(error = %e, "layer index: cannot check a blob"),
             }
         }

@@ -24,6 +24,7 @@ mod dispatch;
 mod error;
 mod handlers;
 mod headers;
+pub mod layer_claims;
 pub mod layers;
 pub mod listen;
 mod namespaces;
@@ -81,6 +82,8 @@ pub struct App {
     sessions: Arc<sessions::Sessions>,
     /// Which stored image serves a build as cache furthest (see [`build_cache`]).
     pub build_cache: build_cache::BuildCache,
+    /// The task that checks the layer index's claims, started at first use (see [`layer_claims`]).
+    claims: Arc<std::sync::OnceLock<layer_claims::ClaimChecker>>,
 }
 
 impl App {
@@ -89,6 +92,7 @@ impl App {
             store,
             sessions: Arc::new(sessions::Sessions::new(config.upload_sessions)),
             build_cache: build_cache::BuildCache::default(),
+            claims: Arc::default(),
             config: Arc::new(config),
             metrics: None,
             notifier: None,
@@ -122,6 +126,12 @@ impl App {
             layers::build_if_missing(store.clone(), skip.clone()).await;
             trie.rebuild(store, &skip).await;
         })
+    }
+
+    /// The layer claims' checker (started on the current runtime at first use).
+    pub(crate) fn claims(&self) -> &layer_claims::ClaimChecker {
+        self.claims
+            .get_or_init(|| layer_claims::ClaimChecker::start(self.store.clone()))
     }
 
     /// Turns on authentication (and `/auth/token` when wharf issues the tokens).

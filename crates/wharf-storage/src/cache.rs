@@ -18,8 +18,8 @@ use wharf_oci::Digest;
 use wharf_oci::manifest::Descriptor;
 
 use crate::{
-    ByteStream, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune, Reference, RegistryStore, Result, StoredManifest,
-    UploadStatus, Uploads,
+    ByteStream, LayerBlob, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune, Reference, RegistryStore, Result,
+    StoredManifest, UploadStatus, Uploads,
 };
 
 /// Sizes of the caches.
@@ -341,6 +341,22 @@ impl<S: RegistryStore> RegistryStore for CachedStore<S> {
         }
         self.bump();
         result
+    }
+
+    async fn confirm_layer(&self, diff_id: &Digest, blob: &LayerBlob) -> Result<()> {
+        self.bump();
+        let result = self.inner.confirm_layer(diff_id, blob).await;
+        self.layers.invalidate(diff_id);
+        self.bump();
+        result
+    }
+
+    async fn refuse_layer_claim(&self, diff_id: &Digest, blob: &Digest) -> Result<()> {
+        self.inner.refuse_layer_claim(diff_id, blob).await
+    }
+
+    async fn layer_claims(&self, limit: usize) -> Result<Vec<LayerEntry>> {
+        self.inner.layer_claims(limit).await
     }
 
     async fn forget_layer(&self, entry: &LayerEntry) -> Result<bool> {

@@ -6,7 +6,9 @@
 //! Same layout on a filesystem (under `layer-index/`) and in a bucket (under `_layer_index/`):
 //!
 //! ```text
-//! <alg>/<diff hex>/<blob alg>-<blob hex>/_descriptor      {"mediaType", "digest", "size"} of the compressed blob
+//! <alg>/<diff hex>/<blob alg>-<blob hex>/_claim           {"mediaType", "digest", "size"} as a manifest claimed it
+//! <alg>/<diff hex>/<blob alg>-<blob hex>/_descriptor      the same, once the registry checked the claim: the blob
+//!                                                         decompresses to the layer <diff hex> names
 //! <alg>/<diff hex>/<blob alg>-<blob hex>/<repo>           empty: <repo> linked the blob ('/' written as '+')
 //! _complete                                               empty: built from every manifest once
 //! ```
@@ -15,8 +17,11 @@
 //! read-modify-write. Repository names never contain `+` and start with `[a-z0-9]`, so `_descriptor` cannot be a
 //! repository and the encoding is reversible; at most 255 bytes, like a file name.
 //!
-//! The index is a hint, never trusted: the registry checks every answer against the repository's links before it
-//! gives it, and drops what it finds stale. Garbage collection prunes the entries of the blobs it deletes.
+//! A manifest's word that a blob holds a layer is a claim: anyone who may push somewhere can make one. Only a form
+//! whose claim the registry checked (decompressed the blob and hashed it) is answered; see `wharf_registry::layers`.
+//! The index is a hint beyond that: the registry checks every answer against the repository's links before it gives
+//! it, and drops what it finds stale. Garbage collection prunes the entries of the blobs it deletes. A form's
+//! descriptor is removed only with its blob: concurrent writers never lose one to a prune.
 
 use std::collections::HashSet;
 
@@ -28,8 +33,10 @@ pub const MAX_FORMS: usize = 8;
 /// Repositories read per form.
 pub const MAX_REPOS: usize = 64;
 
-/// The name of a form's descriptor inside its directory.
+/// The name of a form's checked descriptor inside its directory.
 pub(crate) const DESCRIPTOR: &str = "_descriptor";
+/// The name of a form's claimed descriptor, until it is checked.
+pub(crate) const CLAIM: &str = "_claim";
 /// The marker of an index built from every manifest.
 pub(crate) const COMPLETE: &str = "_complete";
 
@@ -60,7 +67,8 @@ pub struct LayerEntry {
 /// Which entries a prune removes.
 #[derive(Debug, Clone, Copy)]
 pub enum Prune<'a> {
-    /// Those of these blobs (garbage collection deleted them).
+    /// Those of these blobs (garbage collection deleted them), if they are still gone (a push may have brought one
+    /// back since).
     Blobs(&'a HashSet<Digest>),
     /// Those whose repository no longer links the blob, or whose blob is gone (a rebuild's check of everything).
     Unlinked,
@@ -157,6 +165,27 @@ mod tests {
         store.record_layers(&entries).await.unwrap();
         // Idempotent.
         store.record_layers(&entries[..1]).await.unwrap();
+        // Claims until checked: not answered.
+        assert!(store.layer_forms(&diff_id).await.unwrap().is_empty());
+        let mut claims = store.layer_claims(10).await.unwrap();
+        claims.sort_by(|a, b| a.blob.media_type.cmp(&b.blob.media_type));
+        assert_eq!(claims.len(), 2, "{claims:?}");
+        assert_eq!(store.layer_claims(1).await.unwrap().len(), 1);
+        // A false claim goes whole; a checked one is answered.
+        let false_claim = LayerEntry {
+            diff_id: Digest::sha256_of(b"another layer"),
+            ..entries[0].clone()
+        };
+        store.record_layers(std::slice::from_ref(&false_claim)).await.unwrap();
+        store
+            .refuse_layer_claim(&false_claim.diff_id, &false_claim.blob.digest)
+            .await
+            .unwrap();
+        for c in &claims {
+            store.confirm_layer(&c.diff_id, &c.blob).await.unwrap();
+        }
+        assert!(store.layer_claims(10).await.unwrap().is_empty());
+        assert!(store.layer_forms(&false_claim.diff_id).await.unwrap().is_empty());
         let mut forms = store.layer_forms(&diff_id).await.unwrap();
         forms.sort_by(|a, b| a.blob.media_type.cmp(&b.blob.media_type));
         assert_eq!(forms.len(), 2, "{forms:?}");
@@ -171,7 +200,7 @@ mod tests {
                 .is_empty()
         );
 
-        // One fact forgotten; a form left with no repository goes.
+        // One fact forgotten; a form left with no repository is not answered.
         assert!(store.forget_layer(&entries[2]).await.unwrap());
         assert!(!store.forget_layer(&entries[2]).await.unwrap());
         assert_eq!(store.layer_forms(&diff_id).await.unwrap().len(), 1);
@@ -182,8 +211,11 @@ mod tests {
         let forms = store.layer_forms(&diff_id).await.unwrap();
         assert_eq!(forms[0].repositories, vec!["team/app".to_owned()]);
 
-        // A collection's prune: the blob was deleted.
+        // A collection's prune: only what is still gone goes (a push may have brought a blob back meanwhile).
         let gone: HashSet<Digest> = [entries[0].blob.digest.clone()].into();
+        assert_eq!(store.prune_layer_index(Prune::Blobs(&gone)).await.unwrap(), 0);
+        assert_eq!(store.layer_forms(&diff_id).await.unwrap().len(), 1);
+        assert!(store.remove_blob(&entries[0].blob.digest).await.unwrap());
         assert_eq!(store.prune_layer_index(Prune::Blobs(&gone)).await.unwrap(), 1);
         assert!(store.layer_forms(&diff_id).await.unwrap().is_empty());
 
@@ -244,12 +276,14 @@ mod tests {
             repository: repo.into(),
         };
         a.record_layers(&[entry(1, "one")]).await.unwrap();
+        a.confirm_layer(&diff_id, &entry(1, "one").blob).await.unwrap();
         assert_eq!(b.layer_forms(&diff_id).await.unwrap().len(), 1);
         // Now cached in Redis: b answers from it even with the files gone...
         std::fs::remove_dir_all(shared.join("layer-index")).unwrap();
         assert_eq!(a.layer_forms(&diff_id).await.unwrap().len(), 1);
         // ...until a replica writes: then every replica reads the store again.
         b.record_layers(&[entry(2, "two")]).await.unwrap();
+        b.confirm_layer(&diff_id, &entry(2, "two").blob).await.unwrap();
         let forms = a.layer_forms(&diff_id).await.unwrap();
         assert_eq!(forms.len(), 1);
         assert_eq!(forms[0].repositories, vec!["two".to_owned()]);

@@ -155,9 +155,23 @@ pub trait RegistryStore: Uploads + Send + Sync + 'static {
     async fn layer_forms(&self, _diff_id: &Digest) -> Result<Vec<LayerForm>> {
         Ok(Vec::new())
     }
-    /// Records facts in the layer index (idempotent). Stores without an index ignore them.
+    /// Records facts in the layer index (idempotent): a form not checked yet as a claim, which
+    /// [`RegistryStore::layer_forms`] does not answer until [`RegistryStore::confirm_layer`]. Stores without an index
+    /// ignore them.
     async fn record_layers(&self, _entries: &[LayerEntry]) -> Result<()> {
         Ok(())
+    }
+    /// A claim checked: the blob decompresses to the layer `diff_id`; its form is answered from now on.
+    async fn confirm_layer(&self, _diff_id: &Digest, _blob: &LayerBlob) -> Result<()> {
+        Ok(())
+    }
+    /// A claim found false: the form goes (unless a check confirmed it before).
+    async fn refuse_layer_claim(&self, _diff_id: &Digest, _blob: &Digest) -> Result<()> {
+        Ok(())
+    }
+    /// Claims not checked yet, each with a repository that links the blob, at most `limit`.
+    async fn layer_claims(&self, _limit: usize) -> Result<Vec<LayerEntry>> {
+        Ok(Vec::new())
     }
     /// Removes one fact from the layer index (found stale). False if it was not there.
     async fn forget_layer(&self, _entry: &LayerEntry) -> Result<bool> {

@@ -177,6 +177,7 @@ fn a_fresh_machine_mounts_the_layers_another_pushed_and_the_same_machine_skips_t
     let (machine_a, machine_b) = (tmp.path().join("a"), tmp.path().join("b"));
 
     let first = push(&machine_a, &img.v1, &format!("docker://{}/team/app:v1", reg.addr));
+    indexed_blocking(&reg.addr, &first);
     assert_eq!(outcomes(&first), vec!["compressed"; img.base], "{first}");
 
     // Machine B never pushed anything: the registry's layer index names the compressed blobs and a repository
@@ -238,6 +239,7 @@ async fn the_index_reveals_nothing_the_caller_may_not_pull_and_forgets_a_deleted
     );
     let diff_id = first["layers"][0]["diff_id"].as_str().unwrap().to_owned();
     let blob = first["layers"][0]["digest"].as_str().unwrap().to_owned();
+    indexed(&reg.addr, &first, Some("alice")).await;
 
     // Bob cannot pull team/*: the index does not tell him the layer exists, and his push compresses everything.
     let bobs = push_as(
@@ -247,6 +249,7 @@ async fn the_index_reveals_nothing_the_caller_may_not_pull_and_forgets_a_deleted
         format!("docker://{}/bob/app:v2", reg.addr),
     );
     assert_eq!(outcomes(&bobs), vec!["compressed"; img.base + 1], "{bobs}");
+    indexed(&reg.addr, &bobs, Some("bob")).await;
     let c = common::client();
     let index = |user: Option<&str>| {
         let mut r = c.get(reg.url(&format!("/wharf/v1/layers/{diff_id}")));
@@ -304,6 +307,42 @@ async fn lookup(reg: &Wharf, diff_id: &str) -> (u16, serde_json::Value) {
     )
 }
 
+/// Waits (at most 10 s) until the registry's layer index answers every layer of a push `report` with the blob the
+/// push used: the registry checks each new claim in the background (it decompresses the blob) before answering it.
+async fn indexed(addr: &str, report: &serde_json::Value, user: Option<&str>) {
+    let c = common::client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for l in report["layers"].as_array().unwrap() {
+        let diff_id = l["diff_id"].as_str().unwrap();
+        loop {
+            let mut r = c.get(format!("http://{addr}/wharf/v1/layers/{diff_id}"));
+            if let Some(u) = user {
+                r = r.basic_auth(u, Some(password(u)));
+            }
+            let v: serde_json::Value =
+                serde_json::from_slice(&r.send().await.unwrap().bytes().await.unwrap()).unwrap_or_default();
+            let blobs = v["blobs"].as_array().cloned().unwrap_or_default();
+            if blobs.iter().any(|b| b["digest"] == l["digest"]) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the index never answered {diff_id}: {v}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// [`indexed`] for a test that is not async.
+fn indexed_blocking(addr: &str, report: &serde_json::Value) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(indexed(addr, report, None));
+}
+
 fn stop(mut reg: Wharf) {
     reg.child.kill().unwrap();
     reg.child.wait().unwrap();
@@ -332,8 +371,7 @@ async fn the_index_is_durable_and_rebuilt_from_the_stored_images_when_lost() {
     );
     let diff_id = first["layers"][0]["diff_id"].as_str().unwrap().to_owned();
     let blob = first["layers"][0]["digest"].clone();
-    // The push's 201 came after the index had the image.
-    assert_eq!(lookup(&reg, &diff_id).await.0, 200);
+    indexed(&reg.addr, &first, None).await;
     stop(reg);
 
     // A new process over the same storage answers at once: the index is in the storage, not in memory.
@@ -357,7 +395,7 @@ async fn the_index_is_durable_and_rebuilt_from_the_stored_images_when_lost() {
     let (ok, out, err) = wharf(&["index", "rebuild", "--root", root.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("1 repositories, 1 images, 3 entries recorded, 0 stale entries removed"),
+        out.contains("1 repositories, 1 images, 3 entries recorded, 0 stale entries removed, 3 claims checked"),
         "{out}"
     );
     let reg = Wharf::start(&root);
@@ -388,8 +426,17 @@ async fn a_manifest_put_killed_after_the_index_write_never_makes_a_push_skip_a_m
     let diff_ids: Vec<String> = (0..img.base)
         .map(|i| Digest::sha256_of(&layer(100 + i as u64, 1 << 20)).to_string())
         .collect();
-    let (status, answer) = lookup(&reg, &diff_ids[0]).await;
-    assert_eq!(status, 200, "the index was written first: {answer}");
+    // The index was written first; the restarted server checks the claims the crash left unchecked.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for d in &diff_ids {
+        while lookup(&reg, d).await.0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the claims of {d} were never checked"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 
     // A fresh machine goes by the index: it sends no layer, and the image it pushed pulls back whole.
     let fresh = push(
@@ -674,4 +721,73 @@ async fn build_cache_candidates_rank_by_steps_matched_and_respect_pull_rights() 
         assert!(std::time::Instant::now() < deadline, "the trie was not rebuilt: {v}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// A manifest's word that a blob holds a layer is checked before the index answers it: a config naming another
+/// layer's diff_id, or a descriptor with the wrong size, is refused (never answered, counted); a true claim made
+/// after them is answered (claims are checked in order, so by then the false ones were decided).
+#[tokio::test]
+async fn false_layer_claims_are_never_answered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Wharf::start(&tmp.path().join("reg"));
+    let c = common::client();
+    // (name, the blob pushed, the diff_id its config claims, the size its manifest claims)
+    let (a, b, honest) = (layer(300, 8192), layer(301, 8192), layer(302, 8192));
+    let wrong_size = layer(303, 8192);
+    let cases: [(&str, &Vec<u8>, Digest, usize); 3] = [
+        ("team/other-layer", &b, Digest::sha256_of(&a), b.len()),
+        (
+            "team/wrong-size",
+            &wrong_size,
+            Digest::sha256_of(&wrong_size),
+            wrong_size.len() + 1,
+        ),
+        ("team/honest", &honest, Digest::sha256_of(&honest), honest.len()),
+    ];
+    for (repo, blob, diff_id, size) in &cases {
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
+        }))
+        .unwrap();
+        for data in [&config, *blob] {
+            let r = c
+                .post(reg.url(&format!("/v2/{repo}/blobs/uploads/?digest={}", Digest::sha256_of(data))))
+                .body(data.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": Digest::sha256_of(&config).to_string(), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": Digest::sha256_of(blob).to_string(), "size": size}],
+        });
+        let r = c
+            .put(reg.url(&format!("/v2/{repo}/manifests/1")))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(manifest.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{repo}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lookup(&reg, &cases[2].2.to_string()).await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the true claim was never answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for (repo, _, diff_id, _) in &cases[..2] {
+        let (status, v) = lookup(&reg, &diff_id.to_string()).await;
+        assert_eq!(status, 404, "{repo}'s false claim was answered: {v}");
+    }
+    let page = c.get(reg.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("wharf_layer_claims_refused_total 2"), "{page}");
 }

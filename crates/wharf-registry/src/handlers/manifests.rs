@@ -125,8 +125,13 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
     let size = body.len() as u64;
     // The layer index learns the image's layers before the manifest is stored: a 201 means the index has them (see
     // `layers`). The index is a hint: failing to write it does not fail the push.
-    if let Err(e) = crate::layers::learn(app.store.as_ref(), name, &view).await {
-        tracing::warn!(repository = name, error = %e, "layer index: cannot record the image's layers");
+    match crate::layers::learn(app.store.as_ref(), name, &view).await {
+        Ok(claims) => app.claims().submit(claims),
+        Err(e) => {
+            tracing::warn!(repository = name, error = %e, "layer index: cannot record the image's layers");
+            // The next start builds the index again from the manifests.
+            let _ = app.store.set_layer_index_complete(false).await;
+        }
     }
     fault_point("after-layer-index");
     app.store

@@ -6,8 +6,8 @@ use wharf_oci::Digest;
 
 use crate::atomic::{list_dir, read_optional, remove_optional, write_atomic};
 use crate::layer_index::{
-    COMPLETE, DESCRIPTOR, LayerEntry, LayerForm, MAX_FORMS, MAX_REPOS, Prune, descriptor_bytes, form_digest, form_name,
-    layer_dir, parse_descriptor, repo_file, repo_of_file,
+    CLAIM, COMPLETE, DESCRIPTOR, LayerBlob, LayerEntry, LayerForm, MAX_FORMS, MAX_REPOS, Prune, descriptor_bytes,
+    form_digest, form_name, layer_dir, parse_descriptor, repo_file, repo_of_file,
 };
 use crate::paths::Layout;
 use crate::{Result, StorageError};
@@ -43,14 +43,21 @@ pub(super) fn forms(layout: &Layout, diff_id: &Digest) -> Result<Vec<LayerForm>>
     Ok(out)
 }
 
-/// Records entries: the descriptor before the repository, each written once (a torn descriptor is rewritten).
+/// A form's checked descriptor, if it is there and whole.
+fn checked(dir: &Path, blob: &Digest) -> Result<Option<LayerBlob>> {
+    Ok(read_optional(&dir.join(DESCRIPTOR))?.and_then(|raw| parse_descriptor(&raw, blob)))
+}
+
+/// Records entries: a form not checked yet gets the claim, then the repository's fact; each file written once.
 pub(super) fn record(layout: &Layout, entries: &[LayerEntry]) -> Result<()> {
     for e in entries {
         let dir = form_dir(layout, &e.diff_id, &e.blob.digest);
-        let descriptor = dir.join(DESCRIPTOR);
-        let intact = read_optional(&descriptor)?.is_some_and(|raw| parse_descriptor(&raw, &e.blob.digest).is_some());
-        if !intact {
-            write_atomic(&layout.tmp(), &descriptor, &descriptor_bytes(&e.blob), false)?;
+        if checked(&dir, &e.blob.digest)?.is_none() {
+            let claim = dir.join(CLAIM);
+            let intact = read_optional(&claim)?.is_some_and(|raw| parse_descriptor(&raw, &e.blob.digest).is_some());
+            if !intact {
+                write_atomic(&layout.tmp(), &claim, &descriptor_bytes(&e.blob), false)?;
+            }
         }
         let repo = dir.join(repo_file(&e.repository));
         if !repo.exists() {
@@ -60,24 +67,74 @@ pub(super) fn record(layout: &Layout, entries: &[LayerEntry]) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn forget(layout: &Layout, e: &LayerEntry) -> Result<bool> {
-    let dir = form_dir(layout, &e.diff_id, &e.blob.digest);
-    let removed = remove_optional(&dir.join(repo_file(&e.repository)))?;
-    remove_form_if_empty(&dir)?;
-    Ok(removed)
+/// The claim checked: the form's descriptor, durable, and the claim gone.
+pub(super) fn confirm(layout: &Layout, diff_id: &Digest, blob: &LayerBlob) -> Result<()> {
+    let dir = form_dir(layout, diff_id, &blob.digest);
+    write_atomic(&layout.tmp(), &dir.join(DESCRIPTOR), &descriptor_bytes(blob), true)?;
+    remove_optional(&dir.join(CLAIM)).map(|_| ())
 }
 
-/// Removes a form directory left without repositories, and its layer's directory if that is empty then.
-fn remove_form_if_empty(form: &Path) -> Result<()> {
-    if list_dir(form)?.iter().any(|n| repo_of_file(n).is_some()) {
-        return Ok(());
-    }
-    remove_tree(form)?;
-    if let Some(layer) = form.parent() {
-        // Fails harmlessly when another form (or a concurrent record) is there.
-        let _ = std::fs::remove_dir(layer);
+/// The claim refused: the form goes, unless a check already confirmed it.
+pub(super) fn refuse(layout: &Layout, diff_id: &Digest, blob: &Digest) -> Result<()> {
+    let dir = form_dir(layout, diff_id, blob);
+    if checked(&dir, blob)?.is_none() {
+        remove_tree(&dir)?;
     }
     Ok(())
+}
+
+/// Claims not checked yet, each with a repository that linked the blob, at most `limit`.
+pub(super) fn claims(layout: &Layout, limit: usize) -> Result<Vec<LayerEntry>> {
+    let mut out = Vec::new();
+    for (diff_id, form, blob) in every_form(layout)? {
+        if out.len() >= limit {
+            break;
+        }
+        if form.join(DESCRIPTOR).exists() {
+            continue;
+        }
+        let Some(claim) = read_optional(&form.join(CLAIM))?.and_then(|raw| parse_descriptor(&raw, &blob)) else {
+            continue;
+        };
+        if let Some(repository) = list_dir(&form)?.iter().find_map(|n| repo_of_file(n)) {
+            out.push(LayerEntry {
+                diff_id,
+                blob: claim,
+                repository,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Every form directory: (layer, directory, blob).
+fn every_form(layout: &Layout) -> Result<Vec<(Digest, PathBuf, Digest)>> {
+    let root = layout.layer_index();
+    let mut out = Vec::new();
+    for alg in list_dir(&root)? {
+        let alg_dir = root.join(&alg);
+        if !alg_dir.is_dir() {
+            continue;
+        }
+        for hex in list_dir(&alg_dir)? {
+            let Ok(diff_id) = format!("{alg}:{hex}").parse::<Digest>() else {
+                continue;
+            };
+            let layer = alg_dir.join(&hex);
+            for name in list_dir(&layer)? {
+                if let Some(blob) = form_digest(&name) {
+                    out.push((diff_id.clone(), layer.join(&name), blob));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes one repository's fact. The form's descriptor stays: it is removed only with the blob (a form without
+/// repositories is not answered, and a concurrent record may be about to add one).
+pub(super) fn forget(layout: &Layout, e: &LayerEntry) -> Result<bool> {
+    remove_optional(&form_dir(layout, &e.diff_id, &e.blob.digest).join(repo_file(&e.repository)))
 }
 
 fn remove_tree(dir: &Path) -> Result<()> {
@@ -88,45 +145,33 @@ fn remove_tree(dir: &Path) -> Result<()> {
     }
 }
 
-/// Removes the entries `prune` selects; returns how many (repository entries) went.
+/// Removes the entries `prune` selects; returns how many (repository facts) went. A form goes whole only when its
+/// blob is gone now (a push may have brought a blob back after a collection deleted it).
 pub(super) fn prune(layout: &Layout, prune: Prune<'_>) -> Result<usize> {
-    let root = layout.layer_index();
     let mut removed = 0;
-    for alg in list_dir(&root)? {
-        let alg_dir = root.join(&alg);
-        if !alg_dir.is_dir() {
+    for (_, form, blob) in every_form(layout)? {
+        let candidate = match prune {
+            Prune::Blobs(set) => set.contains(&blob),
+            Prune::Unlinked => true,
+        };
+        if !candidate {
             continue;
         }
-        for layer in list_dir(&alg_dir)? {
-            let layer_dir = alg_dir.join(&layer);
-            for name in list_dir(&layer_dir)? {
-                let form = layer_dir.join(&name);
-                let repos: Vec<(String, String)> = list_dir(&form)?
-                    .into_iter()
-                    .filter_map(|n| repo_of_file(&n).map(|r| (n, r)))
-                    .collect();
-                let Some(blob) = form_digest(&name) else {
-                    continue;
-                };
-                let doomed = match prune {
-                    Prune::Blobs(set) => set.contains(&blob),
-                    Prune::Unlinked => !layout.blob(&blob).exists(),
-                };
-                if doomed {
-                    removed += repos.len();
-                    remove_tree(&form)?;
-                    continue;
+        let repos: Vec<(String, String)> = list_dir(&form)?
+            .into_iter()
+            .filter_map(|n| repo_of_file(&n).map(|r| (n, r)))
+            .collect();
+        if !layout.blob(&blob).exists() {
+            removed += repos.len();
+            remove_tree(&form)?;
+            continue;
+        }
+        if let Prune::Unlinked = prune {
+            for (file, repo) in &repos {
+                if !layout.layer_link(repo, &blob).exists() && remove_optional(&form.join(file))? {
+                    removed += 1;
                 }
-                if let Prune::Unlinked = prune {
-                    for (file, repo) in &repos {
-                        if !layout.layer_link(repo, &blob).exists() && remove_optional(&form.join(file))? {
-                            removed += 1;
-                        }
-                    }
-                }
-                remove_form_if_empty(&form)?;
             }
-            let _ = std::fs::remove_dir(&layer_dir);
         }
     }
     Ok(removed)

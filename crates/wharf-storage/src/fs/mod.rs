@@ -20,8 +20,8 @@ use wharf_oci::manifest::{Descriptor, ManifestView};
 use crate::atomic::{blocking, list_dir, read_optional, remove_optional, touch, write_atomic};
 use crate::paths::Layout;
 use crate::{
-    BlobSource, ByteStream, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune, Reference, RegistryStore, Result,
-    StorageError, StoredManifest,
+    BlobSource, ByteStream, LayerBlob, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune, Reference, RegistryStore,
+    Result, StorageError, StoredManifest,
 };
 use upload::SessionSlot;
 
@@ -483,6 +483,21 @@ impl RegistryStore for FsStore {
     async fn record_layers(&self, entries: &[LayerEntry]) -> Result<()> {
         let (layout, entries) = (self.layout.clone(), entries.to_vec());
         blocking(move || layer_index::record(&layout, &entries)).await
+    }
+
+    async fn confirm_layer(&self, diff_id: &Digest, blob: &LayerBlob) -> Result<()> {
+        let (layout, diff_id, blob) = (self.layout.clone(), diff_id.clone(), blob.clone());
+        blocking(move || layer_index::confirm(&layout, &diff_id, &blob)).await
+    }
+
+    async fn refuse_layer_claim(&self, diff_id: &Digest, blob: &Digest) -> Result<()> {
+        let (layout, diff_id, blob) = (self.layout.clone(), diff_id.clone(), blob.clone());
+        blocking(move || layer_index::refuse(&layout, &diff_id, &blob)).await
+    }
+
+    async fn layer_claims(&self, limit: usize) -> Result<Vec<LayerEntry>> {
+        let layout = self.layout.clone();
+        blocking(move || layer_index::claims(&layout, limit)).await
     }
 
     async fn forget_layer(&self, entry: &LayerEntry) -> Result<bool> {

@@ -8,8 +8,8 @@ use wharf_oci::Digest;
 
 use super::{ObjectStore, is_not_found, keys};
 use crate::layer_index::{
-    COMPLETE, DESCRIPTOR, LayerEntry, LayerForm, MAX_FORMS, MAX_REPOS, Prune, descriptor_bytes, form_digest, form_name,
-    layer_dir, parse_descriptor, repo_file, repo_of_file,
+    CLAIM, COMPLETE, DESCRIPTOR, LayerBlob, LayerEntry, LayerForm, MAX_FORMS, MAX_REPOS, Prune, descriptor_bytes,
+    form_digest, form_name, layer_dir, parse_descriptor, repo_file, repo_of_file,
 };
 use crate::{Result, StorageError};
 
@@ -69,17 +69,19 @@ impl ObjectStore {
         Ok(out)
     }
 
-    /// Records entries: the descriptor before the repository, each written only if absent.
+    async fn read_descriptor(&self, key: &str, blob: &Digest) -> Result<Option<LayerBlob>> {
+        Ok(self.read_small(key).await?.and_then(|raw| parse_descriptor(&raw, blob)))
+    }
+
+    /// Records entries: a form not checked yet gets the claim, then the repository's fact; each written if absent.
     pub(super) async fn index_record(&self, entries: &[LayerEntry]) -> Result<()> {
         for e in entries {
             let prefix = form_prefix(&e.diff_id, &e.blob.digest);
-            let descriptor = format!("{prefix}{DESCRIPTOR}");
-            let intact = self
-                .read_small(&descriptor)
-                .await?
-                .is_some_and(|raw| parse_descriptor(&raw, &e.blob.digest).is_some());
-            if !intact {
-                self.put_small(&descriptor, descriptor_bytes(&e.blob)).await?;
+            let (descriptor, claim) = (format!("{prefix}{DESCRIPTOR}"), format!("{prefix}{CLAIM}"));
+            if self.read_descriptor(&descriptor, &e.blob.digest).await?.is_none()
+                && self.read_descriptor(&claim, &e.blob.digest).await?.is_none()
+            {
+                self.put_small(&claim, descriptor_bytes(&e.blob)).await?;
             }
             let repo = format!("{prefix}{}", repo_file(&e.repository));
             if self.size_of(&repo).await?.is_none() {
@@ -89,45 +91,88 @@ impl ObjectStore {
         Ok(())
     }
 
-    pub(super) async fn index_forget(&self, e: &LayerEntry) -> Result<bool> {
-        let prefix = form_prefix(&e.diff_id, &e.blob.digest);
-        let removed = self
-            .delete_key(&format!("{prefix}{}", repo_file(&e.repository)))
+    pub(super) async fn index_confirm(&self, diff_id: &Digest, blob: &LayerBlob) -> Result<()> {
+        let prefix = form_prefix(diff_id, &blob.digest);
+        self.put_small(&format!("{prefix}{DESCRIPTOR}"), descriptor_bytes(blob))
             .await?;
-        let rest = self.index_files(&prefix).await?;
-        if !rest.values().flatten().any(|f| repo_of_file(f).is_some()) {
-            self.delete_key(&format!("{prefix}{DESCRIPTOR}")).await?;
-        }
-        Ok(removed)
+        self.delete_key(&format!("{prefix}{CLAIM}")).await.map(|_| ())
     }
 
+    pub(super) async fn index_refuse(&self, diff_id: &Digest, blob: &Digest) -> Result<()> {
+        let prefix = form_prefix(diff_id, blob);
+        if self
+            .read_descriptor(&format!("{prefix}{DESCRIPTOR}"), blob)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        for file in self.index_files(&prefix).await?.into_values().flatten() {
+            self.delete_key(&format!("{prefix}{file}")).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn index_claims(&self, limit: usize) -> Result<Vec<LayerEntry>> {
+        let mut out = Vec::new();
+        for (dir, files) in self.index_files(ROOT).await? {
+            if out.len() >= limit {
+                break;
+            }
+            if files.iter().any(|f| f == DESCRIPTOR) || !files.iter().any(|f| f == CLAIM) {
+                continue;
+            }
+            let mut parts = dir.split('/');
+            let (Some(alg), Some(hex), Some(form)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let (Ok(diff_id), Some(blob)) = (format!("{alg}:{hex}").parse::<Digest>(), form_digest(form)) else {
+                continue;
+            };
+            let Some(claim) = self.read_descriptor(&format!("{ROOT}{dir}/{CLAIM}"), &blob).await? else {
+                continue;
+            };
+            if let Some(repository) = files.iter().find_map(|f| repo_of_file(f)) {
+                out.push(LayerEntry {
+                    diff_id,
+                    blob: claim,
+                    repository,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes one repository's fact; the form's descriptor stays until its blob goes.
+    pub(super) async fn index_forget(&self, e: &LayerEntry) -> Result<bool> {
+        let prefix = form_prefix(&e.diff_id, &e.blob.digest);
+        self.delete_key(&format!("{prefix}{}", repo_file(&e.repository))).await
+    }
+
+    /// Removes the entries `prune` selects; a form goes whole only when its blob is gone now.
     pub(super) async fn index_prune(&self, prune: Prune<'_>) -> Result<usize> {
         let mut removed = 0;
         for (dir, files) in self.index_files(ROOT).await? {
             let Some(blob) = dir.rsplit('/').next().and_then(form_digest) else {
                 continue;
             };
-            let prefix = format!("{ROOT}{dir}/");
-            let doomed = match prune {
-                Prune::Blobs(set) => set.contains(&blob),
-                Prune::Unlinked => self.size_of(&keys::blob(&blob)).await?.is_none(),
-            };
-            let mut left = 0;
-            for f in &files {
-                let Some(repo) = repo_of_file(f) else {
-                    continue;
-                };
-                let stale = doomed
-                    || (matches!(prune, Prune::Unlinked)
-                        && self.size_of(&keys::layer_link(&repo, &blob)).await?.is_none());
-                if stale && self.delete_key(&format!("{prefix}{f}")).await? {
-                    removed += 1;
-                } else if !stale {
-                    left += 1;
-                }
+            if let Prune::Blobs(set) = prune
+                && !set.contains(&blob)
+            {
+                continue;
             }
-            if left == 0 {
-                self.delete_key(&format!("{prefix}{DESCRIPTOR}")).await?;
+            let prefix = format!("{ROOT}{dir}/");
+            let gone = self.size_of(&keys::blob(&blob)).await?.is_none();
+            for f in &files {
+                let repo = repo_of_file(f);
+                let stale = gone
+                    || match (&repo, prune) {
+                        (Some(repo), Prune::Unlinked) => self.size_of(&keys::layer_link(repo, &blob)).await?.is_none(),
+                        _ => false,
+                    };
+                if stale && self.delete_key(&format!("{prefix}{f}")).await? && repo.is_some() {
+                    removed += 1;
+                }
             }
         }
         Ok(removed)

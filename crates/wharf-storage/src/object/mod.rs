@@ -30,8 +30,8 @@ use wharf_oci::manifest::{Descriptor, ManifestView};
 use wharf_oci::{Digest, DigestHasher};
 
 use crate::{
-    BlobSource, ByteStream, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune, Reference, RegistryStore, Result,
-    StorageError, StoredManifest,
+    BlobSource, ByteStream, LayerBlob, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune, Reference, RegistryStore,
+    Result, StorageError, StoredManifest,
 };
 pub use gc_lock::{GcLock, LocalGcLock};
 pub use session::{MemorySessions, SessionState, SessionStore};
@@ -528,6 +528,18 @@ impl RegistryStore for ObjectStore {
 
     async fn record_layers(&self, entries: &[LayerEntry]) -> Result<()> {
         self.index_record(entries).await
+    }
+
+    async fn confirm_layer(&self, diff_id: &Digest, blob: &LayerBlob) -> Result<()> {
+        self.index_confirm(diff_id, blob).await
+    }
+
+    async fn refuse_layer_claim(&self, diff_id: &Digest, blob: &Digest) -> Result<()> {
+        self.index_refuse(diff_id, blob).await
+    }
+
+    async fn layer_claims(&self, limit: usize) -> Result<Vec<LayerEntry>> {
+        self.index_claims(limit).await
     }
 
     async fn forget_layer(&self, entry: &LayerEntry) -> Result<bool> {

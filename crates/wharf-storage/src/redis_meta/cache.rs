@@ -13,8 +13,8 @@ use wharf_oci::manifest::Descriptor;
 
 use super::{RedisMeta, fresh_token};
 use crate::{
-    ByteStream, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune, Reference, RegistryStore, Result, StoredManifest,
-    UploadStatus, Uploads,
+    ByteStream, LayerBlob, LayerEntry, LayerForm, NewManifest, OpenBlob, Prune, Reference, RegistryStore, Result,
+    StoredManifest, UploadStatus, Uploads,
 };
 
 /// How long cache entries live in Redis, and which manifests are cached.
@@ -614,6 +614,19 @@ impl<S: RegistryStore> RegistryStore for RedisCache<S> {
     async fn record_layers(&self, entries: &[LayerEntry]) -> Result<()> {
         let scopes: Vec<String> = entries.iter().map(|e| self.layer_epoch(&e.diff_id)).collect();
         self.invalidating(&scopes, self.inner.record_layers(entries)).await
+    }
+
+    async fn confirm_layer(&self, diff_id: &Digest, blob: &LayerBlob) -> Result<()> {
+        self.invalidating(&[self.layer_epoch(diff_id)], self.inner.confirm_layer(diff_id, blob))
+            .await
+    }
+
+    async fn refuse_layer_claim(&self, diff_id: &Digest, blob: &Digest) -> Result<()> {
+        self.inner.refuse_layer_claim(diff_id, blob).await
+    }
+
+    async fn layer_claims(&self, limit: usize) -> Result<Vec<LayerEntry>> {
+        self.inner.layer_claims(limit).await
     }
 
     async fn forget_layer(&self, entry: &LayerEntry) -> Result<bool> {
