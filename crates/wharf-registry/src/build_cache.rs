@@ -324,27 +324,24 @@ impl BuildCache {
     /// Learns every tagged image of `store` (and the children of tagged indexes), except repositories under `skip`.
     pub async fn rebuild(&self, store: Arc<dyn RegistryStore>, skip: &[String]) {
         let started = std::time::Instant::now();
-        let repos = match store.repositories().await {
-            Ok(r) => r,
+        let tags = match crate::layers::tagged(store.as_ref(), skip).await {
+            Ok(t) => t.tags,
             Err(e) => {
-                tracing::warn!(error = %e, "build cache: cannot list repositories");
+                tracing::warn!(error = %e, "build cache: cannot list the stored images");
                 return;
             }
         };
-        let mut images = Vec::new();
-        for repo in repos
-            .into_iter()
-            .filter(|r| !skip.iter().any(|s| r.split('/').next() == Some(s.as_str())))
-        {
-            if let Ok(Some(tags)) = store.tags(&repo).await {
-                images.extend(tags.into_iter().map(|t| (repo.clone(), t)));
-            }
-        }
-        let count = images.len();
-        futures_util::stream::iter(images)
+        let count = tags.len();
+        futures_util::stream::iter(tags)
             .for_each_concurrent(REBUILD_CONCURRENCY, |(repo, tag)| {
                 let store = store.clone();
-                async move { self.learn_tag(store.as_ref(), &repo, &tag).await }
+                async move {
+                    if let Ok(images) = crate::layers::images_of_tag(store.as_ref(), &repo, &tag).await {
+                        for (digest, view) in images {
+                            self.learn(store.as_ref(), &repo, &digest, &view).await;
+                        }
+                    }
+                }
             })
             .await;
         tracing::info!(
@@ -353,25 +350,6 @@ impl BuildCache {
             took_ms = started.elapsed().as_millis() as u64,
             "build cache trie built"
         );
-    }
-
-    async fn learn_tag(&self, store: &dyn RegistryStore, repo: &str, tag: &str) {
-        let Ok(Some(m)) = store.get_manifest(repo, &Reference::Tag(tag.to_owned())).await else {
-            return;
-        };
-        let Ok(view) = ManifestView::parse(&m.body, Some(&m.media_type)) else {
-            return;
-        };
-        if !media::is_index(&view.media_type) {
-            return self.learn(store, repo, &m.digest, &view).await;
-        }
-        for child in &view.manifests {
-            if let Ok(Some(c)) = store.get_manifest(repo, &Reference::Digest(child.digest.clone())).await
-                && let Ok(v) = ManifestView::parse(&c.body, Some(&c.media_type))
-            {
-                self.learn(store, repo, &c.digest, &v).await;
-            }
-        }
     }
 }
 

@@ -132,23 +132,19 @@ pub async fn rebuild(store: Arc<dyn RegistryStore>, skip: &[String], prune: bool
     if prune {
         done.pruned = store.prune_layer_index(Prune::Unlinked).await?;
     }
-    let repos: Vec<String> = store
-        .repositories()
-        .await?
-        .into_iter()
-        .filter(|r| !skip.iter().any(|s| r.split('/').next() == Some(s.as_str())))
-        .collect();
-    done.repositories = repos.len();
-    let mut images = Vec::new();
-    for repo in &repos {
-        if let Some(tags) = store.tags(repo).await? {
-            images.extend(tags.into_iter().map(|t| (repo.clone(), Reference::Tag(t))));
-        }
-    }
-    let counts: Vec<Result<(usize, usize), StorageError>> = futures_util::stream::iter(images)
-        .map(|(repo, reference)| {
+    let tags = tagged(store.as_ref(), skip).await?;
+    done.repositories = tags.repositories;
+    let counts: Vec<Result<(usize, usize), StorageError>> = futures_util::stream::iter(tags.tags)
+        .map(|(repo, tag)| {
             let store = store.clone();
-            async move { learn_reference(store.as_ref(), &repo, &reference).await }
+            async move {
+                let mut counts = (0, 0);
+                for (_, view) in images_of_tag(store.as_ref(), &repo, &tag).await? {
+                    counts.0 += 1;
+                    counts.1 += learn(store.as_ref(), &repo, &view).await?.len();
+                }
+                Ok(counts)
+            }
         })
         .buffer_unordered(REBUILD_CONCURRENCY)
         .collect()
@@ -167,22 +163,47 @@ pub async fn rebuild(store: Arc<dyn RegistryStore>, skip: &[String], prune: bool
     Ok(done)
 }
 
-/// Learns the manifest `reference` names and, for an index, its children: (image manifests read, entries recorded).
-async fn learn_reference(
+/// Every tag of `store`'s repositories, except those under `skip` (mirrored namespaces: their tags live upstream).
+pub(crate) struct Tagged {
+    pub repositories: usize,
+    pub tags: Vec<(String, String)>,
+}
+
+pub(crate) async fn tagged(store: &dyn RegistryStore, skip: &[String]) -> Result<Tagged, StorageError> {
+    let repos: Vec<String> = store
+        .repositories()
+        .await?
+        .into_iter()
+        .filter(|r| !skip.iter().any(|s| r.split('/').next() == Some(s.as_str())))
+        .collect();
+    let mut tags = Vec::new();
+    for repo in &repos {
+        if let Some(t) = store.tags(repo).await? {
+            tags.extend(t.into_iter().map(|t| (repo.clone(), t)));
+        }
+    }
+    Ok(Tagged {
+        repositories: repos.len(),
+        tags,
+    })
+}
+
+/// The image manifests a tag reaches: its manifest, or the children of the index it names. (digest, view) each.
+pub(crate) async fn images_of_tag(
     store: &dyn RegistryStore,
     repo: &str,
-    reference: &Reference,
-) -> Result<(usize, usize), StorageError> {
-    let Some(m) = store.get_manifest(repo, reference).await? else {
-        return Ok((0, 0));
+    tag: &str,
+) -> Result<Vec<(Digest, ManifestView)>, StorageError> {
+    let Some(m) = store.get_manifest(repo, &Reference::Tag(tag.to_owned())).await? else {
+        return Ok(Vec::new());
     };
     let Ok(view) = ManifestView::parse(&m.body, Some(&m.media_type)) else {
-        return Ok((0, 0));
+        return Ok(Vec::new());
     };
     if !media::is_index(&view.media_type) {
-        return Ok((1, learn(store, repo, &view).await?.len()));
+        return Ok(vec![(m.digest, view)]);
     }
-    let mut counts = (0, 0);
+    let mut images = Vec::new();
     for child in &view.manifests {
         let Some(c) = store
             .get_manifest(repo, &Reference::Digest(child.digest.clone()))
@@ -193,11 +214,10 @@ async fn learn_reference(
         if let Ok(v) = ManifestView::parse(&c.body, Some(&c.media_type))
             && !media::is_index(&v.media_type)
         {
-            counts.0 += 1;
-            counts.1 += learn(store, repo, &v).await?.len();
+            images.push((c.digest, v));
         }
     }
-    Ok(counts)
+    Ok(images)
 }
 
 /// At startup, in the background: builds the index if the store has none complete (see [`rebuild`]), then checks
