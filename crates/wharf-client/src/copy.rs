@@ -170,7 +170,7 @@ pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &Copy
         .buffer_unordered(CHECKS_IN_FLIGHT.max(opts.jobs))
         .try_collect()
         .await?;
-    let (mut found, mut missing): (Vec<_>, Vec<_>) = checked.into_iter().partition(|(_, f)| f.is_some());
+    let (found, mut missing): (Vec<_>, Vec<_>) = checked.into_iter().partition(|(_, f)| f.is_some());
     // Then the transfers, `jobs` at a time, the largest first (the copy ends when the longest one does).
     missing.sort_by_key(|(desc, _)| std::cmp::Reverse(desc.size));
     let sent: Vec<(Outcome, &Descriptor, Descriptor)> = futures_util::stream::iter(missing)
@@ -187,13 +187,11 @@ pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &Copy
         .try_collect()
         .await?;
     // (what happened, the source's descriptor, the blob as stored at the destination)
-    let mut outcomes: Vec<(Outcome, &Descriptor, Descriptor)> = Vec::with_capacity(blobs.len());
-    outcomes.extend(
-        found
-            .drain(..)
-            .filter_map(|(desc, f)| f.map(|(o, stored)| (o, desc, stored))),
-    );
-    outcomes.extend(sent);
+    let outcomes: Vec<(Outcome, &Descriptor, Descriptor)> = found
+        .into_iter()
+        .filter_map(|(desc, f)| f.map(|(o, stored)| (o, desc, stored)))
+        .chain(sent)
+        .collect();
 
     // Source digest → compressed descriptor, for the layers compressed on the way (or found compressed).
     let replaced: HashMap<_, _> = outcomes

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use wharf_oci::manifest::ManifestView;
-use wharf_oci::{Digest, ErrorCode, media};
+use wharf_oci::{Digest, ErrorCode};
 use wharf_storage::{Reference, RegistryStore};
 
 use crate::{ApiError, App};
@@ -292,16 +292,10 @@ impl BuildCache {
         trie.nodes[node].images.iter().map(|i| (i.clone(), layers)).collect()
     }
 
-    /// Learns image manifest `view`, stored in `repo` as `digest` (anything else is ignored).
-    pub async fn learn(&self, store: &dyn RegistryStore, repo: &str, digest: &Digest, view: &ManifestView) {
-        let Some(config) = view.config.as_ref() else { return };
-        if media::is_index(&view.media_type) || view.layers.is_empty() {
-            return;
-        }
-        let Some(bytes) = crate::layers::read_config(store, repo, config).await else {
-            return;
-        };
-        let Some(steps) = chain(&bytes) else { return };
+    /// Learns image manifest `view`, stored in `repo` as `digest`, with its `config` (see
+    /// [`crate::layers::image_config`]).
+    pub fn learn(&self, repo: &str, digest: &Digest, view: &ManifestView, config: &[u8]) {
+        let Some(steps) = chain(config) else { return };
         // One layer per layer-making step, or the image is not learnt (`zip` below would hide a mismatch).
         if steps.iter().filter(|s| s.diff_id.is_some()).count() != view.layers.len() {
             return;
@@ -338,7 +332,9 @@ impl BuildCache {
                 async move {
                     if let Ok(images) = crate::layers::images_of_tag(store.as_ref(), &repo, &tag).await {
                         for (digest, view) in images {
-                            self.learn(store.as_ref(), &repo, &digest, &view).await;
+                            if let Some(config) = crate::layers::image_config(store.as_ref(), &repo, &view).await {
+                                self.learn(&repo, &digest, &view, &config);
+                            }
                         }
                     }
                 }
@@ -452,6 +448,7 @@ async fn answer(app: &App, query: &Query, headers: &HeaderMap, uri: &Uri) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wharf_oci::media;
 
     fn step(by: &str, layer: Option<u8>) -> Step {
         Step {

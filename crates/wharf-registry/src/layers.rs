@@ -64,16 +64,20 @@ pub struct Rebuilt {
     pub pruned: usize,
 }
 
-/// The index entries of an image manifest stored in `repo`: one per layer, from its config's `rootfs.diff_ids`.
-/// Empty for anything else (an index, an artifact, a config too large or not an image config).
-async fn image_entries(store: &dyn RegistryStore, repo: &str, view: &ManifestView) -> Vec<LayerEntry> {
-    let Some(config) = view.config.as_ref().filter(|c| c.size <= MAX_CONFIG) else {
-        return Vec::new();
-    };
+/// The config of image manifest `view` stored in `repo`, for the layer index and the build cache; `None` for
+/// anything else (an index, an artifact, a config too large, missing or not matching its digest).
+pub async fn image_config(store: &dyn RegistryStore, repo: &str, view: &ManifestView) -> Option<Vec<u8>> {
+    let config = view.config.as_ref()?;
     if media::is_index(&view.media_type) || view.layers.is_empty() {
-        return Vec::new();
+        return None;
     }
-    let Some(diff_ids) = read_diff_ids(store, repo, config).await else {
+    read_config(store, repo, config).await
+}
+
+/// The index entries of image manifest `view` stored in `repo` with `config`: one per layer, from the config's
+/// `rootfs.diff_ids`; none if they do not pair up.
+fn image_entries(repo: &str, view: &ManifestView, config: &[u8]) -> Vec<LayerEntry> {
+    let Ok(diff_ids) = wharf_oci::manifest::config_diff_ids(config) else {
         return Vec::new();
     };
     if diff_ids.len() != view.layers.len() {
@@ -94,16 +98,18 @@ async fn image_entries(store: &dyn RegistryStore, repo: &str, view: &ManifestVie
         .collect()
 }
 
-/// Records the layers of image manifest `view`, about to be stored in `repo`; returns the claims made: entries whose
-/// blob the index has not checked yet (see [`crate::layer_claims`]), for the checker.
+/// Records the layers of image manifest `view` with `config` (see [`image_config`]), about to be stored in `repo`;
+/// returns the claims made: entries whose blob the index has not checked yet (see [`crate::layer_claims`]), for the
+/// checker.
 pub async fn learn(
     store: &dyn RegistryStore,
     repo: &str,
     view: &ManifestView,
+    config: &[u8],
 ) -> Result<Vec<LayerEntry>, StorageError> {
     let mut new = Vec::new();
     let mut claims = Vec::new();
-    for e in image_entries(store, repo, view).await {
+    for e in image_entries(repo, view, config) {
         let forms = store.layer_forms(&e.diff_id).await?;
         match forms.iter().find(|f| f.blob.digest == e.blob.digest) {
             // Checked, and this repository known: nothing to write.
@@ -141,7 +147,9 @@ pub async fn rebuild(store: Arc<dyn RegistryStore>, skip: &[String], prune: bool
                 let mut counts = (0, 0);
                 for (_, view) in images_of_tag(store.as_ref(), &repo, &tag).await? {
                     counts.0 += 1;
-                    counts.1 += learn(store.as_ref(), &repo, &view).await?.len();
+                    if let Some(config) = image_config(store.as_ref(), &repo, &view).await {
+                        counts.1 += learn(store.as_ref(), &repo, &view, &config).await?.len();
+                    }
                 }
                 Ok(counts)
             }
@@ -249,12 +257,8 @@ async fn build_unless_complete(store: Arc<dyn RegistryStore>, skip: Vec<String>)
     }
 }
 
-async fn read_diff_ids(store: &dyn RegistryStore, repo: &str, config: &Descriptor) -> Option<Vec<Digest>> {
-    wharf_oci::manifest::config_diff_ids(&read_config(store, repo, config).await?).ok()
-}
-
 /// The bytes of an image config `repo` links, if it is at most [`MAX_CONFIG`] bytes and hashes to its digest.
-pub(crate) async fn read_config(store: &dyn RegistryStore, repo: &str, config: &Descriptor) -> Option<Vec<u8>> {
+async fn read_config(store: &dyn RegistryStore, repo: &str, config: &Descriptor) -> Option<Vec<u8>> {
     if config.size > MAX_CONFIG {
         return None;
     }

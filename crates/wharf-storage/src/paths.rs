@@ -10,7 +10,7 @@
 //!     _referrers/<subject alg>/<subject hex>/<alg>-<hex>.json  descriptor of a manifest whose subject it is
 //!   uploads/<uuid>/data                                bytes received so far
 //!   uploads/<uuid>/state.json                          repository, offset and hasher state (see fs/upload.rs)
-//!   layer-index/<alg>/<hex>/<alg>-<hex>/...               the layer index: diff_id → blobs → repositories
+//!   layer-index/<alg>/<hex>/<alg>-<hex>/...            the layer index: diff_id → blobs → repositories
 //!                                                      (see layer_index.rs)
 //!   tmp/                                               staging for atomic writes of small files
 //!   tmp/gc-clock                                       touched as a garbage collection starts (see gc.rs)

@@ -123,14 +123,18 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
     });
     let subject = view.subject.as_ref().map(|s| s.digest.to_string());
     let size = body.len() as u64;
+    // An image's config, read once for the layer index and the build cache.
+    let config = crate::layers::image_config(app.store.as_ref(), name, &view).await;
     // The layer index learns the image's layers before the manifest is stored: a 201 means the index has them (see
     // `layers`). The index is a hint: failing to write it does not fail the push.
-    match crate::layers::learn(app.store.as_ref(), name, &view).await {
-        Ok(claims) => app.claims().submit(claims),
-        Err(e) => {
-            tracing::warn!(repository = name, error = %e, "layer index: cannot record the image's layers");
-            // The next start builds the index again from the manifests.
-            let _ = app.store.set_layer_index_complete(false).await;
+    if let Some(config) = &config {
+        match crate::layers::learn(app.store.as_ref(), name, &view, config).await {
+            Ok(claims) => app.claims().submit(claims),
+            Err(e) => {
+                tracing::warn!(repository = name, error = %e, "layer index: cannot record the image's layers");
+                // The next start builds the index again from the manifests.
+                let _ = app.store.set_layer_index_complete(false).await;
+            }
         }
     }
     fault_point("after-layer-index");
@@ -156,16 +160,9 @@ pub async fn put(app: &App, name: &str, reference: &str, req: Request) -> ApiRes
             other => other.into(),
         })?;
 
-    // The build cache's trie learns the image's steps (in memory, derived from the manifest: no need to wait).
-    if view.config.is_some() && !view.layers.is_empty() {
-        let (trie, store, repo, digest, view) = (
-            app.build_cache.clone(),
-            app.store.clone(),
-            name.to_owned(),
-            digest.clone(),
-            view.clone(),
-        );
-        tokio::spawn(async move { trie.learn(store.as_ref(), &repo, &digest, &view).await });
+    // The build cache's trie learns the image's steps (in memory, derived from the manifest).
+    if let Some(config) = &config {
+        app.build_cache.learn(name, &digest, &view, config);
     }
     if let Some(n) = &app.notifier {
         let target = |tag: Option<String>| crate::notify::Target {

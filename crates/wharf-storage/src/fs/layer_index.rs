@@ -25,7 +25,7 @@ pub(super) fn forms(layout: &Layout, diff_id: &Digest) -> Result<Vec<LayerForm>>
             continue;
         };
         let form = dir.join(&name);
-        let Some(blob) = read_optional(&form.join(DESCRIPTOR))?.and_then(|raw| parse_descriptor(&raw, &digest)) else {
+        let Some(blob) = read_descriptor(&form.join(DESCRIPTOR), &digest)? else {
             continue;
         };
         let repositories: Vec<String> = list_dir(&form)?
@@ -43,21 +43,20 @@ pub(super) fn forms(layout: &Layout, diff_id: &Digest) -> Result<Vec<LayerForm>>
     Ok(out)
 }
 
-/// A form's checked descriptor, if it is there and whole.
-fn checked(dir: &Path, blob: &Digest) -> Result<Option<LayerBlob>> {
-    Ok(read_optional(&dir.join(DESCRIPTOR))?.and_then(|raw| parse_descriptor(&raw, blob)))
+/// A form's descriptor or claim, if it is there and whole (names `blob`).
+fn read_descriptor(path: &Path, blob: &Digest) -> Result<Option<LayerBlob>> {
+    Ok(read_optional(path)?.and_then(|raw| parse_descriptor(&raw, blob)))
 }
 
 /// Records entries: a form not checked yet gets the claim, then the repository's fact; each file written once.
 pub(super) fn record(layout: &Layout, entries: &[LayerEntry]) -> Result<()> {
     for e in entries {
         let dir = form_dir(layout, &e.diff_id, &e.blob.digest);
-        if checked(&dir, &e.blob.digest)?.is_none() {
-            let claim = dir.join(CLAIM);
-            let intact = read_optional(&claim)?.is_some_and(|raw| parse_descriptor(&raw, &e.blob.digest).is_some());
-            if !intact {
-                write_atomic(&layout.tmp(), &claim, &descriptor_bytes(&e.blob), false)?;
-            }
+        let claim = dir.join(CLAIM);
+        if read_descriptor(&dir.join(DESCRIPTOR), &e.blob.digest)?.is_none()
+            && read_descriptor(&claim, &e.blob.digest)?.is_none()
+        {
+            write_atomic(&layout.tmp(), &claim, &descriptor_bytes(&e.blob), false)?;
         }
         let repo = dir.join(repo_file(&e.repository));
         if !repo.exists() {
@@ -77,7 +76,7 @@ pub(super) fn confirm(layout: &Layout, diff_id: &Digest, blob: &LayerBlob) -> Re
 /// The claim refused: the form goes, unless a check already confirmed it.
 pub(super) fn refuse(layout: &Layout, diff_id: &Digest, blob: &Digest) -> Result<()> {
     let dir = form_dir(layout, diff_id, blob);
-    if checked(&dir, blob)?.is_none() {
+    if read_descriptor(&dir.join(DESCRIPTOR), blob)?.is_none() {
         remove_tree(&dir)?;
     }
     Ok(())
@@ -93,7 +92,7 @@ pub(super) fn claims(layout: &Layout, limit: usize) -> Result<Vec<LayerEntry>> {
         if form.join(DESCRIPTOR).exists() {
             continue;
         }
-        let Some(claim) = read_optional(&form.join(CLAIM))?.and_then(|raw| parse_descriptor(&raw, &blob)) else {
+        let Some(claim) = read_descriptor(&form.join(CLAIM), &blob)? else {
             continue;
         };
         if let Some(repository) = list_dir(&form)?.iter().find_map(|n| repo_of_file(n)) {
