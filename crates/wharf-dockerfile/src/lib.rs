@@ -18,6 +18,7 @@ assert!(result.findings.iter().any(|f| f.rule == "WH002"));
 */
 
 pub mod ast;
+pub mod cache_keys;
 pub mod config;
 pub mod context;
 pub mod diff;
@@ -31,6 +32,7 @@ mod parser;
 pub mod report;
 pub mod rules;
 pub mod shell;
+pub mod source_hash;
 pub mod span;
 pub mod words;
 

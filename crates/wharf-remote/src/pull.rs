@@ -42,7 +42,9 @@ fn digest_header(resp: &Response) -> Option<Digest> {
 
 /// `manifest REPO:TAG` or `manifest REPO@DIGEST`, as errors name it.
 fn manifest_what(repository: &str, reference: &str) -> String {
-    let sep = if reference.contains(':') { '@' } else { ':' };
+    // A digest has a `:`; a tag cannot (a `?ns=host:port` query may follow either).
+    let bare = reference.split('?').next().unwrap_or(reference);
+    let sep = if bare.contains(':') { '@' } else { ':' };
     format!("manifest {repository}{sep}{reference}")
 }
 

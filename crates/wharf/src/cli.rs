@@ -25,6 +25,9 @@ pub enum Command {
     Gc(crate::gc::GcArgs),
     /// Maintain the registry's layer index (which compressed blobs hold which layer): `wharf index rebuild`.
     Index(crate::index::IndexArgs),
+    /// The smart build cache: `wharf cache plan` picks the image on the registry that serves a Dockerfile's build
+    /// as cache furthest.
+    Cache(crate::cache::CacheArgs),
     /// Lint Dockerfiles: cache order, layers, package mirrors, .dockerignore, common mistakes.
     Lint(LintArgs),
     /// Apply the safe fixes of `wharf lint` to a Dockerfile (and its .dockerignore).

@@ -255,7 +255,7 @@ fn human(bytes: f64) -> String {
 }
 
 /// Warnings only, unless `RUST_LOG` says otherwise; to stderr, so stdout holds just the summary.
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())

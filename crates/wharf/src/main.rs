@@ -1,6 +1,7 @@
 //! The `wharf` command line. One module per subcommand; `main` prints the error chain and exits non-zero.
 
 mod auth;
+mod cache;
 mod cli;
 mod config;
 mod copy;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         cli::Command::Serve(args) => serve::run(args),
         cli::Command::Gc(args) => gc::run(args),
         cli::Command::Index(args) => index::run(args),
+        cli::Command::Cache(args) => cache::run(args),
         cli::Command::Lint(args) => lint::run(args),
         cli::Command::Fix(args) => fix::run(args),
         cli::Command::Copy(args) => copy::run_copy(args),

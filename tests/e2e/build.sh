@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# End-to-end test of the smart build cache with a real Docker engine (classic builder) and
+# wharf's registry: `wharf cache plan` predicts the key of every step exactly as the engine
+# then records it, and the steps the engine serves from cache when given the planned image
+# as --cache-from are exactly the steps the plan said.
+#
+# Images are made here: the base is `docker import` of a rootfs holding Debian's static
+# busybox (so RUN steps run), nothing is fetched from the internet.
+#
+# Usage: WHARF=/path/to/wharf tests/e2e/build.sh   (needs root, dockerd, busybox-static)
+#   E2E_KEEP=1  keep the scratch directory for inspection
+set -euo pipefail
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC1091
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+e2e_init e2e-build
+
+BUSYBOX=${BUSYBOX:-/bin/busybox}
+[[ -x "$BUSYBOX" ]] && "$BUSYBOX" --list 2>/dev/null | grep -qx sh ||
+    die "a static busybox is needed at $BUSYBOX (apt-get install busybox-static)"
+export DOCKER_BUILDKIT=0
+
+start_wharf wharf
+REG=$WHARF_STARTED_ADDR
+start_dockerd e2e-build --insecure-registry "$REG"
+
+# history_keys IMAGE: the created_by of each history entry, oldest first, one per line.
+history_keys() {
+    curl -sS --unix-socket "$WORK/docker.sock" "http://engine/images/$1/history" |
+        jq -r 'reverse | .[].CreatedBy'
+}
+
+# plan_keys JSON: the planned keys, one per line (unknown steps as "?").
+plan_keys() { jq -r '.steps[] | (.key // "?")' "$1"; }
+
+# Base image: busybox as /bin/sh and its applets, imported, pushed to wharf.
+mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc" "$WORK/rootfs/tmp"
+cp "$BUSYBOX" "$WORK/rootfs/bin/busybox"
+for applet in sh echo cat mkdir touch sleep true ls; do ln -s busybox "$WORK/rootfs/bin/$applet"; done
+echo 'root:x:0:0:root:/root:/bin/sh' >"$WORK/rootfs/etc/passwd"
+echo 'root:x:0:' >"$WORK/rootfs/etc/group"
+tar -C "$WORK/rootfs" -cf "$WORK/base.tar" .
+run_quiet "$WORK/import.log" docker import --change 'ENV PATH=/bin' "$WORK/base.tar" "$REG/base/busybox:1"
+run_quiet "$WORK/push-base.log" "$WHARF" push --quiet "docker-daemon:$REG/base/busybox:1" "$REG/base/busybox:1"
+
+# ---------------------------------------------------------------------------------------
+# 1. Every instruction's key, predicted before the build, equals what the engine records.
+# ---------------------------------------------------------------------------------------
+CTX=$WORK/app
+mkdir -p "$CTX/src/lib" "$CTX/conf" "$CTX/logs"
+echo 'int main;' >"$CTX/src/main.c"
+echo 'x' >"$CTX/src/lib/x.c"
+echo 'a=1' >"$CTX/conf/a.conf"
+echo 'b=2' >"$CTX/conf/b.conf"
+echo 'noise' >"$CTX/logs/run.log"
+echo 'v1' >"$CTX/VERSION"
+chmod 0755 "$CTX/VERSION"
+ln -s VERSION "$CTX/version-link"
+printf 'logs\n*.tmp\n' >"$CTX/.dockerignore"
+echo 'scratch' >"$CTX/junk.tmp"
+cat >"$CTX/Dockerfile" <<EOF
+ARG BASE=$REG/base/busybox:1
+FROM \$BASE
+MAINTAINER wharf tests
+ENV APP=/app GREETING="hello world" LEGACY_FREE=1
+ARG MODE=release
+ARG UNUSED
+LABEL org.example.mode=\$MODE "quoted key"=v
+WORKDIR \$APP
+RUN echo "\$GREETING in \$MODE" > greeting && \\
+    mkdir -p out
+COPY VERSION ./
+COPY version-link /app/link
+COPY src/ /app/src/
+COPY conf/*.conf /etc/app/
+COPY --chown=1:1 VERSION src/main.c /app/multi/
+COPY . /ctx
+ADD conf/a.conf /etc/added.conf
+RUN ["/bin/sh", "-c", "echo exec form > exec.txt"]
+EXPOSE 8080 443/tcp
+USER root
+VOLUME /data /cache
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=5s --retries=3 CMD echo ok
+ONBUILD RUN echo child
+SHELL ["/bin/sh", "-e", "-c"]
+RUN echo after shell > shell.txt
+CMD echo serving \$APP
+ENTRYPOINT ["/bin/sh", "-c"]
+EOF
+run_quiet "$WORK/plan1.log" "$WHARF" cache plan --registry "$REG" --build-arg MODE=debug --json "$CTX"
+cp "$WORK/plan1.log" "$WORK/plan1.json"
+run_quiet "$WORK/build1.log" docker build --build-arg MODE=debug -t "$REG/app/one:1" "$CTX"
+base_steps=$(jq -r '.base.steps' "$WORK/plan1.json")
+history_keys "$REG/app/one:1" | tail -n +"$((base_steps + 1))" >"$WORK/engine1.keys"
+plan_keys "$WORK/plan1.json" >"$WORK/plan1.keys"
+if diff -u "$WORK/engine1.keys" "$WORK/plan1.keys" >"$WORK/keys1.diff"; then
+    pass "the plan's $(wc -l <"$WORK/plan1.keys") keys are the ones the engine recorded"
+else
+    fail "planned keys differ from the engine's history:"
+    cat "$WORK/keys1.diff" >&2
+fi
+
+# ---------------------------------------------------------------------------------------
+# 2. The steps the plan says the registry's best image serves are the steps the engine then
+#    takes from cache, on an engine that holds only the base and the planned image.
+# ---------------------------------------------------------------------------------------
+run_quiet "$WORK/push1.log" "$WHARF" push --quiet "docker-daemon:$REG/app/one:1" "$REG/app/one:1"
+
+# cached_by_engine TAG LOG: build $CTX with the planned candidate as --cache-from after
+# forgetting every other image; prints how many steps the engine took from cache.
+cached_by_engine() {
+    local plan=$1 log=$2 repo digest
+    repo=$(jq -r '.candidate.repository // empty' "$plan")
+    digest=$(jq -r '.candidate.digest // empty' "$plan")
+    docker image ls -q --filter "reference=$REG/app/*" | sort -u | xargs -r docker rmi -f >/dev/null
+    docker image prune -f >/dev/null
+    local from=()
+    if [[ -n "$repo" ]]; then
+        run_quiet "$log.pull" "$WHARF" pull --quiet "$REG/$repo@$digest" "docker-daemon:$REG/$repo:cache"
+        from=(--cache-from "$REG/$repo:cache")
+    fi
+    run_quiet "$log" docker build --build-arg MODE=debug "${from[@]}" -t "$REG/app/one:next" "$CTX"
+    grep -c 'Using cache' "$log" || true
+}
+
+# An ignored file changes: nothing else does, every step is planned and served from cache.
+echo 'more noise' >>"$CTX/logs/run.log"
+echo 'more scratch' >"$CTX/junk.tmp"
+run_quiet "$WORK/plan2.log" "$WHARF" cache plan --registry "$REG" --build-arg MODE=debug --json "$CTX"
+cp "$WORK/plan2.log" "$WORK/plan2.json"
+planned=$(jq -r '.steps_cached' "$WORK/plan2.json")
+expect_eq ".dockerignored changes keep every key: steps planned from cache" "$planned" 25
+expect_eq "the engine serves the planned steps from cache" "$(cached_by_engine "$WORK/plan2.json" "$WORK/build2.log")" "$planned"
+
+# A source of the third COPY changes: the match stops there.
+echo 'int main(void) { return 0; }' >"$CTX/src/main.c"
+run_quiet "$WORK/plan3.log" "$WHARF" cache plan --registry "$REG" --build-arg MODE=debug --json "$CTX"
+cp "$WORK/plan3.log" "$WORK/plan3.json"
+planned=$(jq -r '.steps_cached' "$WORK/plan3.json")
+stop=$(jq -r '[.steps[].instruction] | index("COPY src/ /app/src/")' "$WORK/plan3.json")
+expect_eq "a changed COPY source stops the plan at that step" "$planned" "$stop"
+expect_eq "the engine serves exactly the planned steps" "$(cached_by_engine "$WORK/plan3.json" "$WORK/build3.log")" "$planned"
