@@ -141,3 +141,38 @@ planned=$(jq -r '.steps_cached' "$WORK/plan3.json")
 stop=$(jq -r '[.steps[].instruction] | index("COPY src/ /app/src/")' "$WORK/plan3.json")
 expect_eq "a changed COPY source stops the plan at that step" "$planned" "$stop"
 expect_eq "the engine serves exactly the planned steps" "$(cached_by_engine "$WORK/plan3.json" "$WORK/build3.log")" "$planned"
+
+# ---------------------------------------------------------------------------------------
+# 3. wharf build --push: the planned cache, the layers pushed as steps commit, the manifest
+#    last; the same image as docker build + wharf push.
+# ---------------------------------------------------------------------------------------
+docker image ls -q --filter "reference=$REG/app/*" | sort -u | xargs -r docker rmi -f >/dev/null
+docker image prune -f >/dev/null
+run_quiet "$WORK/wbuild.log" "$WHARF" build --json --push -t "$REG/app/two:1" --build-arg MODE=debug "$CTX"
+tail -n 1 "$WORK/wbuild.log" >"$WORK/wbuild.json"
+expect_eq "wharf build took the planned steps from cache" "$(jq -r .steps_cached "$WORK/wbuild.json")" "$(jq -r .steps_cached "$WORK/plan3.json")"
+expect_eq "it pulled only the layers beyond the base for cache" "$(jq -r .bytes_pulled_for_cache "$WORK/wbuild.json")" "$(jq -r .bytes_to_pull "$WORK/plan3.json")"
+early=$(jq -r .layers_pushed_early "$WORK/wbuild.json")
+if ((early >= 3)); then pass "layers were pushed while the build ran ($early)"; else fail "only $early layers pushed while the build ran"; fi
+http -H "Accept: $DOCKER_V2, $OCI_MANIFEST" "http://$REG/v2/app/two/manifests/1" >"$WORK/two.manifest"
+pushed_config=$(jq -r .config.digest "$WORK/two.manifest")
+expect_eq "the pushed image is the engine's image (config digest)" "$pushed_config" "$(image_id "$REG/app/two:1")"
+run_quiet "$WORK/push-ref.log" "$WHARF" push --quiet "docker-daemon:$REG/app/two:1" "$REG/app/ref:1"
+expect_eq "and the same as wharf push of it (manifest digest)" \
+    "$(http -I -H "Accept: $DOCKER_V2, $OCI_MANIFEST" "http://$REG/v2/app/ref/manifests/1" | digest_header)" \
+    "$(jq -r .digest "$WORK/wbuild.json")"
+
+# A step failing mid-way: layers before it may be on the registry, no manifest is.
+FAILCTX=$WORK/fail
+mkdir -p "$FAILCTX"
+head -c 200000 /dev/urandom >"$FAILCTX/data.bin"
+printf '%s\n' "FROM $REG/base/busybox:1" 'COPY data.bin /data.bin' 'RUN echo one > /one' 'RUN false' \
+    'RUN echo never > /never' >"$FAILCTX/Dockerfile"
+if "$WHARF" build --push -t "$REG/app/fail:1" "$FAILCTX" >"$WORK/wfail.log" 2>&1; then
+    fail "a failing build step fails wharf build"
+else
+    pass "a failing build step fails wharf build: $(grep -m1 'the build failed' "$WORK/wfail.log" | cut -c1-80)"
+fi
+grep -q '^\[ *3\] built' "$WORK/wfail.log" || fail "the steps before the failure ran"
+expect_eq "and leaves no manifest on the registry" \
+    "$(http -o /dev/null -w '%{http_code}' -I "http://$REG/v2/app/fail/manifests/1")" 404

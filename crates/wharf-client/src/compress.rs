@@ -213,14 +213,14 @@ fn gzip_member(block: &[u8], level: i32) -> Result<Bytes, Error> {
 
 /// A blocking `Write` whose bytes come out as an async stream, in [`OUT_PIECE`] pieces (libzstd's output here;
 /// a tar being built elsewhere).
-pub(crate) struct ChannelWriter {
+pub struct ChannelWriter {
     tx: mpsc::Sender<Result<Bytes, Error>>,
     buf: BytesMut,
 }
 
 impl ChannelWriter {
     /// The writer and the stream its bytes come out of.
-    pub(crate) fn pair() -> (ChannelWriter, BlobStream) {
+    pub fn pair() -> (ChannelWriter, BlobStream) {
         let (tx, rx) = mpsc::channel(8);
         (
             ChannelWriter {
@@ -232,7 +232,7 @@ impl ChannelWriter {
     }
 
     /// Ends the stream with an error instead of a clean end.
-    pub(crate) fn fail(self, e: Error) {
+    pub fn fail(self, e: Error) {
         let _ = self.tx.blocking_send(Err(e));
     }
 

@@ -49,6 +49,9 @@ pub struct CopyOptions {
     pub progress: Option<Arc<dyn Progress>>,
     /// Where blobs were seen in registries, to mount instead of upload (kept in the content store).
     pub hints: Option<MountHints>,
+    /// Transfer the blobs only and write no manifest (`wharf build --push` sends each layer as its step commits;
+    /// the image's manifest is written once the build has succeeded).
+    pub blobs_only: bool,
 }
 
 /// Observer of a copy, blob by blob (the CLI draws progress bars with it).
@@ -77,6 +80,7 @@ impl Default for CopyOptions {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: None,
             hints: None,
+            blobs_only: false,
         }
     }
 }
@@ -128,7 +132,7 @@ pub(crate) enum Outcome {
 pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &CopyOptions) -> Result<CopyReport, Error> {
     tracing::debug!(source = %src.describe(), destination = %dst.describe(), "copy starts");
     let top = resolve_top(src, opts).await?;
-    let (manifests, blobs) = collect(src, top).await?;
+    let (manifests, blobs) = collect(src, top.clone()).await?;
     for m in manifests.iter().filter(|m| !media::is_index(&m.media_type)) {
         dst.prepare(m).await?;
     }
@@ -199,7 +203,11 @@ pub async fn copy(src: &dyn ImageSource, dst: &dyn ImageDestination, opts: &Copy
         .filter(|(_, source, stored)| stored.digest != source.digest)
         .map(|(_, source, stored)| (source.digest.clone(), stored.clone()))
         .collect();
-    let top = put_manifests(dst, &manifests, &replaced).await?;
+    let top = if opts.blobs_only {
+        top
+    } else {
+        put_manifests(dst, &manifests, &replaced).await?
+    };
     // Pulled from a registry: remember which compressed blob holds which layer, so a later push of an image built on
     // them (a `docker build FROM` this one) finds them compressed where they came from.
     if let (Some(hints), Some(_)) = (&opts.hints, src.mount_origin()) {

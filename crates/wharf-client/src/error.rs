@@ -60,7 +60,7 @@ impl From<wharf_remote::RemoteError> for Error {
 }
 
 impl Error {
-    pub(crate) fn io(context: impl Into<String>, cause: std::io::Error) -> Error {
+    pub fn io(context: impl Into<String>, cause: std::io::Error) -> Error {
         Error::Io {
             context: context.into(),
             cause,

@@ -38,6 +38,39 @@ pub struct ContextHashes {
     entries: BTreeMap<Vec<String>, Kind>,
     /// Tarsum digest (hex) of each sent entry, by its cleaned path; the first entry of a name wins.
     sums: HashMap<String, String>,
+    /// What the CLI sends, in its order: what `wharf build` writes into the context tar.
+    sent: Vec<Sent>,
+}
+
+/// One entry of the context tar, with the header fields the tarsum reads.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// `/`-separated, relative to the context; directories end with `/`.
+    pub name: String,
+    /// Permission and set-id bits.
+    pub mode: u32,
+    pub body: SentBody,
+}
+
+#[derive(Debug, Clone)]
+pub enum SentBody {
+    Dir,
+    /// A regular file on disk and its size.
+    File(PathBuf, u64),
+    /// A file given as bytes (the Dockerfile as `wharf build --mirror-preset` rewrote it).
+    Bytes(Vec<u8>),
+    Symlink(String),
+    /// A second name of a file sent before under this name.
+    HardLink(String),
+}
+
+/// The Dockerfile in the context: where, and its text when it is not the file on disk.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DockerfileEntry<'a> {
+    /// Its path in the context (`/`-separated); `None` when it lies outside.
+    pub path: Option<&'a str>,
+    /// Its bytes, sent instead of the file's (or added when no such file exists).
+    pub text: Option<&'a [u8]>,
 }
 
 /// Why a source cannot be hashed: the build would fail there.
@@ -55,6 +88,23 @@ impl ContextHashes {
     /// Reads `dir` as the docker CLI would send it with `dockerfile` (a path relative to `dir`, `/`-separated; `None`
     /// when the Dockerfile is outside the context) and the context's `.dockerignore` text.
     pub fn scan(dir: &Path, dockerfile: Option<&str>, ignore_text: &str) -> Result<ContextHashes, ContextError> {
+        Self::scan_with(
+            dir,
+            DockerfileEntry {
+                path: dockerfile,
+                text: None,
+            },
+            ignore_text,
+        )
+    }
+
+    /// [`ContextHashes::scan`] with the Dockerfile's text given (the file at `dockerfile.path` replaced, or added).
+    pub fn scan_with(
+        dir: &Path,
+        dockerfile_entry: DockerfileEntry,
+        ignore_text: &str,
+    ) -> Result<ContextHashes, ContextError> {
+        let dockerfile = dockerfile_entry.path;
         let user = parse_ignore(ignore_text);
         // The CLI always sends these two (TrimBuildFilesFromExcludes).
         let mut patterns = user.clone();
@@ -70,9 +120,13 @@ impl ContextHashes {
         let mut ctx = ContextHashes {
             entries: BTreeMap::new(),
             sums: HashMap::new(),
+            sent: Vec::new(),
         };
         let mut inodes: HashMap<(u64, u64), String> = HashMap::new();
         ctx.walk(dir, &mut Vec::new(), &patterns, has_exceptions, &mut inodes)?;
+        if let (Some(path), Some(text)) = (dockerfile, dockerfile_entry.text) {
+            ctx.replace_file(path, text);
+        }
         // The engine deletes them after reading them if the user's own patterns name them.
         for name in [Some(".dockerignore"), dockerfile].into_iter().flatten() {
             if excluded(&user, name) {
@@ -80,6 +134,42 @@ impl ContextHashes {
             }
         }
         Ok(ctx)
+    }
+
+    /// What the CLI sends, in order.
+    pub fn sent(&self) -> &[Sent] {
+        &self.sent
+    }
+
+    /// Sends `text` as the file `path` (a new one, mode 0644, if the context has none).
+    fn replace_file(&mut self, path: &str, text: &[u8]) {
+        let key = components(path);
+        let name = key.join("/");
+        let mode = match self.sent.iter().position(|e| e.name == name) {
+            Some(i) => {
+                let mode = self.sent[i].mode;
+                self.sent.remove(i);
+                mode
+            }
+            None => 0o644,
+        };
+        let entry = Sent {
+            name: name.clone(),
+            mode,
+            body: SentBody::Bytes(text.to_vec()),
+        };
+        self.sums.insert(name.clone(), entry_sum(&entry, text));
+        // Parents the walk did not send are created by untar; the file goes where the walk would have put it.
+        for n in 1..key.len() {
+            self.entries.entry(key[..n].to_vec()).or_insert(Kind::Dir);
+        }
+        self.entries.insert(key, Kind::File);
+        let at = self
+            .sent
+            .iter()
+            .position(|e| walk_order(&e.name, &name).is_gt())
+            .unwrap_or(self.sent.len());
+        self.sent.insert(at, entry);
     }
 
     fn walk(
@@ -124,31 +214,46 @@ impl ContextHashes {
                 // An excluded directory walked for its exceptions is not sent itself; untar creates it anyway.
                 self.entries.insert(rel.clone(), Kind::Dir);
                 if !skip {
-                    self.sums
-                        .entry(joined.clone())
-                        .or_insert_with(|| header_sum(&format!("{joined}/"), &meta, "", b'5', &mut std::io::empty()));
+                    let entry = Sent {
+                        name: format!("{joined}/"),
+                        mode: meta.mode() & 0o7777,
+                        body: SentBody::Dir,
+                    };
+                    let sum = entry_sum(&entry, &[]);
+                    self.sums.entry(joined.clone()).or_insert(sum);
+                    self.sent.push(entry);
                 }
                 self.walk(&path, rel, patterns, has_exceptions, inodes)?;
-            } else if !skip {
-                let sum = match &kind {
-                    Kind::Symlink(target) => header_sum(&joined, &meta, target, b'2', &mut std::io::empty()),
-                    _ if meta.nlink() > 1 && inodes.contains_key(&(meta.dev(), meta.ino())) => {
-                        let first = inodes.get(&(meta.dev(), meta.ino())).cloned().unwrap_or_default();
-                        header_sum(&joined, &meta, &first, b'1', &mut std::io::empty())
-                    }
-                    _ if meta.is_file() => {
-                        if meta.nlink() > 1 {
-                            inodes.insert((meta.dev(), meta.ino()), joined.clone());
+            } else if !skip && (meta.is_file() || matches!(kind, Kind::Symlink(_))) {
+                let body = match &kind {
+                    Kind::Symlink(target) => SentBody::Symlink(target.clone()),
+                    _ => match inodes.get(&(meta.dev(), meta.ino())) {
+                        Some(first) if meta.nlink() > 1 => SentBody::HardLink(first.clone()),
+                        _ => {
+                            if meta.nlink() > 1 {
+                                inodes.insert((meta.dev(), meta.ino()), joined.clone());
+                            }
+                            SentBody::File(path.clone(), meta.len())
                         }
-                        let mut file = std::fs::File::open(&path).map_err(io(&path))?;
-                        header_sum(&joined, &meta, "", b'0', &mut file)
+                    },
+                };
+                let entry = Sent {
+                    name: joined.clone(),
+                    mode: meta.mode() & 0o7777,
+                    body,
+                };
+                let sum = match &entry.body {
+                    SentBody::File(p, _) => {
+                        let mut file = std::fs::File::open(p).map_err(io(p))?;
+                        entry_sum_from(&entry, &mut file)
                     }
-                    // Devices, fifos, sockets: the CLI sends headers only.
-                    _ => header_sum(&joined, &meta, "", special_flag(&meta), &mut std::io::empty()),
+                    _ => entry_sum(&entry, &[]),
                 };
                 self.entries.insert(rel.clone(), kind);
                 self.sums.entry(joined).or_insert(sum);
+                self.sent.push(entry);
             }
+            // Devices, fifos and sockets are left out: no Dockerfile copies them from a context.
             rel.pop();
         }
         Ok(())
@@ -283,65 +388,55 @@ fn path_match(pattern: &[&str], path: &[String]) -> bool {
     pattern.len() == path.len() && pattern.iter().zip(path).all(|(p, s)| glob(p.as_bytes(), s.as_bytes()))
 }
 
-fn special_flag(meta: &std::fs::Metadata) -> u8 {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_char_device() {
-        b'3'
-    } else if t.is_block_device() {
-        b'4'
-    } else if t.is_fifo() {
-        b'6'
-    } else {
-        b'0'
-    }
+/// `filepath.Walk` order of two `/`-separated paths: component by component.
+fn walk_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.trim_end_matches('/')
+        .split('/')
+        .cmp(b.trim_end_matches('/').split('/'))
 }
 
-/// One entry's tarsum (version 1): the selected header fields, each written as name + value, then the content.
-fn header_sum(name: &str, meta: &std::fs::Metadata, link: &str, typeflag: u8, content: &mut dyn Read) -> String {
-    // Permission and set-id bits. The docker CLI from 23.0 on writes no file type bits (20.10 added them with
-    // `fillGo18FileTypeBits`, so a 20.10 CLI's COPY keys differ from these).
-    let mode = meta.mode() & 0o7777;
-    let size = if typeflag == b'0' { meta.len() } else { 0 };
-    let (major, minor) = if matches!(typeflag, b'3' | b'4') {
-        let rdev = meta.rdev();
-        (libc_major(rdev), libc_minor(rdev))
-    } else {
-        (0, 0)
+fn entry_sum(entry: &Sent, content: &[u8]) -> String {
+    entry_sum_from(entry, &mut &content[..])
+}
+
+/// One entry's tarsum (version 1): the selected header fields, each written as name + value, then the content. The
+/// mode is permission and set-id bits only: the docker CLI from 23.0 on writes no file type bits (20.10 added them
+/// with `fillGo18FileTypeBits`, so a 20.10 CLI's COPY keys differ from these).
+fn entry_sum_from(entry: &Sent, content: &mut dyn Read) -> String {
+    let (typeflag, size, link) = match &entry.body {
+        SentBody::Dir => ('5', 0, ""),
+        SentBody::File(_, size) => ('0', *size, ""),
+        SentBody::Bytes(b) => ('0', b.len() as u64, ""),
+        SentBody::Symlink(t) => ('2', 0, t.as_str()),
+        SentBody::HardLink(first) => ('1', 0, first.as_str()),
     };
     let mut h = Sha256::new();
     for (k, v) in [
-        ("name", name.to_string()),
-        ("mode", mode.to_string()),
+        ("name", entry.name.clone()),
+        ("mode", entry.mode.to_string()),
         ("uid", "0".to_string()),
         ("gid", "0".to_string()),
         ("size", size.to_string()),
-        ("typeflag", (typeflag as char).to_string()),
+        ("typeflag", typeflag.to_string()),
         ("linkname", link.to_string()),
         ("uname", String::new()),
         ("gname", String::new()),
-        ("devmajor", major.to_string()),
-        ("devminor", minor.to_string()),
+        ("devmajor", "0".to_string()),
+        ("devminor", "0".to_string()),
     ] {
         h.update(k.as_bytes());
         h.update(v.as_bytes());
     }
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        match content.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => h.update(&buf[..n]),
+    if typeflag == '0' {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match content.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => h.update(&buf[..n]),
+            }
         }
     }
     hex::encode(h.finalize())
-}
-
-fn libc_major(dev: u64) -> u64 {
-    ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)
-}
-
-fn libc_minor(dev: u64) -> u64 {
-    ((dev >> 12) & 0xffff_ff00) | (dev & 0xff)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

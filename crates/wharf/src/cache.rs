@@ -215,12 +215,26 @@ pub async fn plan(inputs: &BuildInputs, registry: &Registry) -> anyhow::Result<P
     check_context(&inputs.context)?;
     let (path, rel) = dockerfile_path(inputs);
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (df, errors) = wharf_dockerfile::parse(&text);
+    let ignore = wharf_dockerfile::context::scan(&inputs.context, Some(&path))
+        .with_context(|| format!("cannot read the build context {}", inputs.context.display()))?;
+    let context = ContextHashes::scan(&inputs.context, rel.as_deref(), &ignore.ignore_text)
+        .with_context(|| format!("cannot read the build context {}", inputs.context.display()))?;
+    plan_for(&text, &path, &build_args(&inputs.build_args), &context, registry).await
+}
+
+/// The plan of the Dockerfile `text` (read from `path`, for messages) over `context`.
+pub async fn plan_for(
+    text: &str,
+    path: &Path,
+    args: &BTreeMap<String, String>,
+    context: &ContextHashes,
+    registry: &Registry,
+) -> anyhow::Result<Plan> {
+    let (df, errors) = wharf_dockerfile::parse(text);
     if let Some(e) = errors.first() {
         bail!("{}:{e}", path.display());
     }
-    let args = build_args(&inputs.build_args);
-    let base = match cache_keys::final_base(&df, &args).with_context(|| path.display().to_string())? {
+    let base = match cache_keys::final_base(&df, args).with_context(|| path.display().to_string())? {
         FinalBase::Scratch => BaseImage {
             reference: "scratch".into(),
             digest: None,
@@ -230,11 +244,7 @@ pub async fn plan(inputs: &BuildInputs, registry: &Registry) -> anyhow::Result<P
         },
         FinalBase::Image(reference) => base_image(registry, &reference).await?,
     };
-    let ignore = wharf_dockerfile::context::scan(&inputs.context, Some(&path))
-        .with_context(|| format!("cannot read the build context {}", inputs.context.display()))?;
-    let context = ContextHashes::scan(&inputs.context, rel.as_deref(), &ignore.ignore_text)
-        .with_context(|| format!("cannot read the build context {}", inputs.context.display()))?;
-    let keyed = cache_keys::steps(&df, &args, &base.config, &context).with_context(|| path.display().to_string())?;
+    let keyed = cache_keys::steps(&df, args, &base.config, context).with_context(|| path.display().to_string())?;
     let known: Vec<String> = keyed
         .iter()
         .map_while(|s| match &s.key {
@@ -338,7 +348,7 @@ async fn base_image(registry: &Registry, reference: &str) -> anyhow::Result<Base
     })
 }
 
-async fn read_bounded(mut resp: reqwest::Response, max: usize) -> anyhow::Result<Vec<u8>> {
+pub(crate) async fn read_bounded(mut resp: reqwest::Response, max: usize) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if out.len() + chunk.len() > max {

@@ -28,6 +28,9 @@ pub enum Command {
     /// The smart build cache: `wharf cache plan` picks the image on the registry that serves a Dockerfile's build
     /// as cache furthest.
     Cache(crate::cache::CacheArgs),
+    /// Build an image with the Docker engine (classic builder), the registry's best image as cache, each new layer
+    /// pushed as its step commits (--push).
+    Build(crate::build::BuildArgs),
     /// Lint Dockerfiles: cache order, layers, package mirrors, .dockerignore, common mistakes.
     Lint(LintArgs),
     /// Apply the safe fixes of `wharf lint` to a Dockerfile (and its .dockerignore).

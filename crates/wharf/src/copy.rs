@@ -148,6 +148,7 @@ fn run_transfer(src: &str, dst: &str, o: &TransferOptions) -> anyhow::Result<()>
             crate::progress::Bars::for_terminal()
         },
         hints: Some(MountHints::new(&store)),
+        blobs_only: false,
     };
     let src_transport = TransportOptions {
         insecure: o.insecure,

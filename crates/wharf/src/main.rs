@@ -1,6 +1,7 @@
 //! The `wharf` command line. One module per subcommand; `main` prints the error chain and exits non-zero.
 
 mod auth;
+mod build;
 mod cache;
 mod cli;
 mod config;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
         cli::Command::Gc(args) => gc::run(args),
         cli::Command::Index(args) => index::run(args),
         cli::Command::Cache(args) => cache::run(args),
+        cli::Command::Build(args) => build::run(args),
         cli::Command::Lint(args) => lint::run(args),
         cli::Command::Fix(args) => fix::run(args),
         cli::Command::Copy(args) => copy::run_copy(args),

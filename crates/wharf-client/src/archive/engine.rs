@@ -10,6 +10,9 @@ use wharf_oci::Digest;
 
 use crate::{BlobStream, Error};
 
+/// Longest line of a build's answer.
+const MAX_BUILD_LINE: usize = 16 << 20;
+
 pub struct Engine {
     http: reqwest::Client,
     base: String,
@@ -29,6 +32,20 @@ pub struct ImageInspect {
     /// Where the storage driver keeps the image's top layer (overlay2: `UpperDir`).
     #[serde(default)]
     pub graph_driver: Option<GraphDriver>,
+}
+
+/// One message of `POST /build`'s answer (a JSON object per line).
+#[derive(Debug, Default, Deserialize)]
+pub struct BuildMessage {
+    /// Builder output: `Step 3/9 : RUN make`, ` ---> Using cache`, ` ---> 1a2b3c4d5e6f`, the steps' own output.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// The build failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// `{"ID": "sha256:..."}` once the image is built.
+    #[serde(default)]
+    pub aux: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +161,70 @@ impl Engine {
                 })
             })
             .boxed())
+    }
+
+    /// `POST /build?QUERY` with the context tar: the engine's answer as a stream of messages.
+    pub async fn build(
+        &self,
+        query: &str,
+        context: BlobStream,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<BuildMessage, Error>>, Error> {
+        let what = "building the image";
+        let resp = self
+            .http
+            .post(format!("{}/build?{query}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            .body(reqwest::Body::wrap_stream(context))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(what, e))?;
+        let resp = self.check(what, resp).await?;
+        let host = self.host.clone();
+        let fail = move |reason: String| Error::Engine {
+            host: host.clone(),
+            reason: format!("{what}: {reason}"),
+        };
+        // Lines of JSON; a message may arrive split over several chunks.
+        let lines = futures_util::stream::unfold(
+            (resp.bytes_stream(), Vec::<u8>::new(), false),
+            move |(mut body, mut buf, mut done)| {
+                let fail = fail.clone();
+                async move {
+                    loop {
+                        if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                            let line: Vec<u8> = buf.drain(..=nl).collect();
+                            if line.iter().all(u8::is_ascii_whitespace) {
+                                continue;
+                            }
+                            let msg = serde_json::from_slice::<BuildMessage>(&line)
+                                .map_err(|e| fail(format!("unexpected answer: {e}")));
+                            return Some((msg, (body, buf, done)));
+                        }
+                        if done {
+                            if buf.iter().all(u8::is_ascii_whitespace) {
+                                return None;
+                            }
+                            let line = std::mem::take(&mut buf);
+                            let msg = serde_json::from_slice::<BuildMessage>(&line)
+                                .map_err(|e| fail(format!("unexpected answer: {e}")));
+                            return Some((msg, (body, buf, true)));
+                        }
+                        match body.next().await {
+                            Some(Ok(chunk)) => {
+                                // One line is never this long; a runaway answer must not grow without bound.
+                                if buf.len() + chunk.len() > MAX_BUILD_LINE {
+                                    return Some((Err(fail("a message over 16 MiB".into())), (body, Vec::new(), true)));
+                                }
+                                buf.extend_from_slice(&chunk);
+                            }
+                            Some(Err(e)) => return Some((Err(fail(e.to_string())), (body, Vec::new(), true))),
+                            None => done = true,
+                        }
+                    }
+                }
+            },
+        );
+        Ok(lines.boxed())
     }
 
     /// `POST /images/load`: streams a `docker save` tar into the engine and waits for its verdict (the answer is
