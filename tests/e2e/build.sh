@@ -15,9 +15,6 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 e2e_init e2e-build
 
-BUSYBOX=${BUSYBOX:-/bin/busybox}
-[[ -x "$BUSYBOX" ]] && "$BUSYBOX" --list 2>/dev/null | grep -qx sh ||
-    die "a static busybox is needed at $BUSYBOX (apt-get install busybox-static)"
 export DOCKER_BUILDKIT=0
 
 start_wharf wharf
@@ -34,13 +31,7 @@ history_keys() {
 plan_keys() { jq -r '.steps[] | (.key // "?")' "$1"; }
 
 # Base image: busybox as /bin/sh and its applets, imported, pushed to wharf.
-mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc" "$WORK/rootfs/tmp"
-cp "$BUSYBOX" "$WORK/rootfs/bin/busybox"
-for applet in sh echo cat mkdir touch sleep true ls; do ln -s busybox "$WORK/rootfs/bin/$applet"; done
-echo 'root:x:0:0:root:/root:/bin/sh' >"$WORK/rootfs/etc/passwd"
-echo 'root:x:0:' >"$WORK/rootfs/etc/group"
-tar -C "$WORK/rootfs" -cf "$WORK/base.tar" .
-run_quiet "$WORK/import.log" docker import --change 'ENV PATH=/bin' "$WORK/base.tar" "$REG/base/busybox:1"
+busybox_base "$REG/base/busybox:1"
 run_quiet "$WORK/push-base.log" "$WHARF" push --quiet "docker-daemon:$REG/base/busybox:1" "$REG/base/busybox:1"
 
 # ---------------------------------------------------------------------------------------

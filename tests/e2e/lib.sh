@@ -18,7 +18,7 @@
 #   setup and teardown  e2e_init, stop_pid, stop_own_pid, (cleanup: the EXIT trap)
 #   reporting           pass, fail, expect_eq, die, run, run_quiet
 #   wharf               start_wharf
-#   Docker engine       start_dockerd, build_image, image_id, image_layers, push_digest,
+#   Docker engine       start_dockerd, build_image, busybox_base, image_id, image_layers, push_digest,
 #                       pull_digest, check_pulled_content
 #   registry and tools  http, digest_header, count_lines, sk, setup_skopeo
 #   OCI image layouts   sha256_of, tagged_digest, expect_same_layout
@@ -290,6 +290,27 @@ EOF
     # The legacy builder: BuildKit (buildx) is not part of Debian's docker.io and is
     # not needed for COPY-only builds.
     DOCKER_BUILDKIT=0 run "$WORK/build.log" "$DOCKER_CLI" build -t "$tag" "$WORK/ctx"
+}
+
+# busybox_base TAG: an image that can RUN things, made here: `docker import` of a rootfs
+# holding Debian's static busybox (BUSYBOX, default /bin/busybox) as /bin/sh and every applet.
+busybox_base() {
+    local tag=$1 bb=${BUSYBOX:-/bin/busybox} applet
+    local applets linkage
+    applets=$("$bb" --list 2>/dev/null || true)
+    linkage=$(LC_ALL=C ldd "$bb" 2>&1 || true)
+    [[ $'\n'"$applets"$'\n' == *$'\n'sh$'\n'* && "$linkage" == *"not a dynamic executable"* ]] ||
+        die "a static busybox is needed at $bb (apt-get install busybox-static)"
+    rm -rf "$WORK/busybox-rootfs"
+    mkdir -p "$WORK/busybox-rootfs/bin" "$WORK/busybox-rootfs/etc" "$WORK/busybox-rootfs/tmp"
+    cp "$bb" "$WORK/busybox-rootfs/bin/busybox"
+    for applet in $applets; do
+        [[ "$applet" == busybox ]] || ln -s busybox "$WORK/busybox-rootfs/bin/$applet"
+    done
+    echo 'root:x:0:0:root:/root:/bin/sh' >"$WORK/busybox-rootfs/etc/passwd"
+    echo 'root:x:0:' >"$WORK/busybox-rootfs/etc/group"
+    tar -C "$WORK/busybox-rootfs" -cf "$WORK/busybox-base.tar" .
+    run_quiet "$WORK/busybox-import.log" "$DOCKER_CLI" import --change 'ENV PATH=/bin' "$WORK/busybox-base.tar" "$tag"
 }
 
 image_id() { "$DOCKER_CLI" image inspect -f '{{.Id}}' "$1"; }

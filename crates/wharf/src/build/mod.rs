@@ -101,6 +101,8 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_image: Option<String>,
     pub bytes_pulled_for_cache: u64,
+    /// Bytes of the cache image's layers the matched steps made, beyond the base image.
+    pub cache_bytes_matched: u64,
     pub bytes_pushed: u64,
     /// Layers pushed while the build ran.
     pub layers_pushed_early: usize,
@@ -335,6 +337,10 @@ async fn build(args: &BuildArgs) -> anyhow::Result<Summary> {
             .and_then(|p| p.candidate.as_ref())
             .map(|c| format!("{}@{}", c.repository, c.digest)),
         bytes_pulled_for_cache: loaded.as_ref().map_or(0, |l| l.1),
+        cache_bytes_matched: plan
+            .as_ref()
+            .and_then(|p| p.candidate.as_ref())
+            .map_or(0, |c| c.bytes_beyond_base),
         bytes_pushed,
         layers_pushed_early: early,
         seconds: started.elapsed().as_secs_f64(),
