@@ -167,3 +167,28 @@ fi
 grep -q '^\[ *3\] built' "$WORK/wfail.log" || fail "the steps before the failure ran"
 expect_eq "and leaves no manifest on the registry" \
     "$(http -o /dev/null -w '%{http_code}' -I "http://$REG/v2/app/fail/manifests/1")" 404
+
+# ---------------------------------------------------------------------------------------
+# 4. A mirror-baked base: the engine pulls pkgmirror/<preset>/<image> and gets the image
+#    with its package sources on the mirror.
+# ---------------------------------------------------------------------------------------
+mkdir -p "$WORK/distro/etc/apk" "$WORK/distro/etc/apt"
+printf '%s\n' https://dl-cdn.alpinelinux.org/alpine/v3.20/main https://dl-cdn.alpinelinux.org/alpine/v3.20/community \
+    >"$WORK/distro/etc/apk/repositories"
+echo 'deb http://deb.debian.org/debian bookworm main' >"$WORK/distro/etc/apt/sources.list"
+tar -C "$WORK/distro" -cf "$WORK/distro.tar" .
+run_quiet "$WORK/distro-import.log" docker import "$WORK/distro.tar" "$REG/base/distro:1"
+run_quiet "$WORK/distro-push.log" "$WHARF" push --quiet "docker-daemon:$REG/base/distro:1" "$REG/base/distro:1"
+run_quiet "$WORK/baked-pull.log" docker pull "$REG/pkgmirror/ustc/base/distro:1"
+cid=$(docker create "$REG/pkgmirror/ustc/base/distro:1" /nothing)
+docker cp "$cid:/etc/apk/repositories" "$WORK/baked-repositories" >/dev/null
+docker cp "$cid:/etc/apt/sources.list" "$WORK/baked-sources.list" >/dev/null
+docker rm "$cid" >/dev/null
+expect_eq "the baked image's apk sources are on the mirror" "$(head -n 1 "$WORK/baked-repositories")" \
+    https://mirrors.ustc.edu.cn/alpine/v3.20/main
+expect_eq "and its apt sources" "$(cat "$WORK/baked-sources.list")" 'deb http://mirrors.ustc.edu.cn/debian bookworm main'
+expect_eq "and pip's index in its environment" \
+    "$(docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$REG/pkgmirror/ustc/base/distro:1" | grep '^PIP_INDEX_URL=')" \
+    PIP_INDEX_URL=https://mirrors.ustc.edu.cn/pypi/simple
+expect_eq "its layers are the source's plus one" \
+    "$(image_layers "$REG/pkgmirror/ustc/base/distro:1" | head -n 1)" "$(image_layers "$REG/base/distro:1")"

@@ -20,6 +20,52 @@ pub struct FixResult {
 
 const MAX_PASSES: usize = 8;
 
+/// The path prefix of a registry's mirror-baked images.
+pub const PKGMIRROR: &str = "pkgmirror/";
+
+/// Every `FROM <image>` (not a stage, not `scratch`, not already baked) rewritten to the registry's mirror-baked
+/// image, `<registry>/pkgmirror/<preset>/<image>` (Docker Hub names spelt out: `alpine` is `library/alpine`).
+/// Everything else is left byte for byte.
+pub fn base_mirror(src: &str, registry: &str, preset: &str) -> String {
+    let (df, _) = crate::parse(src);
+    let model = crate::model::Model::new(&df);
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    for stage in &model.stages {
+        if !matches!(stage.base, crate::model::Base::Image(_)) || stage.image.contains(PKGMIRROR) {
+            continue;
+        }
+        let ins = model.instructions[stage.from];
+        let Some(word) = crate::words::split(&ins.args.text, df.escape).into_iter().next() else {
+            continue;
+        };
+        // Only an image written without variables: one with `$` is resolved at build time.
+        if word.value.contains('$') {
+            continue;
+        }
+        let start = ins.args.source_offset(word.start);
+        let end = ins.args.source_offset(word.end - 1) + 1;
+        edits.push((
+            start,
+            end,
+            format!("{registry}/{PKGMIRROR}{preset}/{}", spelt_out(&word.value)),
+        ));
+    }
+    let mut out = src.to_string();
+    for (start, end, text) in edits.into_iter().rev() {
+        out.replace_range(start..end, &text);
+    }
+    out
+}
+
+/// `alpine:3.20` → `library/alpine:3.20`; names with a path (a registry host, an organisation) are kept.
+fn spelt_out(image: &str) -> String {
+    if image.contains('/') {
+        image.to_string()
+    } else {
+        format!("library/{image}")
+    }
+}
+
 pub fn fix(src: &str, opts: &Options) -> FixResult {
     let mut source = src.to_string();
     let mut files: BTreeMap<std::path::PathBuf, String> = BTreeMap::new();
@@ -133,6 +179,41 @@ mod tests {
                 ]
             ),
             "aXYbZ"
+        );
+    }
+}
+
+#[cfg(test)]
+mod base_mirror_tests {
+    use super::*;
+
+    #[test]
+    fn from_lines_point_at_the_mirror_baked_images() {
+        let src = "ARG V=1\nFROM alpine:3.20 AS build\nRUN apk add gcc\nFROM build\nFROM ghcr.io/o/app:$V\n\
+                   FROM --platform=linux/amd64 debian:12\nFROM scratch\n";
+        let out = base_mirror(src, "reg:5000", "aliyun");
+        assert_eq!(
+            out,
+            "ARG V=1\nFROM reg:5000/pkgmirror/aliyun/library/alpine:3.20 AS build\nRUN apk add gcc\nFROM build\n\
+             FROM ghcr.io/o/app:$V\nFROM --platform=linux/amd64 reg:5000/pkgmirror/aliyun/library/debian:12\n\
+             FROM scratch\n"
+        );
+        assert_eq!(base_mirror(&out, "reg:5000", "aliyun"), out, "idempotent");
+        // WH001 no longer asks for a sed in the baked stages.
+        let opts = crate::lint::Options {
+            config: crate::config::Config {
+                mirrors: crate::config::preset("aliyun").unwrap(),
+                ..Default::default()
+            },
+            context: None,
+        };
+        let before = crate::lint::lint(src, &opts);
+        assert!(before.findings.iter().any(|f| f.rule == "WH001"));
+        let after = crate::lint::lint(&out, &opts);
+        assert!(
+            !after.findings.iter().any(|f| f.rule == "WH001"),
+            "{:?}",
+            after.findings
         );
     }
 }

@@ -28,6 +28,7 @@ pub mod fix;
 pub mod image;
 pub mod lint;
 pub mod model;
+pub mod package_sources;
 mod parser;
 pub mod report;
 pub mod rules;

@@ -8,10 +8,10 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use wharf_oci::route::{self, Route};
 
-use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{base, blobs, catalog, manifests, referrers, tags, uploads};
 use crate::headers::{API_VERSION, API_VERSION_VALUE};
+use crate::{App, pkgmirror};
 
 pub async fn dispatch(State(app): State<App>, req: Request) -> Response {
     let started = Instant::now();
@@ -76,6 +76,20 @@ async fn effective_path(
     Ok(Some((path, new_name)))
 }
 
+/// The repository of a request to a mirror-baked image (`pkgmirror/<preset>/<source>`), if it is one.
+fn pkgmirror_name<'a>(route: &Route<'a>) -> Option<&'a str> {
+    let name = match route {
+        Route::Base | Route::Catalog => return None,
+        Route::Tags { name }
+        | Route::Manifest { name, .. }
+        | Route::Blob { name, .. }
+        | Route::UploadStart { name }
+        | Route::Upload { name, .. }
+        | Route::Referrers { name, .. } => *name,
+    };
+    pkgmirror::split(name).map(|_| name)
+}
+
 async fn route(app: App, mut req: Request) -> ApiResult {
     let original = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
@@ -90,6 +104,26 @@ async fn route(app: App, mut req: Request) -> ApiResult {
     let path = rewritten.map(|(path, _)| path).unwrap_or(original);
     let route = route::parse(&path)?;
     let m = req.method().clone();
+    if let Some(name) = pkgmirror_name(&route) {
+        return match (route, m) {
+            (Route::Manifest { name, reference }, Method::GET | Method::HEAD) => {
+                pkgmirror::manifest(&app, name, reference, req.headers()).await
+            }
+            (Route::Blob { name, digest }, Method::GET) => {
+                pkgmirror::blob(&app, name, digest, req.headers(), false).await
+            }
+            (Route::Blob { name, digest }, Method::HEAD) => {
+                pkgmirror::blob(&app, name, digest, req.headers(), true).await
+            }
+            (Route::Tags { name }, Method::GET) => {
+                tags::list(&app, pkgmirror::source_of(name), req.uri().query()).await
+            }
+            (Route::Referrers { name, digest }, Method::GET) => {
+                referrers::get(&app, name, digest, req.uri().query()).await
+            }
+            _ => Err(pkgmirror::read_only(name)),
+        };
+    }
     match (route, m) {
         (Route::Base, Method::GET | Method::HEAD) => Ok(base::get()),
         (Route::Catalog, Method::GET) => catalog::get(&app, req.uri().query()).await,

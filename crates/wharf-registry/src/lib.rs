@@ -31,6 +31,7 @@ mod namespaces;
 pub mod notify;
 mod observe;
 mod pagination;
+pub mod pkgmirror;
 mod range;
 mod rfc3339;
 mod sessions;
@@ -84,6 +85,8 @@ pub struct App {
     pub build_cache: build_cache::BuildCache,
     /// The task that checks the layer index's claims, started at first use (see [`layer_claims`]).
     claims: Arc<std::sync::OnceLock<layer_claims::ClaimChecker>>,
+    /// Mirror-baked images being derived (see [`pkgmirror`]).
+    pkgmirror: Arc<pkgmirror::Derivations>,
 }
 
 impl App {
@@ -93,6 +96,7 @@ impl App {
             sessions: Arc::new(sessions::Sessions::new(config.upload_sessions)),
             build_cache: build_cache::BuildCache::default(),
             claims: Arc::default(),
+            pkgmirror: Arc::default(),
             config: Arc::new(config),
             metrics: None,
             notifier: None,

@@ -37,6 +37,11 @@ impl Namespaces {
         if self.is_empty() {
             return None;
         }
+        // `pkgmirror/<preset>/<name>`: the source name resolves as any name does.
+        if let Some((preset, source)) = crate::pkgmirror::split(name) {
+            let resolved = Box::pin(self.resolve(store, source, ns, read)).await?;
+            return Some(format!("{}{preset}/{resolved}", crate::pkgmirror::PREFIX));
+        }
         if let Some((first, rest)) = name.split_once('/')
             && let Some(u) = self.find(first)
         {

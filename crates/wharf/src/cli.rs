@@ -136,6 +136,10 @@ pub struct FixArgs {
     /// Only fix these rules (e.g. WH001,WH002).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Point every FROM image at this registry's mirror-baked image (HOST[:PORT]/pkgmirror/<preset>/<image>, with
+    /// --preset), whose package sources already use the mirror: no `sed` per stage.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub base_mirror: Option<String>,
     #[command(flatten)]
     pub options: DockerfileOptions,
 }

@@ -39,7 +39,19 @@ pub fn run(args: FixArgs) -> anyhow::Result<()> {
         );
     }
     let opts = options(&cfg, &args.options, &path)?;
-    let result = fix(&src, &opts);
+    let input = match &args.base_mirror {
+        Some(registry) => {
+            let preset = args
+                .options
+                .preset
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--base-mirror needs --preset aliyun, tuna or ustc"))?;
+            wharf_dockerfile::config::preset(&preset)?;
+            wharf_dockerfile::fix::base_mirror(&src, registry.trim_end_matches('/'), &preset)
+        }
+        None => src.clone(),
+    };
+    let result = fix(&input, &opts);
     let name = path.display().to_string();
     if args.diff {
         let mut text = unified(&src, &result.source, &format!("a/{name}"), &format!("b/{name}"));

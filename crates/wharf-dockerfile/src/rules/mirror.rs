@@ -135,6 +135,13 @@ impl Manager {
     }
 }
 
+/// Whether the stage's chain starts from a mirror-baked image (`.../pkgmirror/<preset>/...`).
+fn baked_base(ctx: &Ctx, stage: usize) -> bool {
+    let root = ctx.model.lineage(stage).last().copied().unwrap_or(stage);
+    let image = &ctx.model.stages[root].image;
+    image.starts_with(crate::fix::PKGMIRROR) || image.contains(&format!("/{}", crate::fix::PKGMIRROR))
+}
+
 pub fn is_pip(name: &str) -> bool {
     name == "pip" || name.starts_with("pip3") || name == "pip2"
 }
@@ -156,6 +163,16 @@ fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
             }
         }
         uses.sort();
+        // A registry's mirror-baked base (`pkgmirror/<preset>/...`) already points apk, apt, pip, npm and go at a
+        // mirror, in this stage and every stage built FROM it.
+        let baked = baked_base(ctx, stage.index);
+        uses.retain(|(m, _)| {
+            !(baked
+                && matches!(
+                    m,
+                    Manager::Apk | Manager::Apt | Manager::Pip | Manager::Npm | Manager::Go
+                ))
+        });
         let mut inserts: Vec<String> = Vec::new();
         let mut found: Vec<Finding> = Vec::new();
         let mut carrier: Option<usize> = None;

@@ -324,6 +324,8 @@ impl Rules {
 
     /// What `who` may do to `repository`.
     pub fn allowed(&self, who: &Identity, repository: &str) -> Actions {
+        // A mirror-baked image is read on its source's terms (and can never be written: see `pkgmirror`).
+        let repository = crate::pkgmirror::source_of(repository);
         let mut set = Actions::NONE;
         for rule in &self.rules {
             if (set.union(rule.actions)) == set {
