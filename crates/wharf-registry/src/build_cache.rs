@@ -237,8 +237,8 @@ impl BuildCache {
         }
     }
 
-    /// Forgets an image wherever the trie names it (found gone when a query checked it).
-    fn forget(&self, repository: &str, manifest: &Digest) {
+    /// Forgets an image wherever the trie names it (deleted, or found gone when a query checked it).
+    pub(crate) fn forget(&self, repository: &str, manifest: &Digest) {
         let mut trie = self.write();
         for node in &mut trie.nodes {
             node.images

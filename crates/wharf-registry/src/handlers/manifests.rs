@@ -241,7 +241,13 @@ async fn check_references(app: &App, name: &str, view: &ManifestView) -> Result<
 pub async fn delete(app: &App, name: &str, reference: &str) -> ApiResult {
     let parsed = parse_reference(reference)?;
     let removed = match &parsed {
-        Reference::Digest(d) => app.store.delete_manifest(name, d).await?,
+        Reference::Digest(d) => {
+            let removed = app.store.delete_manifest(name, d).await?;
+            if removed {
+                app.build_cache.forget(name, d);
+            }
+            removed
+        }
         Reference::Tag(t) => app.store.delete_tag(name, t).await?,
     };
     if removed && let Some(n) = &app.notifier {
