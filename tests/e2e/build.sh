@@ -192,3 +192,27 @@ expect_eq "and pip's index in its environment" \
     PIP_INDEX_URL=https://mirrors.ustc.edu.cn/pypi/simple
 expect_eq "its layers are the source's plus one" \
     "$(image_layers "$REG/pkgmirror/ustc/base/distro:1" | head -n 1)" "$(image_layers "$REG/base/distro:1")"
+
+# ---------------------------------------------------------------------------------------
+# 5. wharf build --mirror-preset: the Dockerfile is built as `wharf fix` rewrites it for the
+#    mirrors (here: pip's index), the file on disk is left alone.
+# ---------------------------------------------------------------------------------------
+PIPCTX=$WORK/pip
+mkdir -p "$PIPCTX"
+cat >"$PIPCTX/Dockerfile" <<EOF
+FROM $REG/base/busybox:1
+RUN printf '#!/bin/sh\necho "pip \$* from \$(env | grep _INDEX_)" >/pip.log\n' >/bin/pip && chmod +x /bin/pip
+RUN pip install flask
+EOF
+cp "$PIPCTX/Dockerfile" "$WORK/pip.Dockerfile.before"
+run_quiet "$WORK/wpip.log" "$WHARF" build --mirror-preset aliyun -t "$REG/app/pip:1" "$PIPCTX"
+cid=$(docker create "$REG/app/pip:1" /nothing)
+docker cp "$cid:/pip.log" "$WORK/pip.log" >/dev/null
+docker rm "$cid" >/dev/null
+expect_eq "--mirror-preset: the build's pip used the mirror" "$(cat "$WORK/pip.log")" \
+    "pip install flask from PIP_INDEX_URL=https://mirrors.aliyun.com/pypi/simple/"
+if cmp -s "$PIPCTX/Dockerfile" "$WORK/pip.Dockerfile.before"; then
+    pass "--mirror-preset left the Dockerfile on disk as it was"
+else
+    fail "--mirror-preset changed the Dockerfile on disk"
+fi
