@@ -60,7 +60,7 @@ pub struct Step {
 }
 
 /// A layer of a candidate, as its manifest names it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CacheLayer {
     #[serde(rename = "mediaType")]
     pub media_type: String,
@@ -127,7 +127,7 @@ pub struct Candidates {
     pub candidates: Vec<Candidate>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Candidate {
     pub repository: String,
     /// The candidate image's manifest.

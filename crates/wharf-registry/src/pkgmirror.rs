@@ -136,7 +136,14 @@ pub async fn manifest(app: &App, name: &str, reference: &str, headers: &HeaderMa
                 .acquire()
                 .await
                 .map_err(|_| ApiError::new(ErrorCode::Unsupported, "the registry is shutting down"))?;
-            let top = derive(app, name, source, preset, &mirrors, &src).await?;
+            let derivation = Derivation {
+                app,
+                name,
+                source,
+                preset,
+                mirrors: &mirrors,
+            };
+            let top = derivation.derive(&src).await?;
             app.store
                 .put_manifest(
                     name,
@@ -208,173 +215,178 @@ fn internal(what: impl std::fmt::Display) -> ApiError {
         .with_status(axum::http::StatusCode::BAD_GATEWAY)
 }
 
-/// The derived manifest of `src` (an index child by child), its children stored.
-async fn derive(
-    app: &App,
-    name: &str,
-    source: &str,
-    preset: &str,
-    mirrors: &Mirrors,
-    src: &StoredManifest,
-) -> Result<Derived, ApiError> {
-    let view = ManifestView::parse(&src.body, Some(&src.media_type)).map_err(internal)?;
-    if !media::is_index(&view.media_type) {
-        return derive_image(app, name, source, preset, mirrors, src).await;
-    }
-    if view.manifests.len() > MAX_CHILDREN {
-        return Err(internal(format!("the index has more than {MAX_CHILDREN} images")));
-    }
-    let mut children = Vec::new();
-    for desc in &view.manifests {
-        let child = app
-            .store
-            .get_manifest(source, &Reference::Digest(desc.digest.clone()))
-            .await?
-            .ok_or_else(|| internal(format!("child {} of the index is unknown", desc.digest)))?;
-        let child_view = ManifestView::parse(&child.body, Some(&child.media_type)).map_err(internal)?;
-        if child_view.config.is_none() || media::is_index(&child_view.media_type) {
-            // Attestations and nested indexes are not images: left out.
-            continue;
-        }
-        let derived = derive_image(app, name, source, preset, mirrors, &child).await?;
-        let mut d = serde_json::to_value(derived.descriptor()).map_err(internal)?;
-        if let Some(p) = &desc.platform {
-            d["platform"] = p.clone();
-        }
-        children.push(d);
-    }
-    let index = json!({
-        "schemaVersion": 2,
-        "mediaType": media::OCI_INDEX,
-        "manifests": children,
-        "subject": descriptor(&src.media_type, &src.digest, src.body.len() as u64),
-        "annotations": {BASE_DIGEST: src.digest.to_string(), BASE_NAME: source},
-    });
-    let body = Bytes::from(serde_json::to_vec(&index).map_err(internal)?);
-    Ok(Derived {
-        digest: Digest::sha256_of(&body),
-        media_type: media::OCI_INDEX.to_string(),
-        body,
-    })
+/// One derivation: the registry, the derived repository, its source and the preset's mirrors.
+struct Derivation<'a> {
+    app: &'a App,
+    name: &'a str,
+    source: &'a str,
+    preset: &'a str,
+    mirrors: &'a Mirrors,
 }
 
-/// One image: its source lists rewritten in a new top layer, the environment added to its config.
-async fn derive_image(
-    app: &App,
-    name: &str,
-    source: &str,
-    preset: &str,
-    mirrors: &Mirrors,
-    src: &StoredManifest,
-) -> Result<Derived, ApiError> {
-    let view = ManifestView::parse(&src.body, Some(&src.media_type)).map_err(internal)?;
-    let config_desc = view.config.clone().ok_or_else(|| internal("the image has no config"))?;
-    if config_desc.size > MAX_CONFIG {
-        return Err(internal("the image's config is too large"));
-    }
-    let config = read_blob(app, source, &config_desc.digest).await?;
-    if Digest::of(config_desc.digest.algorithm(), &config) != config_desc.digest {
-        return Err(internal("the image's config does not match its digest"));
-    }
-    let files = source_lists(app, source, &view.layers).await?;
-    let rewritten: Vec<(String, Vec<u8>, SourceFile)> = files
-        .into_iter()
-        .filter_map(|(path, f)| {
-            let text = String::from_utf8(f.content.clone()).ok()?;
-            let new = package_sources::rewrite(&text, mirrors)?;
-            Some((path, new.into_bytes(), f))
-        })
-        .collect();
-
-    let mut layers: Vec<Value> = view
-        .layers
-        .iter()
-        .map(|l| {
-            let mt = match l.media_type.as_str() {
-                media::DOCKER_LAYER_GZIP => media::OCI_LAYER_GZIP,
-                media::DOCKER_LAYER_TAR => media::OCI_LAYER_TAR,
-                other => other,
-            };
-            let mut d = serde_json::to_value(l).unwrap_or(Value::Null);
-            d["mediaType"] = json!(mt);
-            d
-        })
-        .collect();
-    let mut v: Value = serde_json::from_slice(&config).map_err(internal)?;
-    let paths: Vec<&str> = rewritten.iter().map(|(p, _, _)| p.as_str()).collect();
-    if !rewritten.is_empty() {
-        let (tar, gz) = layer(&rewritten).map_err(internal)?;
-        let diff_id = Digest::sha256_of(&tar);
-        let digest = Digest::sha256_of(&gz);
-        let size = gz.len();
-        put_blob(app, name, &digest, Bytes::from(gz)).await?;
-        layers.push(json!({"mediaType": media::OCI_LAYER_GZIP, "digest": digest.to_string(), "size": size}));
-        match v.pointer_mut("/rootfs/diff_ids").and_then(Value::as_array_mut) {
-            Some(ids) => ids.push(json!(diff_id.to_string())),
-            None => return Err(internal("the image's config has no diff_ids")),
+impl Derivation<'_> {
+    /// The derived manifest of `src` (an index child by child), its children stored.
+    async fn derive(&self, src: &StoredManifest) -> Result<Derived, ApiError> {
+        let Derivation { app, source, .. } = *self;
+        let view = ManifestView::parse(&src.body, Some(&src.media_type)).map_err(internal)?;
+        if !media::is_index(&view.media_type) {
+            return self.derive_image(src).await;
         }
+        if view.manifests.len() > MAX_CHILDREN {
+            return Err(internal(format!("the index has more than {MAX_CHILDREN} images")));
+        }
+        let mut children = Vec::new();
+        for desc in &view.manifests {
+            let child = app
+                .store
+                .get_manifest(source, &Reference::Digest(desc.digest.clone()))
+                .await?
+                .ok_or_else(|| internal(format!("child {} of the index is unknown", desc.digest)))?;
+            let child_view = ManifestView::parse(&child.body, Some(&child.media_type)).map_err(internal)?;
+            if child_view.config.is_none() || media::is_index(&child_view.media_type) {
+                // Attestations and nested indexes are not images: left out.
+                continue;
+            }
+            let derived = self.derive_image(&child).await?;
+            let mut d = serde_json::to_value(derived.descriptor()).map_err(internal)?;
+            if let Some(p) = &desc.platform {
+                d["platform"] = p.clone();
+            }
+            children.push(d);
+        }
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "manifests": children,
+            "subject": descriptor(&src.media_type, &src.digest, src.body.len() as u64),
+            "annotations": {BASE_DIGEST: src.digest.to_string(), BASE_NAME: source},
+        });
+        let body = Bytes::from(serde_json::to_vec(&index).map_err(internal)?);
+        Ok(Derived {
+            digest: Digest::sha256_of(&body),
+            media_type: media::OCI_INDEX.to_string(),
+            body,
+        })
     }
-    let created = v.get("created").cloned().unwrap_or(Value::Null);
-    let history_entry = json!({
-        "created": created,
-        "created_by": format!("wharf pkgmirror {preset}: {}", if paths.is_empty() { "environment only".to_string() } else { paths.join(" ") }),
-        "comment": format!("package sources pointed at the {preset} mirrors"),
-        "empty_layer": rewritten.is_empty(),
-    });
-    match v.get_mut("history").and_then(Value::as_array_mut) {
-        Some(h) => h.push(history_entry),
-        None => v["history"] = json!([history_entry]),
-    }
-    let env = v
-        .pointer_mut("/config/Env")
-        .and_then(Value::as_array_mut)
-        .map(std::mem::take)
-        .unwrap_or_default();
-    let mut env: Vec<String> = env.into_iter().filter_map(|e| e.as_str().map(str::to_string)).collect();
-    for kv in package_sources::environment(mirrors) {
-        let key = kv.split('=').next().unwrap_or("").to_string();
-        env.retain(|e| e.split('=').next() != Some(key.as_str()));
-        env.push(kv);
-    }
-    if !v.get("config").is_some_and(Value::is_object) {
-        v["config"] = json!({});
-    }
-    v["config"]["Env"] = json!(env);
-    let config = Bytes::from(serde_json::to_vec(&v).map_err(internal)?);
-    let config_digest = Digest::sha256_of(&config);
-    put_blob(app, name, &config_digest, config.clone()).await?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": media::OCI_MANIFEST,
-        "config": {"mediaType": media::OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
-        "layers": layers,
-        "subject": descriptor(&src.media_type, &src.digest, src.body.len() as u64),
-        "annotations": {BASE_DIGEST: src.digest.to_string(), BASE_NAME: source},
-    });
-    let body = Bytes::from(serde_json::to_vec(&manifest).map_err(internal)?);
-    let derived = Derived {
-        digest: Digest::sha256_of(&body),
-        media_type: media::OCI_MANIFEST.to_string(),
-        body,
-    };
-    // The source's layers become this repository's too (from a mirrored source, a copy into the local store, which
-    // keeps what a stored manifest names whatever the mirror cache evicts).
-    for l in &view.layers {
-        app.store.link_blob(name, &l.digest).await?;
-    }
-    app.store
-        .put_manifest(
+
+    /// One image: its source lists rewritten in a new top layer, the environment added to its config.
+    async fn derive_image(&self, src: &StoredManifest) -> Result<Derived, ApiError> {
+        let Derivation {
+            app,
             name,
-            NewManifest {
-                digest: derived.digest.clone(),
-                media_type: derived.media_type.clone(),
-                body: derived.body.clone(),
-                tags: Vec::new(),
-                referrer: Some((src.digest.clone(), derived.descriptor())),
-            },
-        )
-        .await?;
-    Ok(derived)
+            source,
+            preset,
+            mirrors,
+        } = *self;
+        let view = ManifestView::parse(&src.body, Some(&src.media_type)).map_err(internal)?;
+        let config_desc = view.config.clone().ok_or_else(|| internal("the image has no config"))?;
+        if config_desc.size > MAX_CONFIG {
+            return Err(internal("the image's config is too large"));
+        }
+        let config = read_blob(app, source, &config_desc.digest).await?;
+        if Digest::of(config_desc.digest.algorithm(), &config) != config_desc.digest {
+            return Err(internal("the image's config does not match its digest"));
+        }
+        let files = source_lists(app, source, &view.layers).await?;
+        let rewritten: Vec<(String, Vec<u8>, SourceFile)> = files
+            .into_iter()
+            .filter_map(|(path, f)| {
+                let text = String::from_utf8(f.content.clone()).ok()?;
+                let new = package_sources::rewrite(&text, mirrors)?;
+                Some((path, new.into_bytes(), f))
+            })
+            .collect();
+
+        let mut layers: Vec<Value> = view
+            .layers
+            .iter()
+            .map(|l| {
+                let mt = match l.media_type.as_str() {
+                    media::DOCKER_LAYER_GZIP => media::OCI_LAYER_GZIP,
+                    media::DOCKER_LAYER_TAR => media::OCI_LAYER_TAR,
+                    other => other,
+                };
+                let mut d = serde_json::to_value(l).unwrap_or(Value::Null);
+                d["mediaType"] = json!(mt);
+                d
+            })
+            .collect();
+        let mut v: Value = serde_json::from_slice(&config).map_err(internal)?;
+        let paths: Vec<&str> = rewritten.iter().map(|(p, _, _)| p.as_str()).collect();
+        if !rewritten.is_empty() {
+            let (tar, gz) = layer(&rewritten).map_err(internal)?;
+            let diff_id = Digest::sha256_of(&tar);
+            let digest = Digest::sha256_of(&gz);
+            let size = gz.len();
+            put_blob(app, name, &digest, Bytes::from(gz)).await?;
+            layers.push(json!({"mediaType": media::OCI_LAYER_GZIP, "digest": digest.to_string(), "size": size}));
+            match v.pointer_mut("/rootfs/diff_ids").and_then(Value::as_array_mut) {
+                Some(ids) => ids.push(json!(diff_id.to_string())),
+                None => return Err(internal("the image's config has no diff_ids")),
+            }
+        }
+        let created = v.get("created").cloned().unwrap_or(Value::Null);
+        let history_entry = json!({
+            "created": created,
+            "created_by": format!("wharf pkgmirror {preset}: {}", if paths.is_empty() { "environment only".to_string() } else { paths.join(" ") }),
+            "comment": format!("package sources pointed at the {preset} mirrors"),
+            "empty_layer": rewritten.is_empty(),
+        });
+        match v.get_mut("history").and_then(Value::as_array_mut) {
+            Some(h) => h.push(history_entry),
+            None => v["history"] = json!([history_entry]),
+        }
+        let env = v
+            .pointer_mut("/config/Env")
+            .and_then(Value::as_array_mut)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let mut env: Vec<String> = env.into_iter().filter_map(|e| e.as_str().map(str::to_string)).collect();
+        for kv in package_sources::environment(mirrors) {
+            let key = kv.split('=').next().unwrap_or("").to_string();
+            env.retain(|e| e.split('=').next() != Some(key.as_str()));
+            env.push(kv);
+        }
+        if !v.get("config").is_some_and(Value::is_object) {
+            v["config"] = json!({});
+        }
+        v["config"]["Env"] = json!(env);
+        let config = Bytes::from(serde_json::to_vec(&v).map_err(internal)?);
+        let config_digest = Digest::sha256_of(&config);
+        put_blob(app, name, &config_digest, config.clone()).await?;
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_MANIFEST,
+            "config": {"mediaType": media::OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+            "layers": layers,
+            "subject": descriptor(&src.media_type, &src.digest, src.body.len() as u64),
+            "annotations": {BASE_DIGEST: src.digest.to_string(), BASE_NAME: source},
+        });
+        let body = Bytes::from(serde_json::to_vec(&manifest).map_err(internal)?);
+        let derived = Derived {
+            digest: Digest::sha256_of(&body),
+            media_type: media::OCI_MANIFEST.to_string(),
+            body,
+        };
+        // The source's layers become this repository's too (from a mirrored source, a copy into the local store, which
+        // keeps what a stored manifest names whatever the mirror cache evicts).
+        for l in &view.layers {
+            app.store.link_blob(name, &l.digest).await?;
+        }
+        app.store
+            .put_manifest(
+                name,
+                NewManifest {
+                    digest: derived.digest.clone(),
+                    media_type: derived.media_type.clone(),
+                    body: derived.body.clone(),
+                    tags: Vec::new(),
+                    referrer: Some((src.digest.clone(), derived.descriptor())),
+                },
+            )
+            .await?;
+        Ok(derived)
+    }
 }
 
 async fn put_blob(app: &App, name: &str, digest: &Digest, bytes: Bytes) -> Result<(), ApiError> {

@@ -80,25 +80,8 @@ pub struct PlannedStep {
     pub cached: bool,
 }
 
-/// A layer of a candidate (the registry's answer).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CacheLayer {
-    #[serde(rename = "mediaType")]
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    pub diff_id: Digest,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Candidate {
-    pub repository: String,
-    pub digest: Digest,
-    pub steps_matched: usize,
-    pub layers: Vec<CacheLayer>,
-    pub bytes: u64,
-    pub bytes_beyond_base: u64,
-}
+/// A candidate, as the registry answers it.
+pub use wharf_registry::build_cache::Candidate;
 
 #[derive(Debug, Deserialize)]
 struct Candidates {
@@ -122,14 +105,7 @@ pub struct BaseImage {
 }
 
 /// A base step as the candidates query names it.
-#[derive(Debug, Clone, Serialize)]
-pub struct QueryStep {
-    pub created_by: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diff_id: Option<Digest>,
-}
+pub use wharf_registry::build_cache::Step as QueryStep;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -318,26 +294,8 @@ async fn base_image(registry: &Registry, reference: &str) -> anyhow::Result<Base
     let Some(config_desc) = view.config.clone() else {
         bail!("the base image {reference} has no config");
     };
-    let url = format!(
-        "{}{ns}",
-        registry.url(&r.repository, &format!("blobs/{}", config_desc.digest))
-    );
     let what = format!("config of {reference}");
-    let op = Op {
-        what: &what,
-        scopes: &scopes,
-    };
-    let resp = registry.send(&op, Method::GET, &url, HeaderMap::new(), None).await?;
-    if !resp.status().is_success() {
-        return Err(registry.status_error(&what, resp).await.into());
-    }
-    let bytes = read_bounded(resp, 4 << 20).await.with_context(|| what.clone())?;
-    if Digest::of(config_desc.digest.algorithm(), &bytes) != config_desc.digest {
-        bail!(
-            "{what}: the registry sent bytes that do not match {}",
-            config_desc.digest
-        );
-    }
+    let bytes = fetch_config(registry, &r.repository, &ns, &config_desc.digest, &what).await?;
     let (query_steps, config) = parse_config(&bytes).with_context(|| what.clone())?;
     Ok(BaseImage {
         reference: reference.to_string(),
@@ -348,7 +306,29 @@ async fn base_image(registry: &Registry, reference: &str) -> anyhow::Result<Base
     })
 }
 
-pub(crate) async fn read_bounded(mut resp: reqwest::Response, max: usize) -> anyhow::Result<Vec<u8>> {
+/// An image config blob (`ns` a `?ns=host` query or empty), checked against its digest.
+pub(crate) async fn fetch_config(
+    registry: &Registry,
+    repository: &str,
+    ns: &str,
+    digest: &Digest,
+    what: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let scopes = [wharf_remote::client::pull_scope(repository)];
+    let url = format!("{}{ns}", registry.url(repository, &format!("blobs/{digest}")));
+    let op = Op { what, scopes: &scopes };
+    let resp = registry.send(&op, Method::GET, &url, HeaderMap::new(), None).await?;
+    if !resp.status().is_success() {
+        return Err(registry.status_error(what, resp).await.into());
+    }
+    let bytes = read_bounded(resp, 4 << 20).await.with_context(|| what.to_string())?;
+    if Digest::of(digest.algorithm(), &bytes) != *digest {
+        bail!("{what}: the registry sent bytes that do not match {digest}");
+    }
+    Ok(bytes)
+}
+
+async fn read_bounded(mut resp: reqwest::Response, max: usize) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if out.len() + chunk.len() > max {

@@ -8,20 +8,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Wharf, bytes, client, push_image};
+use common::{Wharf, bytes, client, push_image, upload};
 use wharf_oci::Digest;
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
 
 async fn put_blob(c: &reqwest::Client, w: &Wharf, repo: &str, data: &[u8]) -> serde_json::Value {
-    let d = Digest::sha256_of(data).to_string();
-    let r = c
-        .post(w.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "blob {d} to {repo}");
+    let d = upload(c, w, repo, data).await;
     serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": data.len()})
 }
 

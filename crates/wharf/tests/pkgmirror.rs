@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Read;
 
-use common::{Wharf, client};
+use common::{Wharf, client, upload};
 use serde_json::{Value, json};
 use wharf_oci::Digest;
 
@@ -26,18 +26,6 @@ fn tar(entries: &[(&str, u32, u64, &str)]) -> Vec<u8> {
         b.append_data(&mut h, path, content.as_bytes()).unwrap();
     }
     b.into_inner().unwrap()
-}
-
-async fn upload(c: &reqwest::Client, w: &Wharf, repo: &str, data: &[u8]) -> String {
-    let d = Digest::sha256_of(data).to_string();
-    let r = c
-        .post(w.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    d
 }
 
 /// Pushes the test image to `repo:tag`; its manifest digest.

@@ -6,18 +6,16 @@
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use reqwest::Method;
-use reqwest::header::HeaderMap;
 use tar::EntryType;
 use wharf_client::archive::engine::Engine;
 use wharf_client::{BlobStream, Error as ClientError};
 use wharf_oci::Digest;
 use wharf_oci::manifest::ManifestView;
 use wharf_remote::Registry;
-use wharf_remote::client::{Op, pull_scope};
+use wharf_remote::client::pull_scope;
 
 use super::tar_stream::{end, header, padding, write_entry};
-use crate::cache::{Candidate, Plan, read_bounded};
+use crate::cache::{Candidate, Plan, fetch_config};
 
 /// The loaded cache image: its ID (for `cachefrom`) and the bytes fetched for it.
 pub struct Loaded {
@@ -138,21 +136,8 @@ async fn candidate_config(registry: &Registry, c: &Candidate) -> anyhow::Result<
     let Some(desc) = view.config else {
         bail!("the cache image {}@{} has no config", c.repository, c.digest);
     };
-    let url = registry.url(&c.repository, &format!("blobs/{}", desc.digest));
     let what = format!("config of {}@{}", c.repository, c.digest);
-    let op = Op {
-        what: &what,
-        scopes: &scopes,
-    };
-    let resp = registry.send(&op, Method::GET, &url, HeaderMap::new(), None).await?;
-    if !resp.status().is_success() {
-        return Err(registry.status_error(&what, resp).await.into());
-    }
-    let bytes = read_bounded(resp, 4 << 20).await.with_context(|| what.clone())?;
-    if Digest::of(desc.digest.algorithm(), &bytes) != desc.digest {
-        bail!("{what}: the registry sent bytes that do not match {}", desc.digest);
-    }
-    Ok(bytes)
+    fetch_config(registry, &c.repository, "", &desc.digest, &what).await
 }
 
 /// The config with its history cut to the first `keep` steps and its layers to `layers`; the bytes unchanged when

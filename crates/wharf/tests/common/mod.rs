@@ -128,6 +128,19 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Uploads `data` to `repo` in one request (a monolithic upload); its digest.
+pub async fn upload(c: &reqwest::Client, registry: &Wharf, repo: &str, data: &[u8]) -> String {
+    let d = Digest::sha256_of(data).to_string();
+    let r = c
+        .post(registry.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "blob {d} to {repo}");
+    d
+}
+
 /// Builds an OCI image with layers of the given sizes and pushes it to `repo:tag` on `registry`.
 pub async fn push_image(
     c: &reqwest::Client,
