@@ -245,3 +245,53 @@ async fn a_pkgmirror_image_is_the_upstream_plus_its_sources_pointed_at_the_mirro
     let (status, _, _) = get(&c, &mirror, "/v2/pkgmirror/nosuch/library/distro/manifests/1").await;
     assert_eq!(status, 404);
 }
+
+/// A client that sends these Basic credentials (`user:password` in base64) with every request.
+fn as_user(basic: &str) -> reqwest::Client {
+    let _ = client();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Basic {basic}").parse().unwrap(),
+    );
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
+/// Pull access to a mirror-baked image is decided on its source: a user who may pull the source may pull it, one
+/// who may not gets 403 whatever the derived name; a rule naming `pkgmirror/...` itself grants nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_to_a_pkgmirror_image_is_access_to_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(
+        &users,
+        "alice:$2y$05$DPkd05OuxG7MQ/pWDC6RMONuiRyQKBSOi1uSMDzTZPxaCsOkYRR0O\n\
+         bob:$2y$05$F7/iHujTuok6c4Xch.01guz/wvmkj4l64nvzUYz/zfWjRxTK3bgyu\n",
+    )
+    .unwrap();
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nmode = \"htpasswd\"\nhtpasswd = \"{}\"\n\
+             [[auth.rules]]\nsubjects = [\"alice\"]\nrepositories = [\"team/*\"]\nactions = [\"pull\", \"push\"]\n\
+             [[auth.rules]]\nsubjects = [\"bob\"]\nrepositories = [\"pkgmirror/**\"]\nactions = [\"pull\", \"push\"]\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    let reg = Wharf::start_with(&dir.path().join("reg"), &["--config", config.to_str().unwrap()], None);
+    let alice = as_user("YWxpY2U6d29uZGVybGFuZA=="); // alice:wonderland
+    let bob = as_user("Ym9iOmJ1aWxkZXI="); // bob:builder
+    push_distro_image(&alice, &reg, "team/distro", "1").await;
+    let path = "/v2/pkgmirror/tuna/team/distro/manifests/1";
+    let (status, _, body) = get(&alice, &reg, path).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, _, _) = get(&bob, &reg, path).await;
+    assert_eq!(
+        status, 403,
+        "bob may not pull team/distro, so not its baked image either"
+    );
+    let (status, _, _) = get(&client(), &reg, path).await;
+    assert_eq!(status, 401);
+}
