@@ -30,6 +30,11 @@ pub const RULE: Rule = Rule {
     check,
 };
 
+/// Whether `cmd` installs dependencies from manifest files (`npm ci`, `pip install -r`, `go mod download`, ...).
+pub(crate) fn is_dependency_install(cmd: &Command) -> bool {
+    manifests(cmd).is_some()
+}
+
 /// The manifest files a dependency install needs: (required, optional).
 fn manifests(cmd: &Command) -> Option<(Vec<String>, Vec<&'static str>)> {
     let name = cmd.name()?;

@@ -13,7 +13,9 @@ pub const MERGEABLE_RUNS: Rule = Rule {
           change the result: both RUNs in shell form without heredocs, the same flags, no comment between them, the \
           first does not change shell state that a new RUN would reset (cd, export, source, set, umask, exec, \
           exit...) or run in the background, and the second is a plain `&&`/`|` chain (so a failure still fails \
-          the build). The fix joins them with `&& \\`.",
+          the build). Never reported for a dependency install (`npm ci`, `pip install -r`, `go mod download`...) \
+          followed by other steps: the install's layer is the one a source change should not rebuild, so it stays \
+          a RUN of its own (and WH007 can move it before `COPY . .`). The fix joins them with `&& \\`.",
     fixable: true,
     hadolint: Some("DL3059"),
     check: check_merge,
@@ -100,6 +102,23 @@ fn check_merge(ctx: &Ctx, out: &mut Vec<Finding>) {
             {
                 continue;
             }
+            // A dependency install keeps its own layer: merged with the build or test steps after it, every source
+            // change would install again.
+            let installs = |i: usize| {
+                ctx.scripts[i]
+                    .iter()
+                    .flat_map(|(_, p)| &p.commands)
+                    .any(super::cache_order::is_dependency_install)
+            };
+            let only_installs = |i: usize| {
+                ctx.scripts[i]
+                    .iter()
+                    .flat_map(|(_, p)| &p.commands)
+                    .all(super::cache_order::is_dependency_install)
+            };
+            if installs(a) && !only_installs(b) {
+                continue;
+            }
             // A build argument used by the second RUN invalidates only its cache; merged, the first would re-run.
             let uses_arg = ctx.ins(b).args.text.contains('$')
                 && stage.body.iter().any(|&i| i < b && ctx.is(i, Keyword::Arg))
@@ -176,9 +195,26 @@ mod tests {
             "FROM a:1\nRUN <<EOF\na\nEOF\nRUN b\n",
             "FROM a:1\nRUN a\nFROM a:1\nRUN b\n",
             "FROM a:1\nARG V\nRUN a\nRUN echo $V\n",
+            // A dependency install keeps its layer apart from the build and test steps after it.
+            "FROM node:20\nRUN npm ci --no-audit && npm cache clean --force\nRUN npm run build\n",
+            "FROM python:3\nRUN pip install -r requirements.txt\nRUN pytest\n",
+            "FROM golang:1\nRUN go mod download\nRUN go build ./...\n",
         ] {
             assert!(lines(src, "WH008").is_empty(), "{src}");
         }
+    }
+
+    #[test]
+    fn installs_merge_with_installs() {
+        assert_eq!(
+            lines("FROM node:20\nRUN apt-get update\nRUN npm ci\n", "WH008"),
+            [3],
+            "a step before the install may join it"
+        );
+        assert_eq!(
+            lines("FROM node:20\nRUN npm ci\nRUN pip install -r r.txt\n", "WH008"),
+            [3]
+        );
     }
 
     #[test]
