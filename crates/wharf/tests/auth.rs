@@ -402,7 +402,8 @@ async fn htpasswd_mode_with_the_client() {
         format!(
             "[auth]\nmode = \"htpasswd\"\nrealm = \"wharf test\"\nhtpasswd = {:?}\n\
              [[auth.rules]]\nsubjects = [\"alice\"]\nrepositories = [\"**\"]\nactions = [\"*\"]\n\
-             [[auth.rules]]\nsubjects = [\"bob\"]\nrepositories = [\"team/*\"]\nactions = [\"pull\"]\n",
+             [[auth.rules]]\nsubjects = [\"bob\"]\nrepositories = [\"team/*\"]\nactions = [\"pull\"]\n\
+             [[auth.rules]]\nsubjects = [\"anonymous\"]\nrepositories = [\"public/*\"]\nactions = [\"pull\"]\n",
             dir.join("users.htpasswd").display().to_string()
         ),
     )
@@ -466,6 +467,20 @@ async fn htpasswd_mode_with_the_client() {
     );
     let r = wharf(dir, "anonymous", &["pull", &format!("{addr}/team/app:v1"), &out], "");
     assert!(!r.ok && r.stderr.contains("username and password"), "{}", r.stderr);
+
+    // An empty Basic credential (`skopeo --no-creds` sends `Basic Og==`) is anonymous: it reads what anonymous
+    // may read, and nothing else.
+    let r = wharf(dir, "alice", &["push", "--quiet", &src, &format!("{addr}/public/lib:v1")], "");
+    assert!(r.ok, "{}", r.stderr);
+    let get = |path: &str| {
+        common::client()
+            .get(reg.url(path))
+            .header("Authorization", "Basic Og==")
+            .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+    };
+    assert_eq!(get("/v2/public/lib/manifests/v1").await.unwrap().status(), 200);
+    assert_eq!(get("/v2/team/app/manifests/v1").await.unwrap().status(), 401);
 }
 
 /// `wharf preheat` reads the image through the registry client: from a token-auth registry it needs credentials

@@ -20,7 +20,7 @@ use wharf_oci::ErrorCode;
 
 use super::rules::{Actions, Identity};
 use super::token::{self, AccessEntry};
-use super::{Credentials, check_password, parse_authorization};
+use super::{Credentials, check_password, is_empty_basic, parse_authorization};
 use crate::App;
 use crate::error::ApiError;
 
@@ -48,7 +48,11 @@ async fn read_request(req: Request) -> Result<TokenRequest, ApiError> {
     let bad = |m: &str| ApiError::new(ErrorCode::Unsupported, m).with_status(StatusCode::BAD_REQUEST);
     if req.method() == Method::GET {
         let q = pairs(req.uri().query().unwrap_or(""));
-        let credentials = match req.headers().get(header::AUTHORIZATION) {
+        let credentials = match req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .filter(|v| !is_empty_basic(v.as_bytes()))
+        {
             None => None,
             Some(v) => match parse_authorization(v.as_bytes()) {
                 Some(Credentials::Basic { user, password }) => Some((user, password)),

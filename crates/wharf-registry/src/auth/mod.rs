@@ -186,7 +186,10 @@ impl Auth {
 
     /// Who is calling, from the `Authorization` header. Errors are 401s (bad password, bad or expired token).
     async fn caller(&self, headers: &HeaderMap) -> Result<Caller, Refusal> {
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
+        let Some(value) = headers
+            .get(header::AUTHORIZATION)
+            .filter(|v| !is_empty_basic(v.as_bytes()))
+        else {
             return Ok(Caller::anonymous());
         };
         let credentials = parse_authorization(value.as_bytes()).ok_or(Refusal::Malformed)?;
@@ -531,6 +534,20 @@ pub enum Credentials {
     Bearer(String),
 }
 
+/// `Basic Og==` (`:`, no user and no password): what `skopeo --no-creds` and other clients send to mean anonymous.
+pub fn is_empty_basic(value: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    let Some((scheme, rest)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("basic")
+        && base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .is_ok_and(|d| d.is_empty() || d == b":")
+}
+
 /// Parses `Basic base64(user:password)` or `Bearer TOKEN` (schemes case-insensitive). `None` for anything else,
 /// including a user name that is empty or not UTF-8.
 pub fn parse_authorization(value: &[u8]) -> Option<Credentials> {
@@ -608,6 +625,12 @@ mod tests {
             Some(Credentials::Bearer("abc.def.ghi".into()))
         );
         assert_eq!(parse_authorization(b"Basic OnB3"), None, "empty user");
+        assert!(is_empty_basic(b"Basic Og=="), "skopeo --no-creds");
+        assert!(
+            !is_empty_basic(b"Basic OnB3"),
+            "a password without a user is not anonymous"
+        );
+        assert!(!is_empty_basic(b"Bearer Og=="));
         assert_eq!(parse_authorization(b"Basic !!!"), None);
         assert_eq!(parse_authorization(b"Bearer "), None);
         assert_eq!(parse_authorization(b"Negotiate x"), None);
