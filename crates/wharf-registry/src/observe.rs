@@ -24,13 +24,33 @@ pub async fn healthz() -> Response {
     (StatusCode::OK, "ok\n").into_response()
 }
 
-/// Ready when the store answers a lookup (a blob that is never there: the answer is "no", not an error).
+/// How long `/readyz` waits for the store: a probe (typically 1-5 s timeout) must get a 503, not a timeout.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Ready when the store answers a lookup (a blob that is never there: the answer is "no", not an error) within
+/// [`READY_WITHIN`].
 pub async fn readyz(State(app): State<App>) -> Response {
-    match app.store.blob_size(&Digest::sha256_of(b"wharf readiness probe")).await {
-        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => {
+    let absent = Digest::sha256_of(b"wharf readiness probe");
+    let probe = app.store.blob_size(&absent);
+    match tokio::time::timeout(READY_WITHIN, probe).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");
             (StatusCode::SERVICE_UNAVAILABLE, format!("storage unavailable: {e}\n")).into_response()
+        }
+        Err(_) => {
+            tracing::warn!(
+                within_ms = READY_WITHIN.as_millis() as u64,
+                "readiness check: the storage did not answer"
+            );
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "storage unavailable: no answer within {} ms\n",
+                    READY_WITHIN.as_millis()
+                ),
+            )
+                .into_response()
         }
     }
 }

@@ -470,7 +470,12 @@ async fn htpasswd_mode_with_the_client() {
 
     // An empty Basic credential (`skopeo --no-creds` sends `Basic Og==`) is anonymous: it reads what anonymous
     // may read, and nothing else.
-    let r = wharf(dir, "alice", &["push", "--quiet", &src, &format!("{addr}/public/lib:v1")], "");
+    let r = wharf(
+        dir,
+        "alice",
+        &["push", "--quiet", &src, &format!("{addr}/public/lib:v1")],
+        "",
+    );
     assert!(r.ok, "{}", r.stderr);
     let get = |path: &str| {
         common::client()

@@ -285,3 +285,38 @@ fn json_logs_are_one_object_per_line() {
         "{err}"
     );
 }
+
+/// `/readyz` answers within 2 s whatever the storage does: an object store that accepts connections and never
+/// answers gives a 503 a probe with the usual 1-5 s timeout can see (it took 19-26 s before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_within_two_seconds_when_the_object_store_hangs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", hang.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hang.incoming() {
+            held.push(s);
+        }
+    });
+    let config = tmp.path().join("wharf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nbackend = \"s3\"\n[storage.options]\nbucket = \"b\"\nregion = \"us-east-1\"\n\
+             endpoint = \"{endpoint}\"\naccess_key_id = \"x\"\nsecret_access_key = \"y\"\n"
+        ),
+    )
+    .unwrap();
+    let reg = Wharf::start_with(&tmp.path().join("reg"), &["--config", config.to_str().unwrap()], None);
+    let started = std::time::Instant::now();
+    let r = common::client().get(reg.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let r = common::client().get(reg.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
