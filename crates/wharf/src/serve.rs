@@ -195,6 +195,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when --listen ends in :0.
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("wharf serve: listening on {scheme}://{addr}");
+    // (Before the "registry started" line, which tests and scripts wait for.)
+    if !addr.ip().is_loopback() && app.auth.is_none() {
+        tracing::warn!(%addr, "listening beyond loopback with no authentication: anyone who reaches this address may \
+            push, pull and delete; set [auth] (README: Authentication)");
+    }
     tracing::info!(%addr, root = %root.display(), "registry started");
 
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);

@@ -320,3 +320,39 @@ async fn readyz_answers_within_two_seconds_when_the_object_store_hangs() {
     let r = common::client().get(reg.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// Listening beyond loopback with no authentication is said in the log, once, at startup (before the "registry
+/// started" line); on loopback it is not.
+#[test]
+fn an_open_registry_beyond_loopback_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let started = |listen: &str, name: &str| -> String {
+        let log = tmp.path().join(format!("{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["serve", "--listen", listen, "--root"])
+            .arg(tmp.path().join(name))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        assert!(line.contains("listening on"), "{line}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut text = String::new();
+        while !text.contains("registry started") && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        std::fs::read_to_string(&log).unwrap_or_default()
+    };
+    let open = started("0.0.0.0:0", "open");
+    assert!(open.contains("with no authentication"), "{open}");
+    let local = started("127.0.0.1:0", "local");
+    assert!(
+        local.contains("registry started") && !local.contains("with no authentication"),
+        "{local}"
+    );
+}
