@@ -145,7 +145,7 @@ fn run_transfer(src: &str, dst: &str, o: &TransferOptions) -> anyhow::Result<()>
         progress: if o.quiet || o.json {
             None
         } else {
-            crate::progress::Bars::for_terminal()
+            Some(crate::progress::on_stderr())
         },
         hints: Some(MountHints::new(&store)),
         blobs_only: false,

@@ -1,6 +1,7 @@
-//! Per-blob progress bars for `wharf copy | push | pull` on a terminal (indicatif): bytes, speed and ETA for each
-//! blob in flight, and a last word for each (copied, compressed, skipped, mounted). Off with `--quiet`, `--json`
-//! or when stderr is not a terminal (CI logs get the one-line summary only).
+//! Per-blob progress for `wharf copy | push | pull`: on a terminal, bars (indicatif) with bytes, speed and ETA for
+//! each blob in flight and a last word for each (copied, compressed, skipped, mounted); without one (CI logs), one
+//! line per blob as it starts and one as it ends, with its size, what became of it and how long it took. Off with
+//! `--quiet` or `--json`.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -13,6 +14,45 @@ use wharf_oci::Digest;
 pub struct Bars {
     multi: MultiProgress,
     bars: Mutex<HashMap<Digest, ProgressBar>>,
+}
+
+/// The progress a copy shows on stderr: bars on a terminal, lines otherwise.
+pub fn on_stderr() -> Arc<dyn Progress> {
+    match Bars::for_terminal() {
+        Some(b) => b,
+        None => Arc::new(Lines::default()),
+    }
+}
+
+/// One line per blob as it starts and as it ends (what CI logs can show).
+#[derive(Default)]
+pub struct Lines {
+    started: Mutex<HashMap<Digest, (u64, std::time::Instant)>>,
+}
+
+impl Progress for Lines {
+    fn start(&self, digest: &Digest, size: u64) {
+        eprintln!("blob {} ({}): started", short(digest), human(size));
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.clone(), (size, std::time::Instant::now()));
+    }
+
+    fn advance(&self, _digest: &Digest, _bytes: u64) {}
+
+    fn finish(&self, digest: &Digest, how: &'static str) {
+        let entry = self.started.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
+        let (size, secs) = entry.map_or((0, 0.0), |(size, t)| (size, t.elapsed().as_secs_f64()));
+        eprintln!("blob {} ({}): {how} in {secs:.2} s", short(digest), human(size));
+    }
+}
+
+fn human(bytes: u64) -> String {
+    if bytes == 0 {
+        return "size unknown".into();
+    }
+    wharf_dockerfile::context::human_size(bytes)
 }
 
 impl Bars {
