@@ -6,6 +6,7 @@ one (the smart client's transports, the mirror's upstreams, the P2P node's origi
 - [`client::Registry`]: base URL, `WWW-Authenticate` challenges (bearer, basic, identity tokens), the token cache,
   one retry policy (connection errors, 5xx, 429 with `Retry-After`) and one-line errors with the spec's error code.
 - [`pull`]: manifests verified against their digest, tags, blob sizes, downloads from an offset, exact ranges.
+- [`lists`]: whole tag lists and the catalog, followed page by page; manifest deletion.
 - [`upstream::Upstream`]: a registry wharf stands in for, named by its host, where a missing object is `None`.
 - [`reference::Reference`]: Docker's image reference grammar; [`hub`]: Docker Hub's names in one table.
 - [`docker_config`]: credentials where the Docker tools keep them; [`Credentials`].
@@ -19,6 +20,7 @@ pub mod docker_config;
 mod error;
 pub mod http;
 pub mod hub;
+pub mod lists;
 pub mod pull;
 pub mod reference;
 pub mod upstream;

@@ -15,12 +15,11 @@ use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use wharf_client::Platform;
-use wharf_client::registry::lookup_credentials;
 use wharf_dockerfile::cache_keys::{self, BaseConfig, FinalBase, Key};
 use wharf_dockerfile::source_hash::ContextHashes;
 use wharf_oci::Digest;
 use wharf_oci::manifest::ManifestView;
-use wharf_remote::client::{ClientOptions, Op};
+use wharf_remote::client::Op;
 use wharf_remote::{Reference, Registry};
 
 #[derive(Debug, Args)]
@@ -146,15 +145,7 @@ fn plan_command(args: PlanArgs) -> anyhow::Result<()> {
 pub fn cache_registry(host: &str, insecure: bool) -> anyhow::Result<Registry> {
     let probe = Reference::parse(&format!("{host}/probe"))
         .with_context(|| format!("--registry {host}: expected HOST[:PORT]"))?;
-    let credentials = lookup_credentials(&probe.registry).unwrap_or_else(|e| {
-        eprintln!("wharf: warning: no stored credentials for {}: {e}", probe.registry);
-        None
-    });
-    let options = ClientOptions {
-        credentials,
-        ..Default::default()
-    };
-    Ok(Registry::for_reference(&probe, insecure, &options)?)
+    crate::inspect::registry_for(&probe, &crate::inspect::Access { creds: None, insecure })
 }
 
 /// `--build-arg` values: `KEY=VALUE`, or `KEY` with the value from the environment (skipped when unset, as docker

@@ -41,6 +41,17 @@ pub enum Command {
     Push(crate::copy::PushArgs),
     /// Pull an image from a registry (= copy docker://REF DST).
     Pull(crate::copy::PullArgs),
+    /// Show an image: skopeo inspect's JSON (name, digest, tags, created, platform, layers, env); --raw for the
+    /// manifest, --config for the config.
+    Inspect(crate::inspect::InspectArgs),
+    /// List a repository's tags (all pages).
+    Tags(crate::inspect::NameArgs),
+    /// Print the digest a tag points at.
+    Digest(crate::inspect::NameArgs),
+    /// List a registry's repositories (all pages).
+    Catalog(crate::inspect::CatalogArgs),
+    /// Delete an image's manifest (by tag: the manifest it points at); asks first on a terminal unless --yes.
+    Delete(crate::inspect::DeleteArgs),
     /// Log in to a registry: check the credentials, then save them where docker keeps them (config.json or its
     /// credential helper).
     Login(crate::login::LoginArgs),

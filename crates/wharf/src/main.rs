@@ -9,6 +9,7 @@ mod copy;
 mod fix;
 mod gc;
 mod index;
+mod inspect;
 mod lint;
 mod login;
 mod p2p;
@@ -35,6 +36,11 @@ fn main() -> ExitCode {
         cli::Command::Copy(args) => copy::run_copy(args),
         cli::Command::Push(args) => copy::run_push(args),
         cli::Command::Pull(args) => copy::run_pull(args),
+        cli::Command::Inspect(args) => inspect::run_inspect(args),
+        cli::Command::Tags(args) => inspect::run_tags(args),
+        cli::Command::Digest(args) => inspect::run_digest(args),
+        cli::Command::Catalog(args) => inspect::run_catalog(args),
+        cli::Command::Delete(args) => inspect::run_delete(args),
         cli::Command::Login(args) => login::run_login(args),
         cli::Command::Logout(args) => login::run_logout(args),
         cli::Command::Node(args) => p2p::run_node(args),
