@@ -48,6 +48,13 @@ pub struct Registry {
     name: String,
     base: reqwest::Url,
     http: reqwest::Client,
+    /// For a registry assumed to speak plain HTTP (on loopback, or `--insecure`) that may speak TLS instead: its
+    /// HTTPS base and the client for it, which verifies no certificate (as Docker treats such registries).
+    tls_fallback: Option<(reqwest::Url, reqwest::Client)>,
+    /// Switched to `tls_fallback`: the registry answered plain HTTP as a TLS server does.
+    on_tls: AtomicBool,
+    /// The switch was tried (once per registry).
+    tls_probed: AtomicBool,
     credentials: Option<Credentials>,
     tokens: TokenCache,
     /// Set once the registry answered a `Basic` challenge.
@@ -120,6 +127,9 @@ impl Registry {
             name: name.to_owned(),
             base: url,
             http,
+            tls_fallback: None,
+            on_tls: AtomicBool::new(false),
+            tls_probed: AtomicBool::new(false),
             credentials: options.credentials.clone(),
             tokens: TokenCache::default(),
             basic: AtomicBool::new(false),
@@ -128,22 +138,67 @@ impl Registry {
     }
 
     /// The registry an image reference names: HTTPS, unless `plain_http` or the registry is on loopback (as Docker
-    /// does); Docker Hub's API host for `docker.io`.
+    /// does); Docker Hub's API host for `docker.io`. A plain-HTTP registry that turns out to speak TLS (a `wharf
+    /// serve --tls-cert` on 127.0.0.1) is then reached over HTTPS, its certificate not verified, as Docker does for
+    /// the insecure registries it allows.
     pub fn for_reference(
         reference: &crate::Reference,
         plain_http: bool,
         options: &ClientOptions,
     ) -> Result<Registry, RemoteError> {
-        let scheme = if plain_http || reference.is_loopback() {
-            "http"
-        } else {
-            "https"
-        };
-        Registry::new(
+        let plain = plain_http || reference.is_loopback();
+        let scheme = if plain { "http" } else { "https" };
+        let mut registry = Registry::new(
             &reference.registry,
             &format!("{scheme}://{}/", reference.api_host()),
             options,
-        )
+        )?;
+        if plain {
+            let https = reqwest::Url::parse(&format!("https://{}/", reference.api_host())).map_err(|e| {
+                RemoteError::BadName {
+                    input: reference.api_host().to_owned(),
+                    reason: e.to_string(),
+                }
+            })?;
+            let client = crate::http::client_builder_trusting_any_certificate()
+                .connect_timeout(options.connect_timeout)
+                .read_timeout(options.read_timeout)
+                .build()
+                .map_err(|e| RemoteError::Unreachable {
+                    what: "client setup".into(),
+                    registry: reference.registry.clone(),
+                    cause: e,
+                })?;
+            registry.tls_fallback = Some((https, client));
+        }
+        Ok(registry)
+    }
+
+    /// The base URL requests go to now (the HTTPS one once a plain-HTTP registry turned out to speak TLS).
+    fn base_now(&self) -> &reqwest::Url {
+        match &self.tls_fallback {
+            Some((https, _)) if self.on_tls.load(Ordering::Relaxed) => https,
+            _ => &self.base,
+        }
+    }
+
+    /// After a request to the plain-HTTP base failed once the connection was made (a TLS server answers plain HTTP
+    /// with bytes that are not HTTP): asks the HTTPS base once; if it answers, every later request goes there. The
+    /// URL to retry with, or `None`.
+    async fn switch_to_tls(&self, error: &reqwest::Error, url: &str) -> Option<String> {
+        let (https, client) = self.tls_fallback.as_ref()?;
+        if error.is_connect()
+            || error.is_timeout()
+            || self.on_tls.load(Ordering::Relaxed)
+            || !url.starts_with(self.base.as_str())
+            || self.tls_probed.swap(true, Ordering::Relaxed)
+        {
+            return None;
+        }
+        let probe = client.get(format!("{https}v2/")).send().await.ok()?;
+        tracing::info!(registry = %self.name, status = %probe.status(), "the registry speaks TLS: switching to HTTPS");
+        self.on_tls.store(true, Ordering::Relaxed);
+        Some(format!("{https}{}", &url[self.base.as_str().len()..]))
     }
 
     /// `host[:port]` as errors name it.
@@ -153,7 +208,7 @@ impl Registry {
 
     /// The base URL, ending in `/`.
     pub fn base(&self) -> &reqwest::Url {
-        &self.base
+        self.base_now()
     }
 
     pub fn has_credentials(&self) -> bool {
@@ -162,12 +217,12 @@ impl Registry {
 
     /// `/v2/<repository>/<rest>` as an absolute URL.
     pub fn url(&self, repository: &str, rest: &str) -> String {
-        format!("{}v2/{repository}/{rest}", self.base)
+        format!("{}v2/{repository}/{rest}", self.base_now())
     }
 
     /// Resolves a `Location` the registry answered (absolute or relative).
     pub fn resolve(&self, location: &str) -> Result<reqwest::Url, RemoteError> {
-        self.base.join(location).map_err(|e| RemoteError::Protocol {
+        self.base_now().join(location).map_err(|e| RemoteError::Protocol {
             what: format!("location {location:?}"),
             registry: self.name.clone(),
             reason: e.to_string(),
@@ -186,8 +241,14 @@ impl Registry {
     }
 
     /// A bare request with the registry's HTTP client (timeouts, user agent); [`Registry::authorize`] adds auth.
-    pub fn request(&self, method: Method, url: impl reqwest::IntoUrl) -> RequestBuilder {
-        self.http.request(method, url)
+    pub fn request(&self, method: Method, url: &str) -> RequestBuilder {
+        match &self.tls_fallback {
+            // Only the registry's own host goes without certificate checks: a token realm elsewhere is verified.
+            Some((https, client)) if self.on_tls.load(Ordering::Relaxed) && url.starts_with(https.as_str()) => {
+                client.request(method, url)
+            }
+            _ => self.http.request(method, url),
+        }
     }
 
     /// The error for a request that could not be sent or whose answer could not be read.
@@ -210,15 +271,21 @@ impl Registry {
     ) -> Result<Response, RemoteError> {
         let mut authed = false;
         let mut attempt = 0;
+        let mut url = url.to_owned();
         loop {
             attempt += 1;
-            let mut req = self.request(method.clone(), url).headers(headers.clone());
+            let mut req = self.request(method.clone(), &url).headers(headers.clone());
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
             let used = self.tokens.get(&op.scopes.join(" "));
             let resp = match self.authorize(req, op.scopes).send().await {
                 Ok(r) => r,
+                Err(e) if let Some(tls) = self.switch_to_tls(&e, &url).await => {
+                    url = tls;
+                    attempt -= 1;
+                    continue;
+                }
                 Err(e) if attempt < ATTEMPTS => {
                     tracing::debug!(url, error = %e, attempt, "request failed; retrying");
                     tokio::time::sleep(BACKOFF * 2u32.pow(attempt - 1)).await;
@@ -254,17 +321,23 @@ impl Registry {
         body: Bytes,
     ) -> Result<Response, RemoteError> {
         let mut authed = false;
+        let mut url = url.to_owned();
         loop {
             let req = self
-                .request(method.clone(), url)
+                .request(method.clone(), &url)
                 .headers(headers.clone())
                 .body(body.clone());
             let used = self.tokens.get(&op.scopes.join(" "));
-            let resp = self
-                .authorize(req, op.scopes)
-                .send()
-                .await
-                .map_err(|e| self.unreachable(op.what, e))?;
+            let resp = match self.authorize(req, op.scopes).send().await {
+                Ok(r) => r,
+                Err(e) => match self.switch_to_tls(&e, &url).await {
+                    Some(tls) => {
+                        url = tls;
+                        continue;
+                    }
+                    None => return Err(self.unreachable(op.what, e)),
+                },
+            };
             if resp.status() == StatusCode::UNAUTHORIZED && !authed {
                 authed = true;
                 self.authenticate(op, &resp, used).await?;
@@ -301,8 +374,8 @@ impl Registry {
                 // answers for it) must not be able to send them in clear text to a host of its choosing.
                 if self.credentials.is_some()
                     && url.scheme() != "https"
-                    && (url.host_str() != self.base.host_str()
-                        || url.port_or_known_default() != self.base.port_or_known_default())
+                    && (url.host_str() != self.base_now().host_str()
+                        || url.port_or_known_default() != self.base_now().port_or_known_default())
                 {
                     return Err(fail(format!(
                         "the token realm {realm} is plain HTTP on another host than the registry; not sending the \
@@ -395,7 +468,7 @@ impl Registry {
             what: "GET /v2/",
             scopes: &[],
         };
-        let url = format!("{}v2/", self.base);
+        let url = format!("{}v2/", self.base_now());
         let resp = self.send(&op, Method::GET, &url, HeaderMap::new(), None).await?;
         match resp.status() {
             s if s.is_success() => Ok(()),

@@ -35,6 +35,72 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     }
 }
 
+/// A client builder like [`client_builder`] whose TLS accepts any server certificate: only for registries the user
+/// declared insecure (or on loopback), reached over HTTPS where plain HTTP was allowed, as Docker does.
+pub fn client_builder_trusting_any_certificate() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    let builder = reqwest::Client::builder().user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")));
+    match &*TLS_ANY {
+        Some(tls) => builder.tls_backend_preconfigured(tls.clone()),
+        None => builder,
+    }
+}
+
+static TLS_ANY: LazyLock<Option<rustls::ClientConfig>> = LazyLock::new(|| {
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Some(tls)
+});
+
+/// Accepts any server certificate (the handshake's signatures are still checked).
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// The TLS configuration every client shares (`None`: no crypto provider could be had; reqwest then builds its own).
 static TLS: LazyLock<Option<rustls::ClientConfig>> = LazyLock::new(|| {
     let provider = CryptoProvider::get_default()

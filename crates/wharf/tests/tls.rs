@@ -199,3 +199,61 @@ async fn tls_connections_are_capped_and_a_silent_one_is_closed() {
         started.elapsed()
     );
 }
+
+/// The client reaches a TLS registry on loopback (its own `wharf serve --tls-cert` included): it assumes plain HTTP
+/// there, as Docker does, and switches to HTTPS, without verifying the certificate, when the registry answers as a
+/// TLS server. Before, every command failed with "invalid HTTP version parsed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reaches_a_tls_registry_on_loopback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(tmp.path(), "lo");
+    let reg = Wharf::start_with(
+        &tmp.path().join("reg"),
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        None,
+    );
+    let c = client_trusting(&tmp.path().join("lo.ca"));
+    // An image on it, pushed over HTTPS.
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let d = wharf_oci::Digest::sha256_of(&config).to_string();
+    let r = c
+        .post(format!("https://{}/v2/team/app/blobs/uploads/?digest={d}", reg.addr))
+        .body(config.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d, "size": config.len()},
+        "layers": []});
+    let body = serde_json::to_vec(&manifest).unwrap();
+    let r = c
+        .put(format!("https://{}/v2/team/app/manifests/v1", reg.addr))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["digest", &format!("{}/team/app:v1", reg.addr)])
+        .env("DOCKER_CONFIG", tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        wharf_oci::Digest::sha256_of(&body).to_string()
+    );
+    let layout = tmp.path().join("pulled");
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["copy", "--quiet", &format!("docker://{}/team/app:v1", reg.addr)])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .env("DOCKER_CONFIG", tmp.path())
+        .env("WHARF_STORE", tmp.path().join("store"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(layout.join("index.json").is_file());
+}
