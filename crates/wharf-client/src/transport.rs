@@ -43,6 +43,8 @@ pub struct TransportOptions {
     /// `rootfs:` destinations: most bytes of file contents the whole image may write (holes included); past it the
     /// unpacking fails. `None`: no limit.
     pub unpack_limit: Option<u64>,
+    /// The registry's certificates in Docker's `certs.d` layout [default: `/etc/docker/certs.d/<host>` if present].
+    pub cert_dir: Option<std::path::PathBuf>,
 }
 
 pub fn parse_image_name(input: &str) -> Result<ImageName, Error> {
@@ -213,6 +215,7 @@ fn registry_options(o: &TransportOptions) -> RegistryOptions {
     RegistryOptions {
         insecure: o.insecure,
         credentials: o.credentials.clone(),
+        cert_dir: o.cert_dir.clone(),
     }
 }
 

@@ -92,6 +92,7 @@ async fn run(src: &str, dst: &str, creds: Option<&str>) -> Result<CopyReport, Er
         insecure: false,
         credentials: creds.and_then(Credentials::parse),
         unpack_limit: None,
+        cert_dir: None,
     };
     let s = parse_image_name(src)?.open_source(&t).await?;
     let store = wharf_client::store::ContentStore::at(std::env::temp_dir().join("wharf-test-unused-store"));

@@ -68,6 +68,7 @@ async fn ping(addr: &str, credentials: Option<Credentials>) -> Result<(), Error>
     let options = RegistryOptions {
         insecure: false,
         credentials,
+        cert_dir: None,
     };
     RegistryClient::new(reference, &options).unwrap().ping().await
 }

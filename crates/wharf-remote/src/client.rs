@@ -4,6 +4,7 @@
 //! registry goes through [`Registry::send`]: the smart client, the mirror's upstreams, the P2P node's origin
 //! fetches, `wharf preheat` and `wharf login`.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -30,6 +31,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Time any one read of an answer may take.
     pub read_timeout: Duration,
+    /// Certificates for the registry in Docker's `certs.d` layout (CA `*.crt`, client `*.cert` + `*.key`)
+    /// [default: `/etc/docker/certs.d/<host[:port]>`, then `/etc/containers/certs.d/<host[:port]>`, when present].
+    pub cert_dir: Option<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -38,9 +42,13 @@ impl Default for ClientOptions {
             credentials: None,
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(300),
+            cert_dir: None,
         }
     }
 }
+
+/// Where Docker and podman keep a registry's certificates.
+const CERTS_D: &[&str] = &["/etc/docker/certs.d", "/etc/containers/certs.d"];
 
 /// A registry at a base URL (`https://host[:port]/`).
 pub struct Registry {
@@ -114,7 +122,20 @@ impl Registry {
         }
         url.set_path("/");
         url.set_query(None);
-        let http = crate::http::client_builder()
+        let builder = match &options.cert_dir {
+            None => crate::http::client_builder(),
+            Some(dir) => {
+                let bad = |reason: String| RemoteError::Certificates {
+                    dir: dir.display().to_string(),
+                    reason,
+                };
+                let certs = crate::http::CertDir::read(dir)
+                    .map_err(bad)?
+                    .ok_or_else(|| bad("no such directory".into()))?;
+                crate::http::client_builder_with(&certs).map_err(bad)?
+            }
+        };
+        let http = builder
             .connect_timeout(options.connect_timeout)
             .read_timeout(options.read_timeout)
             .build()
@@ -148,11 +169,31 @@ impl Registry {
     ) -> Result<Registry, RemoteError> {
         let plain = plain_http || reference.is_loopback();
         let scheme = if plain { "http" } else { "https" };
+        // The registry's certificates: the directory given, else Docker's or podman's for this host, if any.
+        let found;
+        let options = match &options.cert_dir {
+            Some(_) => options,
+            None => match CERTS_D
+                .iter()
+                .map(|d| Path::new(d).join(&reference.registry))
+                .find(|d| d.is_dir())
+            {
+                Some(dir) => {
+                    found = ClientOptions {
+                        cert_dir: Some(dir),
+                        ..options.clone()
+                    };
+                    &found
+                }
+                None => options,
+            },
+        };
         let mut registry = Registry::new(
             &reference.registry,
             &format!("{scheme}://{}/", reference.api_host()),
             options,
         )?;
+
         if plain {
             let https = reqwest::Url::parse(&format!("https://{}/", reference.api_host())).map_err(|e| {
                 RemoteError::BadName {

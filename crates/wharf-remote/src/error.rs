@@ -47,6 +47,8 @@ pub enum RemoteError {
         registry: String,
         reason: String,
     },
+    #[error("certificates in {dir}: {reason}")]
+    Certificates { dir: String, reason: String },
     #[error("Docker config {path}: {reason}")]
     DockerConfig { path: String, reason: String },
     #[error("cannot locate the Docker config: neither DOCKER_CONFIG nor HOME is set")]

@@ -8,11 +8,13 @@
 //! (~2-3 ms of CPU each), which a push to a plain-HTTP registry through the Docker engine's socket paid twice before
 //! sending a byte. The verification is reqwest's own (`rustls-platform-verifier` over the system's roots).
 
+use std::path::Path;
 use std::sync::{Arc, LazyLock, Once, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// Installs `ring` as rustls' process-wide crypto provider, once. (If the embedding program installed another one
@@ -33,6 +35,80 @@ pub fn client_builder() -> reqwest::ClientBuilder {
         Some(tls) => builder.tls_backend_preconfigured(tls.clone()),
         None => builder,
     }
+}
+
+/// A registry's certificate directory, in Docker's `certs.d` layout: `*.crt` are CA certificates trusted besides
+/// the system's, `NAME.cert` with `NAME.key` a client certificate and its key.
+#[derive(Debug)]
+pub struct CertDir {
+    pub roots: Vec<CertificateDer<'static>>,
+    pub identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+}
+
+impl CertDir {
+    /// Reads `dir`; `Ok(None)` when it does not exist.
+    pub fn read(dir: &Path) -> Result<Option<CertDir>, String> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut names: Vec<std::path::PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        names.sort();
+        let mut out = CertDir {
+            roots: Vec::new(),
+            identity: None,
+        };
+        for path in names {
+            let shown = path.display().to_string();
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("crt") => {
+                    for c in CertificateDer::pem_file_iter(&path).map_err(|e| format!("{shown}: {e}"))? {
+                        out.roots.push(c.map_err(|e| format!("{shown}: {e}"))?);
+                    }
+                }
+                Some("cert") => {
+                    let key = path.with_extension("key");
+                    if !key.is_file() {
+                        return Err(format!("{shown} has no key {}", key.display()));
+                    }
+                    let chain = CertificateDer::pem_file_iter(&path)
+                        .map_err(|e| format!("{shown}: {e}"))?
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| format!("{shown}: {e}"))?;
+                    let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+                    out.identity = Some((chain, key));
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// A client builder trusting the system's roots and `dir`'s CA certificates, presenting its client certificate.
+pub fn client_builder_with(dir: &CertDir) -> Result<reqwest::ClientBuilder, String> {
+    install_crypto_provider();
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(dir.roots.clone(), provider.clone())
+        .map_err(|e| e.to_string())?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut tls = match &dir.identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .map_err(|e| format!("client certificate: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(reqwest::Client::builder()
+        .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_preconfigured(tls))
 }
 
 /// A client builder like [`client_builder`] whose TLS accepts any server certificate: only for registries the user

@@ -45,6 +45,7 @@ impl Upstream {
             credentials,
             connect_timeout: timeout,
             read_timeout: timeout,
+            cert_dir: None,
         };
         let registry = Registry::new(&config.name, &config.url, &options)?;
         Ok(Upstream {

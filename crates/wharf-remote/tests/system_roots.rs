@@ -1,7 +1,8 @@
 //! The TLS configuration every wharf client shares (`wharf_remote::http::client_builder`) verifies servers against
 //! the system's roots, read at the first handshake: a server signed by a trusted CA is reached (`openssl s_server`,
 //! offered http/1.1 by ALPN), one signed by another CA is refused. The system's roots are `SSL_CERT_FILE` here, as
-//! `rustls-native-certs` reads it; this file is one test so that one process sets it before any client exists.
+//! `rustls-native-certs` reads it; the other test here (a registry's `certs.d` directory) does not use the shared
+//! client, so whichever runs first the shared verifier reads the variable set by the first.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,11 @@ struct Server {
 
 impl Server {
     fn start(crt: &Path, key: &Path) -> Server {
+        Server::start_verifying(crt, key, None)
+    }
+
+    /// With `client_ca`, the server requires a client certificate that CA signed.
+    fn start_verifying(crt: &Path, key: &Path, client_ca: Option<&Path>) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -84,6 +90,18 @@ impl Server {
             .arg(crt)
             .arg("-key")
             .arg(key)
+            .args(
+                client_ca
+                    .map(|ca| {
+                        vec![
+                            "-Verify".into(),
+                            "1".into(),
+                            "-CAfile".into(),
+                            ca.as_os_str().to_owned(),
+                        ]
+                    })
+                    .unwrap_or_default(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -132,4 +150,45 @@ async fn the_shared_client_verifies_servers_against_the_system_roots() {
         .await
         .unwrap_or_else(|e| panic!("the trusted server was not reached: {e:?}"));
     assert_eq!(r.status(), 200);
+}
+
+/// A registry's certificate directory in Docker's `certs.d` layout (`ClientOptions::cert_dir`): its `*.crt` CA is
+/// trusted besides the system's, its `client.cert`/`client.key` are presented to a server that requires them; without
+/// the directory the same server is refused.
+#[tokio::test]
+async fn a_cert_dir_trusts_its_ca_and_presents_its_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, crt, key) = ca_and_server(dir.path(), "private");
+    // A client certificate, from a CA the server trusts for clients.
+    let (client_ca, client_crt, client_key) = ca_and_server(dir.path(), "client");
+    let server = Server::start_verifying(&crt, &key, Some(&client_ca));
+    let base = format!("https://127.0.0.1:{}/", server.port);
+
+    let certs = dir.path().join("certs.d");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
+    let options = |cert_dir: Option<PathBuf>| wharf_remote::ClientOptions {
+        cert_dir,
+        connect_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    // The CA alone: the server asks for a client certificate and gets none.
+    let r = wharf_remote::Registry::new("private", &base, &options(Some(certs.clone()))).unwrap();
+    assert!(r.ping().await.is_err(), "no client certificate, yet accepted");
+    // The CA and the client's pair: reached.
+    std::fs::copy(&client_crt, certs.join("client.cert")).unwrap();
+    std::fs::copy(&client_key, certs.join("client.key")).unwrap();
+    let r = wharf_remote::Registry::new("private", &base, &options(Some(certs.clone()))).unwrap();
+    r.ping().await.unwrap();
+    // Without the directory: the private CA is not trusted.
+    let r = wharf_remote::Registry::new("private", &base, &options(None)).unwrap();
+    assert!(r.ping().await.is_err(), "an unknown CA was trusted");
+    // A client certificate without its key is refused with the reason.
+    std::fs::remove_file(certs.join("client.key")).unwrap();
+    let err = wharf_remote::Registry::new("private", &base, &options(Some(certs)))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("client.cert has no key"), "{err}");
 }

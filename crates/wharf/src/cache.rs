@@ -145,7 +145,13 @@ fn plan_command(args: PlanArgs) -> anyhow::Result<()> {
 pub fn cache_registry(host: &str, insecure: bool) -> anyhow::Result<Registry> {
     let probe = Reference::parse(&format!("{host}/probe"))
         .with_context(|| format!("--registry {host}: expected HOST[:PORT]"))?;
-    crate::inspect::registry_for(&probe, &crate::inspect::Access { creds: None, insecure })
+    let access = crate::inspect::Access {
+        creds: None,
+        insecure,
+        tls_verify: true,
+        cert_dir: None,
+    };
+    crate::inspect::registry_for(&probe, &access)
 }
 
 /// `--build-arg` values: `KEY=VALUE`, or `KEY` with the value from the environment (skipped when unset, as docker

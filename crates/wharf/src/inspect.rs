@@ -19,9 +19,15 @@ pub struct Access {
     /// Credentials [default: what `docker login` or `wharf login` stored].
     #[arg(long, value_name = "USER:PASSWORD", env = "WHARF_CREDS")]
     pub creds: Option<String>,
-    /// Allow plain HTTP to a registry that is not on loopback.
+    /// Allow plain HTTP to a registry that is not on loopback (and HTTPS without verifying its certificate).
     #[arg(long)]
     pub insecure: bool,
+    /// `--tls-verify=false` is `--insecure`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub tls_verify: bool,
+    /// The registry's certificates in Docker's `certs.d` layout [default: /etc/docker/certs.d/<host> if present].
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -94,9 +100,14 @@ pub fn registry_for(reference: &Reference, access: &Access) -> anyhow::Result<Re
     };
     let options = ClientOptions {
         credentials,
+        cert_dir: access.cert_dir.clone(),
         ..Default::default()
     };
-    Ok(Registry::for_reference(reference, access.insecure, &options)?)
+    Ok(Registry::for_reference(
+        reference,
+        access.insecure || !access.tls_verify,
+        &options,
+    )?)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

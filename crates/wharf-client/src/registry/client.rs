@@ -15,6 +15,8 @@ pub struct RegistryOptions {
     /// Allow plain HTTP to a non-loopback registry.
     pub insecure: bool,
     pub credentials: Option<Credentials>,
+    /// The registry's certificates in Docker's `certs.d` layout [default: `/etc/docker/certs.d/<host>` if present].
+    pub cert_dir: Option<std::path::PathBuf>,
 }
 
 pub struct RegistryClient {
@@ -26,6 +28,7 @@ impl RegistryClient {
     pub fn new(reference: Reference, options: &RegistryOptions) -> Result<RegistryClient, Error> {
         let client_options = ClientOptions {
             credentials: options.credentials.clone(),
+            cert_dir: options.cert_dir.clone(),
             ..ClientOptions::default()
         };
         let remote = Registry::for_reference(&reference, options.insecure, &client_options)?;
@@ -111,6 +114,7 @@ mod tests {
         let options = RegistryOptions {
             insecure,
             credentials: None,
+            cert_dir: None,
         };
         let r = Reference::parse(reference).unwrap();
         RegistryClient::new(r, &options).unwrap().remote.base().to_string()

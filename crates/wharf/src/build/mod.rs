@@ -506,11 +506,13 @@ async fn push_image(
         insecure,
         credentials: None,
         unpack_limit: None,
+        cert_dir: None,
     };
     let dst_options = TransportOptions {
         insecure,
         credentials,
         unpack_limit: None,
+        cert_dir: None,
     };
     transfer(&src_name, &dst_name, &src_options, &dst_options, &options, store)
         .await
