@@ -1,8 +1,8 @@
 //! The TLS configuration every wharf client shares (`wharf_remote::http::client_builder`) verifies servers against
 //! the system's roots, read at the first handshake: a server signed by a trusted CA is reached (`openssl s_server`,
 //! offered http/1.1 by ALPN), one signed by another CA is refused. The system's roots are `SSL_CERT_FILE` here, as
-//! `rustls-native-certs` reads it; the other test here (a registry's `certs.d` directory) does not use the shared
-//! client, so whichever runs first the shared verifier reads the variable set by the first.
+//! `rustls-native-certs` reads it. The other test here (a registry's `certs.d` directory) builds its own client and
+//! needs no system root, so the order the two run in does not matter.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
