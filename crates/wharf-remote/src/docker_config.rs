@@ -108,9 +108,23 @@ enum HelperAnswer {
     NotFound,
 }
 
-/// The credentials for `registry` (`host[:port]`, `docker.io` for Docker Hub) from the default Docker config;
-/// `Ok(None)` when there are none (no file, no entry, no config location at all).
+/// The credentials for `registry` (`host[:port]`, `docker.io` for Docker Hub) where the container tools keep
+/// them: the file `$REGISTRY_AUTH_FILE` names (podman's and skopeo's variable; then that file only), else podman's
+/// `$XDG_RUNTIME_DIR/containers/auth.json` when it has an entry for the registry, else the Docker config. `Ok(None)`
+/// when there are none (no file, no entry, no config location at all).
 pub fn lookup_credentials(registry: &str) -> Result<Option<Credentials>, Error> {
+    let set = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(file) = set("REGISTRY_AUTH_FILE") {
+        return DockerConfig::at(file).lookup(registry);
+    }
+    if let Some(run) = set("XDG_RUNTIME_DIR") {
+        let podman = run.join("containers/auth.json");
+        if podman.is_file()
+            && let Some(c) = DockerConfig::at(podman).lookup(registry)?
+        {
+            return Ok(Some(c));
+        }
+    }
     match DockerConfig::from_env() {
         Some(c) => c.lookup(registry),
         None => Ok(None),

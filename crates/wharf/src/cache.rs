@@ -147,6 +147,7 @@ pub fn cache_registry(host: &str, insecure: bool) -> anyhow::Result<Registry> {
         .with_context(|| format!("--registry {host}: expected HOST[:PORT]"))?;
     let access = crate::inspect::Access {
         creds: None,
+        authfile: None,
         insecure,
         tls_verify: true,
         cert_dir: None,

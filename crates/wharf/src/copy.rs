@@ -78,6 +78,10 @@ pub struct TransferOptions {
     /// included); past it the unpacking fails [default: no limit].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_unpack_size: Option<u64>,
+    /// Read registry credentials from this file (podman's `auth.json` or a Docker `config.json`) [default:
+    /// $REGISTRY_AUTH_FILE, else podman's, else Docker's].
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<std::path::PathBuf>,
     /// Credentials for the source registry.
     #[arg(long, value_name = "USER:PASSWORD", env = "WHARF_SRC_CREDS")]
     pub src_creds: Option<String>,
@@ -115,12 +119,23 @@ fn registry_name(reference: &str) -> String {
     }
 }
 
-/// `--src-creds`/`--dest-creds`, else what `docker login` (or `wharf login`) stored for that registry.
-fn credentials(flag: &Option<String>, which: &str, name: &ImageName) -> anyhow::Result<Option<Credentials>> {
+/// `--src-creds`/`--dest-creds`, else the `--authfile`'s entry, else what `docker login` (or `wharf login`, or
+/// podman) stored for that registry.
+fn credentials(
+    flag: &Option<String>,
+    which: &str,
+    name: &ImageName,
+    authfile: Option<&std::path::Path>,
+) -> anyhow::Result<Option<Credentials>> {
     if let Some(c) = flag.as_deref() {
         return Credentials::parse(c)
             .with_context(|| format!("--{which}-creds must be USER:PASSWORD"))
             .map(Some);
+    }
+    if let (Some(file), ImageName::Docker(r)) = (authfile, name) {
+        return wharf_remote::DockerConfig::at(file)
+            .lookup(&r.registry)
+            .with_context(|| format!("--authfile {}", file.display()));
     }
     match name {
         // A credential helper that cannot run (a config.json from another machine) must not stop an anonymous
@@ -161,13 +176,13 @@ fn run_transfer(src: &str, dst: &str, o: &TransferOptions) -> anyhow::Result<()>
     let insecure = o.insecure || !o.tls_verify;
     let src_transport = TransportOptions {
         insecure,
-        credentials: credentials(&o.src_creds, "src", &src_name)?,
+        credentials: credentials(&o.src_creds, "src", &src_name, o.authfile.as_deref())?,
         unpack_limit: None,
         cert_dir: o.cert_dir.clone(),
     };
     let dst_transport = TransportOptions {
         insecure,
-        credentials: credentials(&o.dest_creds, "dest", &dst_name)?,
+        credentials: credentials(&o.dest_creds, "dest", &dst_name, o.authfile.as_deref())?,
         unpack_limit: o.max_unpack_size,
         cert_dir: o.cert_dir.clone(),
     };

@@ -19,6 +19,10 @@ pub struct Access {
     /// Credentials [default: what `docker login` or `wharf login` stored].
     #[arg(long, value_name = "USER:PASSWORD", env = "WHARF_CREDS")]
     pub creds: Option<String>,
+    /// Read credentials from this file (podman's `auth.json` or a Docker `config.json`) [default:
+    /// $REGISTRY_AUTH_FILE, else podman's, else Docker's].
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<std::path::PathBuf>,
     /// Allow plain HTTP to a registry that is not on loopback (and HTTPS without verifying its certificate).
     #[arg(long)]
     pub insecure: bool,
@@ -91,9 +95,12 @@ pub struct DeleteArgs {
 
 /// The registry a reference names, with `--creds` or the stored credentials.
 pub fn registry_for(reference: &Reference, access: &Access) -> anyhow::Result<Registry> {
-    let credentials = match &access.creds {
-        Some(c) => Some(Credentials::parse(c).context("--creds must be USER:PASSWORD")?),
-        None => lookup_credentials(&reference.registry).unwrap_or_else(|e| {
+    let credentials = match (&access.creds, &access.authfile) {
+        (Some(c), _) => Some(Credentials::parse(c).context("--creds must be USER:PASSWORD")?),
+        (None, Some(file)) => wharf_remote::DockerConfig::at(file)
+            .lookup(&reference.registry)
+            .with_context(|| format!("--authfile {}", file.display()))?,
+        (None, None) => lookup_credentials(&reference.registry).unwrap_or_else(|e| {
             eprintln!("wharf: warning: no stored credentials for {}: {e}", reference.registry);
             None
         }),

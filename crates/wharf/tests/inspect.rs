@@ -80,3 +80,84 @@ async fn everyday_questions_and_a_delete() {
     let (ok, _, err) = wharf(&["inspect", &format!("{}/no/such:v1", reg.addr)]);
     assert!(!ok && err.contains("404") && err.trim().lines().count() == 1, "{err}");
 }
+
+/// Credentials from podman's `auth.json`: the file `--authfile` names, or `$REGISTRY_AUTH_FILE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_come_from_an_authfile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let users = tmp.path().join("users");
+    // alice:wonderland (bcrypt).
+    std::fs::write(
+        &users,
+        "alice:$2y$05$DPkd05OuxG7MQ/pWDC6RMONuiRyQKBSOi1uSMDzTZPxaCsOkYRR0O\n",
+    )
+    .unwrap();
+    let config = tmp.path().join("wharf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nmode = \"htpasswd\"\nhtpasswd = \"{}\"\n[[auth.rules]]\nsubjects = [\"alice\"]\n\
+             repositories = [\"**\"]\nactions = [\"*\"]\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    let reg = Wharf::start_with(&tmp.path().join("reg"), &["--config", config.to_str().unwrap()], None);
+    // An image pushed as alice.
+    let c = client();
+    let basic = "YWxpY2U6d29uZGVybGFuZA=="; // alice:wonderland
+    let config_blob = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let d = wharf_oci::Digest::sha256_of(&config_blob).to_string();
+    let r = c
+        .post(reg.url(&format!("/v2/team/app/blobs/uploads/?digest={d}")))
+        .header("Authorization", format!("Basic {basic}"))
+        .body(config_blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d, "size": config_blob.len()},
+        "layers": []}))
+    .unwrap();
+    let r = c
+        .put(reg.url("/v2/team/app/manifests/v1"))
+        .header("Authorization", format!("Basic {basic}"))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let auth_json = tmp.path().join("auth.json");
+    std::fs::write(
+        &auth_json,
+        format!("{{\"auths\": {{\"{}\": {{\"auth\": \"{basic}\"}}}}}}", reg.addr),
+    )
+    .unwrap();
+    let name = format!("{}/team/app:v1", reg.addr);
+    let digest = |extra: &[&str], env: &[(&str, &std::path::Path)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .arg("digest")
+            .args(extra)
+            .arg(&name)
+            .env("DOCKER_CONFIG", tmp.path().join("no-docker-config"))
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("XDG_RUNTIME_DIR")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = digest(&[], &[]);
+    assert!(
+        !ok && err.contains("username and password"),
+        "no credentials anywhere: {err}"
+    );
+    let (ok, err) = digest(&["--authfile", auth_json.to_str().unwrap()], &[]);
+    assert!(ok, "--authfile: {err}");
+    let (ok, err) = digest(&[], &[("REGISTRY_AUTH_FILE", &auth_json)]);
+    assert!(ok, "$REGISTRY_AUTH_FILE: {err}");
+}
