@@ -3,7 +3,7 @@
 //! Docker tools keep them (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, or the credential helper it
 //! names), so docker, skopeo and wharf all find them.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -18,9 +18,9 @@ pub struct LoginArgs {
     /// Registry: HOST[:PORT] (a URL is accepted too).
     #[arg(default_value = "docker.io")]
     pub registry: String,
-    /// Username.
+    /// Username [default: asked on a terminal].
     #[arg(long, short)]
-    pub username: String,
+    pub username: Option<String>,
     /// Password or token. Visible to other users in the process list: prefer --password-stdin.
     #[arg(long, short, conflicts_with = "password_stdin")]
     pub password: Option<String>,
@@ -47,11 +47,19 @@ pub struct LogoutArgs {
 
 pub fn run_login(args: LoginArgs) -> anyhow::Result<()> {
     let registry = normalize_registry(&args.registry)?;
-    if args.username.is_empty() || args.username.contains(':') {
-        bail!(
-            "invalid username {:?}: it must be non-empty and have no ':'",
-            args.username
-        );
+    let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let username = match (&args.username, terminal && !args.password_stdin) {
+        (Some(u), _) => u.clone(),
+        (None, true) => {
+            eprint!("Username: ");
+            let mut u = String::new();
+            std::io::stdin().read_line(&mut u).context("cannot read the username")?;
+            u.trim().to_owned()
+        }
+        (None, false) => bail!("a username is needed: -u USERNAME"),
+    };
+    if username.is_empty() || username.contains(':') {
+        bail!("invalid username {username:?}: it must be non-empty and have no ':'");
     }
     let password = match args.password {
         Some(p) => {
@@ -67,15 +75,14 @@ pub fn run_login(args: LoginArgs) -> anyhow::Result<()> {
             let s = s.strip_suffix('\n').unwrap_or(&s);
             s.strip_suffix('\r').unwrap_or(s).to_owned()
         }
-        None => bail!("a password is needed: --password-stdin (or -p PASSWORD)"),
+        // As docker: asked on a terminal, without echo.
+        None if terminal => rpassword::prompt_password("Password: ").context("cannot read the password")?,
+        None => bail!("a password is needed: --password-stdin (or -p PASSWORD), or run on a terminal"),
     };
     if password.is_empty() {
         bail!("the password is empty");
     }
-    let credentials = Credentials {
-        username: args.username,
-        password,
-    };
+    let credentials = Credentials { username, password };
     // Only the registry matters to `GET /v2/`; the repository is never used.
     let reference = Reference {
         registry: registry.clone(),

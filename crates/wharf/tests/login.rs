@@ -261,3 +261,65 @@ fn creds_store_helper_gets_store_and_erase() {
     assert!(!out.ok, "{}", out.stdout);
     assert!(out.stderr.contains("docker-credential-test") && out.stderr.trim_end().lines().count() == 1);
 }
+
+/// On a terminal, `wharf login HOST` asks for the username and the password (without echo), as docker does. Run under
+/// `script`, which gives it a pseudo-terminal fed from our pipe.
+#[test]
+fn login_asks_on_a_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: util-linux `script` is not installed");
+        return;
+    }
+    let addr = start_registry(false);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let command = format!("{} login {addr}", env!("CARGO_BIN_EXE_wharf"));
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("DOCKER_CONFIG", dir.path())
+        .env("HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // Everything the terminal shows, as it comes.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let wait_for = |prompt: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !String::from_utf8_lossy(&seen.lock().unwrap()).contains(prompt) {
+            assert!(std::time::Instant::now() < deadline, "no {prompt:?} prompt");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    // Each answer typed once its prompt is shown (typed earlier, the terminal would echo it before wharf turned
+    // echo off).
+    wait_for("Username:");
+    stdin.write_all(b"user\n").unwrap();
+    wait_for("Password:");
+    // rpassword turns echo off just after printing its prompt: a little time lets it. Were it too short, the test
+    // would fail (the password echoed), never pass wrongly.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    stdin.write_all(b"secret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("secret"), "the password was echoed: {text}");
+    assert!(text.contains("Login Succeeded"), "{text}");
+    assert_eq!(read_json(&config)["auths"][&addr]["auth"], USER_SECRET);
+}
