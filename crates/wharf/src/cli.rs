@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Check the configuration (file, flags, [auth] files and keys, TLS certificate, storage options) and exit
+    /// without serving: 0 and a summary when it is sound, 1 and the cause when not.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// Options shared by `lint` and `fix`.

@@ -73,12 +73,42 @@ pub(crate) fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()>
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = effective_config(&args)?;
+    if args.check_config {
+        return check_config(&config);
+    }
     init_logging(&config.log.level, config.log.format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(config))
+}
+
+/// `wharf serve --check-config`: everything `serve` reads before it listens, read without opening the storage or
+/// binding the port.
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    config.stack().context("[storage]")?;
+    let tls = !config.server.tls_cert.as_os_str().is_empty();
+    let auth = crate::auth::build(&config.auth, tls).context("[auth]")?;
+    if tls {
+        crate::tls::server_config(&config.server.tls_cert, &config.server.tls_key).context("[server] TLS")?;
+    }
+    for u in &config.mirror.upstreams {
+        let _ = u.client_config();
+    }
+    println!(
+        "wharf serve: configuration OK: listen {}{}, storage {} ({}), auth {}, {} upstream(s)",
+        config.server.listen,
+        if tls { " (TLS)" } else { "" },
+        config.storage.backend,
+        config.storage.root.display(),
+        if auth.is_some() { "on" } else { "off" },
+        config.mirror.upstreams.len()
+    );
+    if !config.server.listen.ip().is_loopback() && auth.is_none() {
+        eprintln!("warning: listening beyond loopback with no authentication");
+    }
+    Ok(())
 }
 
 /// What requests go to, the namespaces it mirrors, and the local store stack again (for garbage collection).

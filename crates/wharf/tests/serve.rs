@@ -356,3 +356,43 @@ fn an_open_registry_beyond_loopback_is_warned_about() {
         "{local}"
     );
 }
+
+/// `wharf serve --check-config` reads everything `serve` reads before it listens and exits: 0 with a summary, or 1
+/// with the cause (here an htpasswd file that does not exist), binding nothing.
+#[test]
+fn check_config_says_what_is_wrong_without_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good.toml");
+    let root = tmp.path().join("data");
+    std::fs::write(
+        &good,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[storage]\nroot = \"{}\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["serve", "--check-config", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("configuration OK: listen 127.0.0.1:1") && stdout.contains("auth off"),
+        "{stdout}"
+    );
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[auth]\nmode = \"htpasswd\"\nhtpasswd = \"/nonexistent/users\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["serve", "--check-config", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("[auth]") && stderr.contains("/nonexistent/users"),
+        "{stderr}"
+    );
+    assert!(!root.exists(), "the storage was not opened");
+}
