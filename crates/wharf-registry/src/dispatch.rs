@@ -17,10 +17,15 @@ pub async fn dispatch(State(app): State<App>, req: Request) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let mut resp = match route(app, req).await {
+    let (user, result) = route(app, req).await;
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    if let Some(u) = user {
+        // For the access log (`observe::record`).
+        resp.extensions_mut().insert(u);
+    }
     if method == Method::HEAD {
         // HEAD carries the headers of the GET, never a body (errors included).
         *resp.body_mut() = axum::body::Body::empty();
@@ -90,18 +95,33 @@ fn pkgmirror_name<'a>(route: &Route<'a>) -> Option<&'a str> {
     pkgmirror::split(name).map(|_| name)
 }
 
-async fn route(app: App, mut req: Request) -> ApiResult {
+/// The request's authenticated user (for the access log) and its answer.
+async fn route(app: App, mut req: Request) -> (Option<crate::observe::AccessUser>, ApiResult) {
     let original = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let method = req.method().clone();
-    let rewritten = effective_path(&app, &original, query.as_deref(), &method).await?;
+    let rewritten = match effective_path(&app, &original, query.as_deref(), &method).await {
+        Ok(r) => r,
+        Err(e) => return (None, Err(e)),
+    };
     // Access is decided on the repository the request reaches (after the namespace rewrite); a token must also name
     // the repository the client asked for (see `auth`).
-    if let Some(auth) = app.auth.clone() {
-        auth.check(&mut req, rewritten.as_ref().map(|(_, name)| name.as_str()))
-            .await?;
+    if let Some(auth) = app.auth.clone()
+        && let Err(e) = auth
+            .check(&mut req, rewritten.as_ref().map(|(_, name)| name.as_str()))
+            .await
+    {
+        return (None, Err(e));
     }
-    let path = rewritten.map(|(path, _)| path).unwrap_or(original);
+    let user = req.extensions().get::<crate::observe::AccessUser>().cloned();
+    (
+        user,
+        handle(app, req, rewritten.map(|(path, _)| path).unwrap_or(original)).await,
+    )
+}
+
+/// The handler for (resource, method).
+async fn handle(app: App, req: Request, path: String) -> ApiResult {
     let route = route::parse(&path)?;
     let m = req.method().clone();
     if let Some(name) = pkgmirror_name(&route) {

@@ -18,6 +18,11 @@ use axum::response::{IntoResponse, Response};
 use wharf_oci::Digest;
 use wharf_oci::route::{self, Route};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::StreamExt;
+
 use crate::App;
 
 pub async fn healthz() -> Response {
@@ -91,26 +96,52 @@ fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Records the request metrics (see the module documentation).
+/// The authenticated user of a request, for the access log (set by `auth` and carried on the response).
+#[derive(Debug, Clone)]
+pub struct AccessUser(pub String);
+
+/// Records the request metrics (see the module documentation) and writes the access log line (target
+/// `wharf::access`, info): method, path, status, bytes in and out, duration, user, client address.
 pub async fn record(request: Request, next: Next) -> Response {
     let route = route_label(request.uri().path());
     let method = method_label(request.method());
-    let request_bytes = content_length(request.headers());
+    let path = request.uri().path().to_owned();
+    let client = crate::listen::remote_addr(request.extensions());
     // A HEAD response carries the Content-Length of the GET it stands for, but no body.
     let head = request.method() == axum::http::Method::HEAD;
+    // The request body's bytes as the handler reads them (a chunked upload has no Content-Length).
+    let read = Arc::new(AtomicU64::new(0));
+    let request = {
+        let read = read.clone();
+        let (parts, body) = request.into_parts();
+        let counted = body.into_data_stream().map(move |chunk| {
+            if let Ok(c) = &chunk {
+                read.fetch_add(c.len() as u64, Ordering::Relaxed);
+            }
+            chunk
+        });
+        Request::from_parts(parts, axum::body::Body::from_stream(counted))
+    };
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("wharf_http_requests_total", "route" => route, "method" => method, "status" => status)
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    metrics::counter!("wharf_http_requests_total", "route" => route, "method" => method, "status" => status.to_string())
         .increment(1);
     metrics::histogram!("wharf_http_request_duration_seconds", "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
-    if let Some(n) = request_bytes {
-        metrics::counter!("wharf_http_request_bytes_total", "route" => route).increment(n);
+        .record(elapsed.as_secs_f64());
+    let bytes_in = read.load(Ordering::Relaxed);
+    if bytes_in > 0 {
+        metrics::counter!("wharf_http_request_bytes_total", "route" => route).increment(bytes_in);
     }
-    if let Some(n) = content_length(response.headers()).filter(|_| !head) {
-        metrics::counter!("wharf_http_response_bytes_total", "route" => route).increment(n);
+    let bytes_out = content_length(response.headers()).filter(|_| !head).unwrap_or(0);
+    if bytes_out > 0 {
+        metrics::counter!("wharf_http_response_bytes_total", "route" => route).increment(bytes_out);
     }
+    let user = response.extensions().get::<AccessUser>().map_or("-", |u| u.0.as_str());
+    let client = client.map_or_else(|| "-".to_string(), |c| c.to_string());
+    tracing::info!(target: "wharf::access", method, path, status, bytes_in, bytes_out,
+        ms = elapsed.as_millis() as u64, user, client, "request");
     response
 }
 

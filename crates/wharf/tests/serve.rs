@@ -396,3 +396,51 @@ fn check_config_says_what_is_wrong_without_serving() {
     );
     assert!(!root.exists(), "the storage was not opened");
 }
+
+/// Every request gets an access log line (target `wharf::access`, info: method, path, status, bytes in and out,
+/// duration, user, client address), and a chunked upload (docker's, with no Content-Length) counts in
+/// `wharf_http_request_bytes_total` (it counted 0 before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_and_chunked_request_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    let reg = Wharf::start_with(&tmp.path().join("reg"), &["--log", "info"], Some(&log));
+    let data = common::bytes(5, 100_000);
+    let digest = wharf_oci::Digest::sha256_of(&data);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = data.chunks(10_000).map(|c| Ok(c.to_vec())).collect();
+    let r = common::client()
+        .post(reg.url(&format!("/v2/team/app/blobs/uploads/?digest={digest}")))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let text = common::client()
+        .get(reg.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"wharf_http_request_bytes_total{route="uploads"} 100000"#),
+        "{text}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = reg.log_text();
+        if let Some(line) = lines
+            .lines()
+            .find(|l| l.contains("wharf::access") && l.contains(r#"method="POST""#))
+        {
+            assert!(
+                line.contains("status=201") && line.contains("bytes_in=100000") && line.contains("client=\"127.0.0.1:"),
+                "{line}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no access line: {lines}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

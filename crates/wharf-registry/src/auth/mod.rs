@@ -301,6 +301,10 @@ impl Auth {
                 if let (Route::UploadStart { .. }, true) = (&route, req.method() == Method::POST) {
                     self.restrict_mount(&caller, req);
                 }
+                if !caller.who.name().is_empty() {
+                    req.extensions_mut()
+                        .insert(crate::observe::AccessUser(caller.who.name().to_owned()));
+                }
             }
         }
         Ok(())
