@@ -29,9 +29,14 @@ pub fn install_crypto_provider() {
 /// A client builder with the crypto provider in place, the process's shared TLS configuration and wharf's user
 /// agent; callers add their timeouts.
 pub fn client_builder() -> reqwest::ClientBuilder {
+    builder_with(&TLS)
+}
+
+/// wharf's user agent and `tls` (reqwest's own TLS when `None`).
+fn builder_with(tls: &Option<rustls::ClientConfig>) -> reqwest::ClientBuilder {
     install_crypto_provider();
     let builder = reqwest::Client::builder().user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")));
-    match &*TLS {
+    match tls {
         Some(tls) => builder.tls_backend_preconfigured(tls.clone()),
         None => builder,
     }
@@ -106,79 +111,24 @@ pub fn client_builder_with(dir: &CertDir) -> Result<reqwest::ClientBuilder, Stri
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(reqwest::Client::builder()
-        .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
-        .tls_backend_preconfigured(tls))
+    Ok(builder_with(&Some(tls)))
 }
 
 /// A client builder like [`client_builder`] whose TLS accepts any server certificate: only for registries the user
 /// declared insecure (or on loopback), reached over HTTPS where plain HTTP was allowed, as Docker does.
 pub fn client_builder_trusting_any_certificate() -> reqwest::ClientBuilder {
-    install_crypto_provider();
-    let builder = reqwest::Client::builder().user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")));
-    match &*TLS_ANY {
-        Some(tls) => builder.tls_backend_preconfigured(tls.clone()),
-        None => builder,
-    }
+    builder_with(&TLS_ANY)
 }
 
-static TLS_ANY: LazyLock<Option<rustls::ClientConfig>> = LazyLock::new(|| {
-    let provider = CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Some(tls)
-});
-
-/// Accepts any server certificate (the handshake's signatures are still checked).
-#[derive(Debug)]
-struct AnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
+static TLS_ANY: LazyLock<Option<rustls::ClientConfig>> = LazyLock::new(|| shared_config(Trust::Any));
 
 /// The TLS configuration every client shares (`None`: no crypto provider could be had; reqwest then builds its own).
-static TLS: LazyLock<Option<rustls::ClientConfig>> = LazyLock::new(|| {
+static TLS: LazyLock<Option<rustls::ClientConfig>> =
+    LazyLock::new(|| shared_config(Trust::SystemRoots(OnceLock::new())));
+
+/// A client configuration verifying servers as `trust` says, offering HTTP/2 and HTTP/1.1 by ALPN (as reqwest does
+/// on its own).
+fn shared_config(trust: Trust) -> Option<rustls::ClientConfig> {
     let provider = CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
@@ -186,33 +136,28 @@ static TLS: LazyLock<Option<rustls::ClientConfig>> = LazyLock::new(|| {
         .with_safe_default_protocol_versions()
         .ok()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SystemRoots {
-            provider,
-            verifier: OnceLock::new(),
-        }))
+        .with_custom_certificate_verifier(Arc::new(Verifier { provider, trust }))
         .with_no_client_auth();
-    // What reqwest offers on its own: HTTP/2 when the server speaks it, else HTTP/1.1.
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Some(tls)
-});
+}
 
-/// Verifies server certificates against the system's roots, read when the first certificate is to be verified.
+/// Which server certificates a [`Verifier`] accepts.
 #[derive(Debug)]
-struct SystemRoots {
+enum Trust {
+    /// Those the system's roots vouch for, the roots read when the first certificate is to be verified.
+    SystemRoots(OnceLock<Result<rustls_platform_verifier::Verifier, rustls::Error>>),
+    /// Any (a registry declared insecure, or on loopback; the handshake's signatures are still checked).
+    Any,
+}
+
+#[derive(Debug)]
+struct Verifier {
     provider: Arc<CryptoProvider>,
-    verifier: OnceLock<Result<rustls_platform_verifier::Verifier, rustls::Error>>,
+    trust: Trust,
 }
 
-impl SystemRoots {
-    fn verifier(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
-        self.verifier
-            .get_or_init(|| rustls_platform_verifier::Verifier::new(self.provider.clone()))
-            .as_ref()
-            .map_err(Clone::clone)
-    }
-}
-
-impl ServerCertVerifier for SystemRoots {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -221,8 +166,14 @@ impl ServerCertVerifier for SystemRoots {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.verifier()?
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        match &self.trust {
+            Trust::Any => Ok(ServerCertVerified::assertion()),
+            Trust::SystemRoots(verifier) => verifier
+                .get_or_init(|| rustls_platform_verifier::Verifier::new(self.provider.clone()))
+                .as_ref()
+                .map_err(Clone::clone)?
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+        }
     }
 
     fn verify_tls12_signature(

@@ -148,9 +148,11 @@ pub fn cache_registry(host: &str, insecure: bool) -> anyhow::Result<Registry> {
     let access = crate::inspect::Access {
         creds: None,
         authfile: None,
-        insecure,
-        tls_verify: true,
-        cert_dir: None,
+        tls: crate::cli::TlsArgs {
+            insecure,
+            tls_verify: true,
+            cert_dir: None,
+        },
     };
     crate::inspect::registry_for(&probe, &access)
 }

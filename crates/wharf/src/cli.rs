@@ -158,3 +158,26 @@ pub struct FixArgs {
     #[command(flatten)]
     pub options: DockerfileOptions,
 }
+
+/// How a client command reaches registries over TLS (`copy`, `push`, `pull`, `login`, `inspect`, ...).
+#[derive(Debug, Args, Clone)]
+pub struct TlsArgs {
+    /// Allow plain HTTP to registries that are not on localhost/127.0.0.0/8/::1 (and HTTPS without verifying their
+    /// certificate, as Docker treats its insecure registries).
+    #[arg(long)]
+    pub insecure: bool,
+    /// `--tls-verify=false` is `--insecure` (skopeo's spelling).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub tls_verify: bool,
+    /// Certificates for the registry in Docker's `certs.d` layout: CA `*.crt`, client `*.cert` with its `*.key`
+    /// [default: /etc/docker/certs.d/<host> or /etc/containers/certs.d/<host>, when present].
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Plain HTTP (and unverified HTTPS) allowed.
+    pub fn insecure(&self) -> bool {
+        self.insecure || !self.tls_verify
+    }
+}

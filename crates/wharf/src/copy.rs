@@ -63,17 +63,8 @@ pub struct TransferOptions {
     /// [default: ~/.cache/wharf/content].
     #[arg(long, value_name = "DIR", env = "WHARF_STORE")]
     pub store: Option<std::path::PathBuf>,
-    /// Allow plain HTTP to registries that are not on localhost/127.0.0.0/8/::1 (and HTTPS without verifying their
-    /// certificate, as Docker treats its insecure registries).
-    #[arg(long)]
-    pub insecure: bool,
-    /// `--tls-verify=false` is `--insecure` (skopeo's spelling).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub tls_verify: bool,
-    /// Certificates for the registries in Docker's `certs.d` layout: CA `*.crt`, client `*.cert` with its `*.key`
-    /// [default: /etc/docker/certs.d/<host> or /etc/containers/certs.d/<host>, when present].
-    #[arg(long, value_name = "DIR")]
-    pub cert_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: crate::cli::TlsArgs,
     /// `rootfs:` destinations: most bytes of file contents the image may write, e.g. 20G (files' sizes, holes
     /// included); past it the unpacking fails [default: no limit].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -173,18 +164,18 @@ fn run_transfer(src: &str, dst: &str, o: &TransferOptions) -> anyhow::Result<()>
         hints: Some(MountHints::new(&store)),
         blobs_only: false,
     };
-    let insecure = o.insecure || !o.tls_verify;
+    let insecure = o.tls.insecure();
     let src_transport = TransportOptions {
         insecure,
         credentials: credentials(&o.src_creds, "src", &src_name, o.authfile.as_deref())?,
         unpack_limit: None,
-        cert_dir: o.cert_dir.clone(),
+        cert_dir: o.tls.cert_dir.clone(),
     };
     let dst_transport = TransportOptions {
         insecure,
         credentials: credentials(&o.dest_creds, "dest", &dst_name, o.authfile.as_deref())?,
         unpack_limit: o.max_unpack_size,
-        cert_dir: o.cert_dir.clone(),
+        cert_dir: o.tls.cert_dir.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -23,15 +23,8 @@ pub struct Access {
     /// $REGISTRY_AUTH_FILE, else podman's, else Docker's].
     #[arg(long, value_name = "FILE")]
     pub authfile: Option<std::path::PathBuf>,
-    /// Allow plain HTTP to a registry that is not on loopback (and HTTPS without verifying its certificate).
-    #[arg(long)]
-    pub insecure: bool,
-    /// `--tls-verify=false` is `--insecure`.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub tls_verify: bool,
-    /// The registry's certificates in Docker's `certs.d` layout [default: /etc/docker/certs.d/<host> if present].
-    #[arg(long, value_name = "DIR")]
-    pub cert_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: crate::cli::TlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -107,14 +100,10 @@ pub fn registry_for(reference: &Reference, access: &Access) -> anyhow::Result<Re
     };
     let options = ClientOptions {
         credentials,
-        cert_dir: access.cert_dir.clone(),
+        cert_dir: access.tls.cert_dir.clone(),
         ..Default::default()
     };
-    Ok(Registry::for_reference(
-        reference,
-        access.insecure || !access.tls_verify,
-        &options,
-    )?)
+    Ok(Registry::for_reference(reference, access.tls.insecure(), &options)?)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -27,15 +27,8 @@ pub struct LoginArgs {
     /// Read the password or token from standard input.
     #[arg(long)]
     pub password_stdin: bool,
-    /// Allow plain HTTP to a registry that is not on localhost/127.0.0.0/8/::1.
-    #[arg(long)]
-    pub insecure: bool,
-    /// `--tls-verify=false` is `--insecure`.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub tls_verify: bool,
-    /// The registry's certificates in Docker's `certs.d` layout [default: /etc/docker/certs.d/<host> if present].
-    #[arg(long, value_name = "DIR")]
-    pub cert_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: crate::cli::TlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -91,9 +84,9 @@ pub fn run_login(args: LoginArgs) -> anyhow::Result<()> {
         digest: None,
     };
     let options = RegistryOptions {
-        insecure: args.insecure || !args.tls_verify,
+        insecure: args.tls.insecure(),
         credentials: Some(credentials.clone()),
-        cert_dir: args.cert_dir.clone(),
+        cert_dir: args.tls.cert_dir.clone(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
