@@ -39,7 +39,14 @@ pub async fn not_found() -> Response {
     ApiError::from(route::RouteError::NotFound).into_response()
 }
 
-pub async fn metrics(State(app): State<App>) -> Response {
+/// `/metrics`: with auth on, for a caller who authenticates (unless `public_metrics`).
+pub async fn metrics(State(app): State<App>, req: Request) -> Response {
+    if let Some(auth) = &app.auth
+        && !app.config.public_metrics
+        && let Err(e) = auth.reader(req.headers(), req.uri()).await
+    {
+        return e.into_response();
+    }
     match &app.metrics {
         Some(render) => (
             [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -56,6 +56,8 @@ pub struct RegistryConfig {
     pub namespaces: Namespaces,
     /// Open upload sessions allowed per repository.
     pub upload_sessions: SessionLimits,
+    /// `/metrics` without credentials even when auth is on.
+    pub public_metrics: bool,
 }
 
 impl Default for RegistryConfig {
@@ -64,6 +66,7 @@ impl Default for RegistryConfig {
             max_manifest_bytes: 4 << 20,
             namespaces: Namespaces::default(),
             upload_sessions: SessionLimits::default(),
+            public_metrics: false,
         }
     }
 }

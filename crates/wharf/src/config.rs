@@ -188,6 +188,8 @@ pub struct Server {
     pub tls_cert: PathBuf,
     /// PEM private key for `tls_cert`.
     pub tls_key: PathBuf,
+    /// With [auth] on, `/metrics` asks for credentials as `/v2/` does; `true` serves it to anyone.
+    pub public_metrics: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -330,6 +332,7 @@ impl Default for Server {
             max_upload_sessions_per_repository: 1000,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
+            public_metrics: false,
         }
     }
 }

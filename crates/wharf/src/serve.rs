@@ -178,6 +178,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         store,
         RegistryConfig {
             max_manifest_bytes: config.limits.max_manifest_bytes,
+            public_metrics: config.server.public_metrics,
             namespaces,
             upload_sessions: wharf_registry::SessionLimits {
                 per_repository: config.server.max_upload_sessions_per_repository,

@@ -487,6 +487,19 @@ async fn htpasswd_mode_with_the_client() {
     };
     assert_eq!(get("/v2/public/lib/manifests/v1").await.unwrap().status(), 200);
     assert_eq!(get("/v2/team/app/manifests/v1").await.unwrap().status(), 401);
+
+    // /metrics (repository names in its labels, traffic, users' activity) asks for credentials like /v2/.
+    let r = common::client().get(reg.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let r = common::client()
+        .get(reg.url("/metrics"))
+        .basic_auth("bob", Some("builder"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("wharf_http_requests_total"));
 }
 
 /// `wharf preheat` reads the image through the registry client: from a token-auth registry it needs credentials
