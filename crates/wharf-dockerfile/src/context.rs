@@ -55,27 +55,38 @@ impl ContextInfo {
     }
 }
 
-/// Scans `dir`. `dockerfile` is used to find a `<name>.dockerignore` next to it.
-pub fn scan(dir: &Path, dockerfile: Option<&Path>) -> Result<ContextInfo, ContextError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ContextError::Io { path, source }
-    };
-    let mut info = ContextInfo {
-        dir: dir.to_path_buf(),
-        ..Default::default()
-    };
+/// The ignore file in use for `dir` (`<Dockerfile>.dockerignore` next to `dockerfile`, else `dir/.dockerignore`)
+/// and its text; `(None, "")` when there is none.
+pub fn ignore_file(dir: &Path, dockerfile: Option<&Path>) -> Result<(Option<PathBuf>, String), ContextError> {
     let specific = dockerfile.and_then(|d| {
         let name = d.file_name()?.to_str()?;
         Some(d.with_file_name(format!("{name}.dockerignore")))
     });
     for candidate in specific.into_iter().chain([dir.join(".dockerignore")]) {
         if candidate.is_file() {
-            info.ignore_text = std::fs::read_to_string(&candidate).map_err(io(&candidate))?;
-            info.ignore_file = Some(candidate);
-            break;
+            let text = std::fs::read_to_string(&candidate).map_err(|source| ContextError::Io {
+                path: candidate.clone(),
+                source,
+            })?;
+            return Ok((Some(candidate), text));
         }
     }
+    Ok((None, String::new()))
+}
+
+/// Scans `dir`. `dockerfile` is used to find a `<name>.dockerignore` next to it.
+pub fn scan(dir: &Path, dockerfile: Option<&Path>) -> Result<ContextInfo, ContextError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ContextError::Io { path, source }
+    };
+    let (ignore_file, ignore_text) = ignore_file(dir, dockerfile)?;
+    let mut info = ContextInfo {
+        dir: dir.to_path_buf(),
+        ignore_file,
+        ignore_text,
+        ..Default::default()
+    };
     info.patterns = parse_ignore(&info.ignore_text);
     let has_negation = info.patterns.iter().any(|p| p.negate);
     let mut stack = vec![(dir.to_path_buf(), String::new())];

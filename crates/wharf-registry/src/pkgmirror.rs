@@ -288,12 +288,18 @@ impl Derivation<'_> {
             return Err(internal("the image's config does not match its digest"));
         }
         let files = source_lists(app, source, &view.layers).await?;
-        let rewritten: Vec<(String, Vec<u8>, SourceFile)> = files
+        // The lists with their hosts replaced (owner and mode as in the source); the others are left out.
+        let rewritten: Vec<(String, SourceFile)> = files
             .into_iter()
             .filter_map(|(path, f)| {
-                let text = String::from_utf8(f.content.clone()).ok()?;
-                let new = package_sources::rewrite(&text, mirrors)?;
-                Some((path, new.into_bytes(), f))
+                let new = package_sources::rewrite(std::str::from_utf8(&f.content).ok()?, mirrors)?;
+                Some((
+                    path,
+                    SourceFile {
+                        content: new.into_bytes(),
+                        ..f
+                    },
+                ))
             })
             .collect();
 
@@ -312,7 +318,7 @@ impl Derivation<'_> {
             })
             .collect();
         let mut v: Value = serde_json::from_slice(&config).map_err(internal)?;
-        let paths: Vec<&str> = rewritten.iter().map(|(p, _, _)| p.as_str()).collect();
+        let paths: Vec<&str> = rewritten.iter().map(|(p, _)| p.as_str()).collect();
         if !rewritten.is_empty() {
             let (tar, gz) = layer(&rewritten).map_err(internal)?;
             let diff_id = Digest::sha256_of(&tar);
@@ -574,11 +580,12 @@ impl Read for Counted {
 
 /// The generated layer: the rewritten files (sorted, owner and mode as in the source, mtime 0) as a tar, and its
 /// gzip (no name, mtime 0, level 6): the same bytes for the same input.
-fn layer(files: &[(String, Vec<u8>, SourceFile)]) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+fn layer(files: &[(String, SourceFile)]) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
     let mut builder = tar::Builder::new(Vec::new());
-    let mut sorted: Vec<&(String, Vec<u8>, SourceFile)> = files.iter().collect();
+    let mut sorted: Vec<&(String, SourceFile)> = files.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    for (path, content, f) in sorted {
+    for (path, f) in sorted {
+        let content = &f.content;
         let mut h = tar::Header::new_ustar();
         h.set_size(content.len() as u64);
         h.set_mode(f.mode);
@@ -618,15 +625,15 @@ mod tests {
 
     #[test]
     fn the_layer_is_the_same_bytes_for_the_same_files() {
-        let f = SourceFile {
-            content: Vec::new(),
+        let f = |content: &[u8]| SourceFile {
+            content: content.to_vec(),
             mode: 0o644,
             uid: 0,
             gid: 0,
         };
         let files = vec![
-            ("etc/apt/sources.list".to_string(), b"b".to_vec(), f.clone()),
-            ("etc/apk/repositories".to_string(), b"a".to_vec(), f),
+            ("etc/apt/sources.list".to_string(), f(b"b")),
+            ("etc/apk/repositories".to_string(), f(b"a")),
         ];
         let (tar1, gz1) = layer(&files).unwrap();
         let (tar2, gz2) = layer(&files).unwrap();

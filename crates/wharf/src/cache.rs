@@ -16,7 +16,8 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use wharf_client::Platform;
 use wharf_dockerfile::cache_keys::{self, BaseConfig, FinalBase, Key};
-use wharf_dockerfile::source_hash::ContextHashes;
+use wharf_dockerfile::context::human_size;
+use wharf_dockerfile::source_hash::{ContextHashes, DockerfileEntry};
 use wharf_oci::Digest;
 use wharf_oci::manifest::ManifestView;
 use wharf_remote::client::Op;
@@ -191,11 +192,22 @@ pub async fn plan(inputs: &BuildInputs, registry: &Registry) -> anyhow::Result<P
     check_context(&inputs.context)?;
     let (path, rel) = dockerfile_path(inputs);
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let ignore = wharf_dockerfile::context::scan(&inputs.context, Some(&path))
-        .with_context(|| format!("cannot read the build context {}", inputs.context.display()))?;
-    let context = ContextHashes::scan(&inputs.context, rel.as_deref(), &ignore.ignore_text)
-        .with_context(|| format!("cannot read the build context {}", inputs.context.display()))?;
+    let context = read_context(
+        inputs,
+        &path,
+        DockerfileEntry {
+            path: rel.as_deref(),
+            text: None,
+        },
+    )?;
     plan_for(&text, &path, &build_args(&inputs.build_args), &context, registry).await
+}
+
+/// The build context as the engine will see it, with its `.dockerignore` (one walk of the context).
+pub fn read_context(inputs: &BuildInputs, dockerfile: &Path, entry: DockerfileEntry) -> anyhow::Result<ContextHashes> {
+    let cannot = || format!("cannot read the build context {}", inputs.context.display());
+    let (_, ignore) = wharf_dockerfile::context::ignore_file(&inputs.context, Some(dockerfile)).with_context(cannot)?;
+    ContextHashes::scan_with(&inputs.context, entry, &ignore).with_context(cannot)
 }
 
 /// The plan of the Dockerfile `text` (read from `path`, for messages) over `context`.
@@ -436,7 +448,7 @@ fn print_plan(plan: &Plan) {
             c.digest,
             plan.steps_cached,
             plan.steps.len(),
-            human(plan.bytes_to_pull),
+            human_size(plan.bytes_to_pull),
             c.layers.len()
         ),
         None => println!("cache    no image on the registry matches a step"),
@@ -452,10 +464,6 @@ fn print_plan(plan: &Plan) {
             println!("           {why}");
         }
     }
-}
-
-fn human(bytes: u64) -> String {
-    wharf_dockerfile::context::human_size(bytes)
 }
 
 /// The context directory must exist before anything else runs.

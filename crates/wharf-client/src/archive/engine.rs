@@ -163,6 +163,19 @@ impl Engine {
             .boxed())
     }
 
+    /// `POST PATH` with a tar streamed as the body; the answer once its status is a success.
+    async fn post_tar(&self, what: &str, path: &str, tar: BlobStream) -> Result<reqwest::Response, Error> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            .body(reqwest::Body::wrap_stream(tar))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(what, e))?;
+        self.check(what, resp).await
+    }
+
     /// `POST /build?QUERY` with the context tar: the engine's answer as a stream of messages.
     pub async fn build(
         &self,
@@ -170,15 +183,7 @@ impl Engine {
         context: BlobStream,
     ) -> Result<futures_util::stream::BoxStream<'static, Result<BuildMessage, Error>>, Error> {
         let what = "building the image";
-        let resp = self
-            .http
-            .post(format!("{}/build?{query}", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
-            .body(reqwest::Body::wrap_stream(context))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(what, e))?;
-        let resp = self.check(what, resp).await?;
+        let resp = self.post_tar(what, &format!("/build?{query}"), context).await?;
         let host = self.host.clone();
         let fail = move |reason: String| Error::Engine {
             host: host.clone(),
@@ -231,15 +236,7 @@ impl Engine {
     /// a stream of JSON messages; an `error` in any of them fails the load).
     pub async fn load(&self, tar: BlobStream) -> Result<Vec<String>, Error> {
         let what = "loading the image";
-        let resp = self
-            .http
-            .post(format!("{}/images/load?quiet=1", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
-            .body(reqwest::Body::wrap_stream(tar))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(what, e))?;
-        let resp = self.check(what, resp).await?;
+        let resp = self.post_tar(what, "/images/load?quiet=1", tar).await?;
         let body = resp.bytes().await.map_err(|e| self.unreachable(what, e))?;
         let mut loaded = Vec::new();
         for msg in serde_json::Deserializer::from_slice(&body).into_iter::<serde_json::Value>() {

@@ -28,10 +28,13 @@ use wharf_client::archive::engine::Engine;
 use wharf_client::compress::Compression;
 use wharf_client::store::{ContentStore, MountHints};
 use wharf_client::{CopyOptions, ImageName, Reference, TransportOptions, transfer};
+use wharf_dockerfile::context::human_size;
 use wharf_dockerfile::source_hash::{ContextHashes, DockerfileEntry};
 use wharf_remote::Registry;
 
-use crate::cache::{BuildInputs, Plan, build_args, cache_registry, check_context, dockerfile_path, plan_for};
+use crate::cache::{
+    BuildInputs, Plan, build_args, cache_registry, check_context, dockerfile_path, plan_for, read_context,
+};
 
 /// Where a Dockerfile outside the context goes in the context tar.
 const OUTSIDE_DOCKERFILE: &str = ".wharf.Dockerfile";
@@ -126,9 +129,9 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             short_id(&summary.image_id),
             summary.steps_cached,
             summary.steps,
-            human(summary.bytes_pulled_for_cache),
+            human_size(summary.bytes_pulled_for_cache),
             match &summary.digest {
-                Some(d) => format!(", pushed {d} ({} sent)", human(summary.bytes_pushed)),
+                Some(d) => format!(", pushed {d} ({} sent)", human_size(summary.bytes_pushed)),
                 None => String::new(),
             },
             summary.seconds
@@ -211,17 +214,14 @@ async fn build(args: &BuildArgs) -> anyhow::Result<Summary> {
         Some(r) => (true, r.clone()),
         None => (false, OUTSIDE_DOCKERFILE.to_string()),
     };
-    let ignore = wharf_dockerfile::context::scan(&inputs.context, Some(&path))
-        .with_context(|| format!("cannot read the build context {}", inputs.context.display()))?;
-    let context = ContextHashes::scan_with(
-        &inputs.context,
+    let context = read_context(
+        inputs,
+        &path,
         DockerfileEntry {
             path: Some(&dockerfile_name),
             text: (!in_context || text != original).then_some(text.as_bytes()),
         },
-        &ignore.ignore_text,
-    )
-    .with_context(|| format!("cannot read the build context {}", inputs.context.display()))?;
+    )?;
     let build_args = build_args(&inputs.build_args);
     let display = Display::new(args.verbose, args.json);
 
@@ -281,7 +281,7 @@ async fn build(args: &BuildArgs) -> anyhow::Result<Summary> {
         query.push(("nocache", "1".into()));
     }
     if let Some(l) = &loaded {
-        query.push(("cachefrom", serde_json::to_string(&[&l.0])?));
+        query.push(("cachefrom", serde_json::to_string(&[&l.id])?));
     }
     let query: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(query)
@@ -336,7 +336,7 @@ async fn build(args: &BuildArgs) -> anyhow::Result<Summary> {
             .as_ref()
             .and_then(|p| p.candidate.as_ref())
             .map(|c| format!("{}@{}", c.repository, c.digest)),
-        bytes_pulled_for_cache: loaded.as_ref().map_or(0, |l| l.1),
+        bytes_pulled_for_cache: loaded.as_ref().map_or(0, |l| l.bytes_pulled),
         cache_bytes_matched: plan
             .as_ref()
             .and_then(|p| p.candidate.as_ref())
@@ -437,17 +437,22 @@ async fn run_build(
 }
 
 /// Loads the cache image; a failure only costs the cache.
-async fn load_cache(engine: &Engine, registry: &Registry, plan: &Plan, display: &Display) -> Option<(String, u64)> {
+async fn load_cache(
+    engine: &Engine,
+    registry: &Registry,
+    plan: &Plan,
+    display: &Display,
+) -> Option<cache_image::Loaded> {
     match cache_image::load(engine, registry, plan).await {
         Ok(Some(l)) => {
             display.line(&format!(
                 "cache: loaded {} ({} in {} layer{} pulled)",
                 short_id(&l.id),
-                human(l.bytes_pulled),
+                human_size(l.bytes_pulled),
                 l.layers_pulled,
                 if l.layers_pulled == 1 { "" } else { "s" }
             ));
-            Some((l.id, l.bytes_pulled))
+            Some(l)
         }
         Ok(None) => None,
         Err(e) => {
@@ -562,10 +567,6 @@ fn committed(line: &str) -> Option<&str> {
 fn short_id(id: &str) -> &str {
     let hex = id.rsplit(':').next().unwrap_or(id);
     hex.get(..12).unwrap_or(hex)
-}
-
-fn human(bytes: u64) -> String {
-    wharf_dockerfile::context::human_size(bytes)
 }
 
 #[cfg(test)]
